@@ -1,0 +1,158 @@
+"""The one place that opens libvirt connections and decides the domain type (kvm or qemu).
+
+``Connection`` owns a ``virConnect``.  Services receive a ``Connection`` and never open their own,
+so a CLI command, an API request and a test all go through the same door.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from kvmgr.connect.kvm_probe import ProbeResult, probe_kvm
+from kvmgr.connect.uri import default_uri, is_local, validate_uri
+from kvmgr.errors import ConnectionFailed, InvalidInput, libvirt_errors
+
+DOMAIN_TYPE_ENV = "KVMGR_DOMAIN_TYPE"
+_DOMAIN_TYPES = ("kvm", "qemu")
+
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    """libvirt's default handler prints every error to stderr; kvmgr reports them itself."""
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+
+@dataclass(frozen=True)
+class DomainTypeChoice:
+    """Which libvirt domain type new VMs get, and why (shown to the user)."""
+
+    domain_type: str
+    reason: str
+
+
+@dataclass
+class Connection:
+    """An open libvirt connection plus what kvmgr learned about its host."""
+
+    uri: str
+    virconn: libvirt.virConnect
+    _domain_type: DomainTypeChoice | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def is_test_driver(self) -> bool:
+        return self.uri.startswith("test:")
+
+    def domain_type(self) -> DomainTypeChoice:
+        """The domain type for new VMs, chosen once per connection (see :func:`choose_domain_type`)."""
+        with self._lock:
+            if self._domain_type is None:
+                self._domain_type = choose_domain_type(self)
+            return self._domain_type
+
+    def close(self) -> None:
+        try:
+            self.virconn.close()
+        except libvirt.libvirtError:
+            pass  # closing a connection whose daemon went away is not an error worth reporting
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def open_connection(uri: str | None = None, *, readonly: bool = False) -> Connection:
+    """Open ``uri`` (default ``$KVMGR_URI`` or ``qemu:///system``) with a clear error on failure."""
+    uri = validate_uri(uri or default_uri())
+    try:
+        virconn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise ConnectionFailed(
+            f"cannot connect to {uri}: {err.get_error_message()}",
+            hint="is libvirtd running? start it with 'kvmgr host daemons start'"
+            if is_local(uri)
+            else "check the host name, that libvirtd runs there, and your SSH/TLS credentials",
+        ) from err
+    return Connection(uri=uri, virconn=virconn)
+
+
+def choose_domain_type(conn: Connection) -> DomainTypeChoice:
+    """Pick ``kvm`` when guests really run under KVM on that host, else ``qemu`` (emulation).
+
+    Order: ``$KVMGR_DOMAIN_TYPE`` if set; ``test`` for libvirt's test driver; for a local host the
+    functional probe of /dev/kvm (cached per boot); for a remote host, libvirt's domain
+    capabilities (kvmgr cannot run code there).
+    """
+    forced = os.environ.get(DOMAIN_TYPE_ENV)
+    if forced:
+        if forced not in (*_DOMAIN_TYPES, "test"):
+            raise InvalidInput(f"{DOMAIN_TYPE_ENV}={forced!r} must be 'kvm' or 'qemu'")
+        return DomainTypeChoice(forced, f"set by {DOMAIN_TYPE_ENV}")
+    if conn.is_test_driver:
+        return DomainTypeChoice("test", "libvirt test driver")
+    if not _libvirt_offers_kvm(conn):
+        return DomainTypeChoice("qemu", "libvirt reports no KVM support on this host: emulating")
+    if not is_local(conn.uri):
+        return DomainTypeChoice("kvm", "remote host: libvirt reports KVM support")
+    probe = cached_probe()
+    if probe.usable:
+        return DomainTypeChoice("kvm", probe.reason)
+    return DomainTypeChoice("qemu", f"KVM unusable ({probe.reason}); using software emulation")
+
+
+def _libvirt_offers_kvm(conn: Connection) -> bool:
+    try:
+        conn.virconn.getDomainCapabilities(None, None, None, "kvm", 0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def _probe_cache_path() -> Path:
+    base = Path("/run/kvmgr") if os.geteuid() == 0 else Path.home() / ".cache" / "kvmgr"
+    return base / "kvm-probe.json"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def cached_probe(*, refresh: bool = False) -> ProbeResult:
+    """The functional probe's result for this boot; run it only when not yet known."""
+    path = _probe_cache_path()
+    boot = _boot_id()
+    if not refresh:
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            if data.pop("boot_id", None) == boot:
+                return ProbeResult(**data)
+        except (OSError, ValueError, TypeError):
+            pass  # no cache or an unreadable one: probe again
+    result = probe_kvm()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"boot_id": boot, **result.__dict__}
+        path.write_text(json.dumps(payload))
+    except OSError:
+        pass  # a read-only home is no reason to fail; the probe just runs again next time
+    return result
+
+
+def libvirt_version(conn: Connection) -> str:
+    """The daemon's libvirt version as ``major.minor.micro``."""
+    with libvirt_errors("reading the libvirt version"):
+        number = conn.virconn.getLibVersion()
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

@@ -1,0 +1,29 @@
+"""Validation of the names users give to VMs, networks, pools, volumes and snapshots.
+
+One rule everywhere, so a name accepted by the CLI is accepted by the API and by libvirt, and a
+name can never smuggle a path or XML into anything.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kvmgr.errors import InvalidInput
+
+MAX_NAME_LENGTH = 64
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_RULE = "letters, digits, '-', '_' and '.', at most 64, not starting with '.' or '-'"
+
+
+def validate_name(name: str, *, what: str = "name") -> str:
+    """Return ``name`` if it is acceptable, else raise :class:`InvalidInput` saying the rule."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"{what} must not be empty", hint=f"use {_RULE}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(
+            f"{what} {name[:20]!r}... is {len(name)} characters long",
+            hint=f"use at most {MAX_NAME_LENGTH}",
+        )
+    if not _NAME_RE.match(name):
+        raise InvalidInput(f"{what} {name!r} is not allowed", hint=f"use {_RULE}")
+    return name

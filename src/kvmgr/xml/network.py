@@ -1,0 +1,60 @@
+"""libvirt network XML (https://libvirt.org/formatnetwork.html) as typed objects."""
+
+from __future__ import annotations
+
+from kvmgr.xml.base import INT, XMLChild, XMLChildList, XMLFlag, XMLObject, XMLProperty
+
+
+class DHCPRange(XMLObject):
+    TAG = "range"
+    start = XMLProperty("./@start")
+    end = XMLProperty("./@end")
+
+
+class DHCPHost(XMLObject):
+    TAG = "host"
+    mac = XMLProperty("./@mac")
+    ip = XMLProperty("./@ip")
+    name = XMLProperty("./@name")
+
+
+class NetworkIP(XMLObject):
+    TAG = "ip"
+    family = XMLProperty("./@family")
+    address = XMLProperty("./@address")
+    netmask = XMLProperty("./@netmask")
+    prefix = XMLProperty("./@prefix", INT)
+    dhcp_ranges = XMLChildList(DHCPRange, "./dhcp/range")
+    dhcp_hosts = XMLChildList(DHCPHost, "./dhcp/host")
+
+
+class Network(XMLObject):
+    TAG = "network"
+    name = XMLProperty("./name")
+    uuid = XMLProperty("./uuid")
+    forward_mode = XMLProperty("./forward/@mode", doc="nat, route, bridge, open; none = isolated")
+    forward_dev = XMLProperty("./forward/@dev")
+    bridge_name = XMLProperty("./bridge/@name")
+    bridge_stp = XMLProperty("./bridge/@stp", bool)
+    bridge_delay = XMLProperty("./bridge/@delay", INT)
+    mac = XMLProperty("./mac/@address")
+    domain_name = XMLProperty("./domain/@name")
+    domain_local_only = XMLProperty("./domain/@localOnly", bool)
+    mtu = XMLProperty("./mtu/@size", INT)
+    nat_port_start = XMLProperty("./forward/nat/port/@start", INT)
+    nat_port_end = XMLProperty("./forward/nat/port/@end", INT)
+    ipv6 = XMLProperty("./@ipv6", bool)
+    dns_enable = XMLProperty("./dns/@enable", bool)
+    ips = XMLChildList(NetworkIP, "./ip")
+    has_forward = XMLFlag("./forward")
+
+    @property
+    def mode(self) -> str:
+        """kvmgr's name for the network's kind: nat, routed, bridge, open or isolated."""
+        if not self.has_forward:
+            return "isolated"
+        mode = self.forward_mode or "nat"
+        return {"route": "routed"}.get(mode, mode)
+
+
+__all__ = ["DHCPHost", "DHCPRange", "Network", "NetworkIP", "XMLChild"]
