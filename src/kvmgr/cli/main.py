@@ -24,6 +24,13 @@ _GROUPS = [
     ("kvmgr.cli.vm", "vm", "Create, run, change and inspect virtual machines."),
     ("kvmgr.cli.host", "host", "Check and set up this host: KVM, libvirt, daemons, bridges."),
     ("kvmgr.cli.image", "image", "Build bootable images (the demo/test ISO)."),
+    ("kvmgr.cli.iso", "iso", "Import installation ISOs, detect their OS, list and delete them."),
+    ("kvmgr.cli.net", "net", "NAT, isolated, routed and bridged networks; DHCP leases."),
+    ("kvmgr.cli.pool", "pool", "Storage pools."),
+    ("kvmgr.cli.vol", "vol", "Storage volumes: create, resize, upload, download."),
+    ("kvmgr.cli.snap", "snap", "Snapshots: create, list as a tree, revert, delete."),
+    ("kvmgr.cli.user", "user", "Users and roles of the REST API and web UI."),
+    ("kvmgr.cli.serve", "serve", "Run the REST API and web UI."),
 ]
 
 
