@@ -1,0 +1,44 @@
+#!/bin/sh
+# Install the Debian 12 packages kvmgr, its demo ISO and its tests need.  Idempotent: when every
+# package is already installed it changes nothing and does not even refresh the package lists.
+#
+# Why each package is here:
+#   qemu-system-x86 qemu-utils      the hypervisor, and qemu-img for jobs libvirt's storage API lacks
+#   libvirt-daemon-system           libvirtd, virtlogd and the default NAT network definition
+#   libvirt-clients                 virsh, for people debugging by hand (kvmgr itself never calls it)
+#   libvirt-dev pkg-config          building the libvirt-python binding in the venv
+#   python3-venv                    the venv kvmgr runs in
+#   dnsmasq-base iptables iproute2  DHCP/DNS and NAT of libvirt networks; `ip netns` for daemons
+#   xorriso isolinux syslinux-common  building the bootable demo/test ISO
+#   busybox-static linux-image-amd64  userland and kernel (plus virtio modules) of the demo ISO
+#   cpio                            packing the demo ISO's initramfs
+#   osinfo-db                       OS detection of installation ISOs
+#   ovmf                            UEFI firmware for VMs that ask for it
+set -eu
+
+PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+dnsmasq-base iptables iproute2 xorriso isolinux syslinux-common busybox-static linux-image-amd64
+cpio osinfo-db ovmf python3-venv"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-system-deps.sh: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+missing=""
+for package in $PACKAGES; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+    if [ "$status" != "installed" ]; then
+        missing="$missing $package"
+    fi
+done
+
+if [ -z "$missing" ]; then
+    echo "system packages: all present"
+    exit 0
+fi
+
+echo "system packages: installing$missing"
+apt-get update
+# shellcheck disable=SC2086  # word splitting of the package list is intended
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
