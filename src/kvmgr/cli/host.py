@@ -4,7 +4,48 @@ from __future__ import annotations
 
 import typer
 
+from kvmgr.cli.common import conn, report_errors
 from kvmgr.cli.host_daemons import app as daemons_app
+from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_rows
 
 app = typer.Typer(no_args_is_help=True)
-app.add_typer(daemons_app, name="daemons", help="Start libvirtd/virtlogd where there is no systemd.")
+app.add_typer(
+    daemons_app, name="daemons", help="Start libvirtd/virtlogd where there is no systemd."
+)
+
+_STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
+
+
+@app.command("check")
+@report_errors
+def check(output: OutputFormat = OutputOption) -> None:
+    """Check that this host can run VMs; exit status 1 when it cannot."""
+    from kvmgr.host.checks import CheckContext, run_checks
+
+    report = run_checks(CheckContext(connect=conn))
+    rows = [
+        {"check": r.name, "status": r.status.value, "detail": r.detail, "hint": r.hint}
+        for r in report.results
+    ]
+    if output is OutputFormat.table:
+        for row in rows:
+            style = _STATUS_STYLE[row["status"]]
+            row["status"] = f"[{style}]{row['status']}[/]"
+        emit_rows(rows, output, ["check", "status", "detail", "hint"])
+        console.print(report.summary, highlight=False)
+    else:
+        emit_rows(
+            [
+                *rows,
+                {
+                    "check": "summary",
+                    "status": "PASS" if report.can_run_vms else "FAIL",
+                    "detail": report.summary,
+                    "hint": "",
+                },
+            ],
+            output,
+            [],
+        )
+    if not report.can_run_vms:
+        raise typer.Exit(1)

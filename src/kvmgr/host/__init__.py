@@ -1,0 +1,1 @@
+"""Host-level setup: checks, distribution packages, bridges, libvirt daemons."""
