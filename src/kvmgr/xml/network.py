@@ -7,22 +7,22 @@ from kvmgr.xml.base import INT, XMLChild, XMLChildList, XMLFlag, XMLObject, XMLP
 
 class DHCPRange(XMLObject):
     TAG = "range"
-    start = XMLProperty("./@start")
-    end = XMLProperty("./@end")
+    start = XMLProperty("./@start", str)
+    end = XMLProperty("./@end", str)
 
 
 class DHCPHost(XMLObject):
     TAG = "host"
-    mac = XMLProperty("./@mac")
-    ip = XMLProperty("./@ip")
-    name = XMLProperty("./@name")
+    mac = XMLProperty("./@mac", str)
+    ip = XMLProperty("./@ip", str)
+    name = XMLProperty("./@name", str)
 
 
 class NetworkIP(XMLObject):
     TAG = "ip"
-    family = XMLProperty("./@family")
-    address = XMLProperty("./@address")
-    netmask = XMLProperty("./@netmask")
+    family = XMLProperty("./@family", str)
+    address = XMLProperty("./@address", str)
+    netmask = XMLProperty("./@netmask", str)
     prefix = XMLProperty("./@prefix", INT)
     dhcp_ranges = XMLChildList(DHCPRange, "./dhcp/range")
     dhcp_hosts = XMLChildList(DHCPHost, "./dhcp/host")
@@ -30,15 +30,15 @@ class NetworkIP(XMLObject):
 
 class Network(XMLObject):
     TAG = "network"
-    name = XMLProperty("./name")
-    uuid = XMLProperty("./uuid")
-    forward_mode = XMLProperty("./forward/@mode", doc="nat, route, bridge, open; none = isolated")
-    forward_dev = XMLProperty("./forward/@dev")
-    bridge_name = XMLProperty("./bridge/@name")
+    name = XMLProperty("./name", str)
+    uuid = XMLProperty("./uuid", str)
+    forward_mode = XMLProperty("./forward/@mode", str, doc="nat, route, bridge, open; none = isolated")
+    forward_dev = XMLProperty("./forward/@dev", str)
+    bridge_name = XMLProperty("./bridge/@name", str)
     bridge_stp = XMLProperty("./bridge/@stp", bool)
     bridge_delay = XMLProperty("./bridge/@delay", INT)
-    mac = XMLProperty("./mac/@address")
-    domain_name = XMLProperty("./domain/@name")
+    mac = XMLProperty("./mac/@address", str)
+    domain_name = XMLProperty("./domain/@name", str)
     domain_local_only = XMLProperty("./domain/@localOnly", bool)
     mtu = XMLProperty("./mtu/@size", INT)
     nat_port_start = XMLProperty("./forward/nat/port/@start", INT)
