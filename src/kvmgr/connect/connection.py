@@ -6,6 +6,7 @@ so a CLI command, an API request and a test all go through the same door.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -52,17 +53,16 @@ class Connection:
         return self.uri.startswith("test:")
 
     def domain_type(self) -> DomainTypeChoice:
-        """The domain type for new VMs, chosen once per connection (see :func:`choose_domain_type`)."""
+        """The domain type for new VMs, chosen once per connection (:func:`choose_domain_type`)."""
         with self._lock:
             if self._domain_type is None:
                 self._domain_type = choose_domain_type(self)
             return self._domain_type
 
     def close(self) -> None:
-        try:
+        # Closing a connection whose daemon went away is not an error worth reporting.
+        with contextlib.suppress(libvirt.libvirtError):
             self.virconn.close()
-        except libvirt.libvirtError:
-            pass  # closing a connection whose daemon went away is not an error worth reporting
 
     def __enter__(self) -> Connection:
         return self

@@ -121,7 +121,11 @@ class XMLProperty(Generic[T]):
     """One value at an XPath: element text or attribute, typed by a converter."""
 
     def __init__(
-        self, xpath: str, kind: type[T] | Converter[T] = str, *, doc: str = ""  # type: ignore[assignment]
+        self,
+        xpath: str,
+        kind: type[T] | Converter[T] = str,
+        *,
+        doc: str = "",  # type: ignore[assignment]
     ) -> None:
         self.xpath = xpath
         self.steps, self.attribute = _split_path(xpath)
@@ -328,7 +332,9 @@ class XMLObject:
         return f"<{type(self).__name__} {self.TAG}>"
 
     @classmethod
-    def mapped_fields(cls) -> dict[str, XMLProperty[Any] | XMLFlag | XMLChild[Any] | XMLChildList[Any]]:
+    def mapped_fields(
+        cls,
+    ) -> dict[str, XMLProperty[Any] | XMLFlag | XMLChild[Any] | XMLChildList[Any]]:
         """Every mapped field of the class, by attribute name (used by the coverage test)."""
         fields: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):

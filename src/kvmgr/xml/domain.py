@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from kvmgr.xml.base import INT, XMLChild, XMLChildList, XMLFlag, XMLObject, XMLProperty
+from kvmgr.xml.base import XMLChild, XMLChildList, XMLFlag, XMLObject, XMLProperty
 
 # libvirt memory units -> bytes.  libvirt itself always writes KiB, but hand-written files and
 # virt-install may use others.

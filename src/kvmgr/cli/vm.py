@@ -1,0 +1,188 @@
+"""``kvmgr vm``: create, run and inspect VMs.  Each command is one service call."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import typer
+
+from kvmgr.cli.common import conn, err_console, report_errors
+from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
+from kvmgr.services import vms
+from kvmgr.units import format_size, parse_size
+
+app = typer.Typer(no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="VM name")]
+
+
+@app.command("list")
+@report_errors
+def list_cmd(
+    output: OutputFormat = OutputOption,
+    ips: Annotated[
+        bool, typer.Option("--ips/--no-ips", help="discover IPs (one call per running VM)")
+    ] = True,
+) -> None:
+    """List every VM (those made by virt-install or virsh too)."""
+    rows = [row.as_dict() for row in vms.list_vms(conn(), with_ips=ips)]
+    if output is OutputFormat.table:
+        for row in rows:
+            row["memory"] = format_size(row["memory"]) if row["memory"] else None
+    emit_rows(rows, output, ["name", "state", "vcpus", "memory", "ips", "autostart"])
+
+
+@app.command()
+@report_errors
+def info(name: NameArg, output: OutputFormat = OutputOption) -> None:
+    """Show one VM: resources, disks, NICs, consoles, IPs."""
+    data = vms.vm_info(conn(), name)
+    if output is OutputFormat.table:
+        for key in ("memory", "max_memory"):
+            if data.get(key):
+                data[key] = format_size(data[key])
+    emit_object(data, output)
+
+
+@app.command()
+@report_errors
+def create(
+    name: NameArg,
+    iso: Annotated[
+        str | None, typer.Option(help="imported ISO name or path to an .iso file")
+    ] = None,
+    os: Annotated[
+        str, typer.Option("--os", help="auto (detect from the ISO) or an osinfo short id")
+    ] = "auto",
+    memory: Annotated[
+        str | None, typer.Option(help="e.g. 2G (default: what the OS recommends)")
+    ] = None,
+    max_memory: Annotated[
+        str | None, typer.Option(help="balloon ceiling for live memory changes")
+    ] = None,
+    vcpus: Annotated[int | None, typer.Option(help="vCPUs at boot")] = None,
+    max_vcpus: Annotated[int | None, typer.Option(help="ceiling for vCPU hotplug")] = None,
+    disk: Annotated[
+        list[str] | None,
+        typer.Option(help="20G | pool=P,size=S,format=qcow2 | path=PATH | none (repeatable)"),
+    ] = None,
+    network: Annotated[
+        list[str] | None,
+        typer.Option(help="default | NAME | bridge=br0 | none, plus ,model=,mac= (repeatable)"),
+    ] = None,
+    graphics: Annotated[str, typer.Option(help="vnc (unix socket only) or none")] = "vnc",
+    firmware: Annotated[str, typer.Option(help="bios or uefi")] = "bios",
+    start: Annotated[bool, typer.Option("--start/--no-start")] = True,
+    wait: Annotated[str, typer.Option(help="ready (console marker), ip, or none")] = "none",
+    wait_timeout: Annotated[float, typer.Option(help="seconds to wait")] = 300.0,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Create a VM from an ISO with defaults that fit its OS; undone completely on failure."""
+    from kvmgr.services.create import VMSpec, create_vm, parse_disk_option, parse_network_option
+
+    disks = [parsed for text in (disk or []) if (parsed := parse_disk_option(text)) is not None]
+    nics = [
+        parsed for text in (network or []) if (parsed := parse_network_option(text)) is not None
+    ]
+    spec = VMSpec(
+        name=name,
+        iso=iso,
+        os=os,
+        memory=parse_size(memory, what="memory", default_unit="M") if memory else None,
+        max_memory=parse_size(max_memory, what="max memory", default_unit="M")
+        if max_memory
+        else None,
+        vcpus=vcpus,
+        max_vcpus=max_vcpus,
+        graphics=graphics,
+        firmware=firmware,
+        start=start,
+        wait=wait,
+        wait_timeout=wait_timeout,
+    )
+    if disk is not None:
+        spec.disks = disks
+    if network is not None:
+        spec.nics = nics
+    with err_console.status(f"creating {name}") as status:
+        result = create_vm(conn(), spec, progress=status.update)
+    err_console.print(
+        f"domain type: {result.domain_type} ({result.domain_type_reason})", highlight=False
+    )
+    data = result.__dict__.copy()
+    if output is OutputFormat.table:
+        data["memory"] = format_size(result.memory)
+        data["seconds"] = f"{result.seconds:.1f}"
+    emit_object(data, output)
+
+
+def _lifecycle(verb: str, action: str, help_text: str) -> None:
+    def command(name: NameArg) -> None:
+        getattr(vms, action)(conn(), name)
+        console.print(f"{name}: {verb}")
+
+    command.__doc__ = help_text
+    app.command(action.replace("_", "-") if action != "force_off" else "off")(
+        report_errors(command)
+    )
+
+
+_lifecycle("started", "start", "Start a VM.")
+_lifecycle("rebooting", "reboot", "Ask the guest to reboot (ACPI).")
+_lifecycle("reset", "reset", "Hard-reset a VM (like the reset button).")
+_lifecycle("powered off", "force_off", "Power a VM off at once (like pulling the plug).")
+_lifecycle("paused", "pause", "Pause a running VM.")
+_lifecycle("resumed", "resume", "Resume a paused VM.")
+
+
+@app.command()
+@report_errors
+def shutdown(
+    name: NameArg,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the guest")] = 120.0,
+    force: Annotated[
+        bool, typer.Option(help="power off when the guest does not shut down")
+    ] = False,
+) -> None:
+    """Ask the guest to shut down (ACPI) and wait; --force powers off after the timeout."""
+    outcome = vms.shutdown(conn(), name, timeout=timeout, force=force)
+    console.print(f"{name}: {outcome}")
+
+
+@app.command()
+@report_errors
+def autostart(name: NameArg, enabled: Annotated[str, typer.Argument(help="on or off")]) -> None:
+    """Start the VM when the host (libvirtd) starts: on or off."""
+    if enabled not in ("on", "off"):
+        raise typer.BadParameter("use 'on' or 'off'")
+    vms.set_autostart(conn(), name, enabled == "on")
+    console.print(f"{name}: autostart {enabled}")
+
+
+@app.command()
+@report_errors
+def delete(
+    name: NameArg,
+    force: Annotated[bool, typer.Option(help="power off a running VM first")] = False,
+    keep_disks: Annotated[bool, typer.Option(help="keep the disks kvmgr created for it")] = False,
+) -> None:
+    """Delete a VM and the disks kvmgr created for it (never ISOs or disks others use)."""
+    removed = vms.delete(conn(), name, force=force, keep_disks=keep_disks)
+    console.print(f"{name}: deleted" + (f"; removed {', '.join(removed)}" if removed else ""))
+
+
+@app.command()
+@report_errors
+def state(name: NameArg) -> None:
+    """Print the VM's state (running, shut off, paused, ...)."""
+    typer.echo(vms.state(conn(), name))
+
+
+# Commands that change a VM's configuration, its definition, and stats live in their own module.
+for _module in ("kvmgr.cli.vm_config", "kvmgr.cli.vm_console"):
+    try:
+        importlib.import_module(_module).register(app)
+    except ModuleNotFoundError as _err:
+        if _err.name != _module:
+            raise

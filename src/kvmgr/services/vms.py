@@ -1,0 +1,396 @@
+"""VM inventory, details and lifecycle: list, info, start, shut down, reboot, off, pause, delete.
+
+Creation lives in :mod:`kvmgr.services.create`; live changes of resources in
+:mod:`kvmgr.services.resources`.  Everything here works the same for VMs made by virt-install,
+virsh or by hand as for VMs kvmgr made: kvmgr reads libvirt's definition, it keeps no copy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import libvirt
+
+from kvmgr.connect import Connection
+from kvmgr.errors import InvalidState, NotFound, libvirt_errors
+from kvmgr.names import validate_name
+from kvmgr.xml.domain import Domain
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "no state",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+_ACTIVE_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN,
+    libvirt.VIR_DOMAIN_PMSUSPENDED,
+    libvirt.VIR_DOMAIN_CRASHED,
+}
+
+# Stats groups for the inventory: everything a list row needs in one bulk call.
+_LIST_STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+)
+
+
+@dataclass
+class VMSummary:
+    """One row of ``kvmgr vm list``."""
+
+    name: str
+    uuid: str
+    state: str
+    id: int | None
+    vcpus: int | None
+    memory: int | None  # bytes the guest has now (balloon)
+    max_memory: int | None
+    cpu_time_ns: int | None
+    autostart: bool
+    persistent: bool
+    ips: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------ lookup
+def lookup(conn: Connection, name: str) -> libvirt.virDomain:
+    """The domain called ``name``, or :class:`NotFound` saying how to list the others."""
+    validate_name(name, what="VM name")
+    try:
+        return conn.virconn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise NotFound(
+                f"VM {name!r} does not exist", hint="'kvmgr vm list' shows the VMs"
+            ) from err
+        raise
+    # (other libvirt errors are translated by the caller's libvirt_errors block)
+
+
+def exists(conn: Connection, name: str) -> bool:
+    try:
+        lookup(conn, name)
+    except NotFound:
+        return False
+    return True
+
+
+def state_of(dom: libvirt.virDomain) -> int:
+    with libvirt_errors(f"reading the state of VM {dom.name()}"):
+        state, _reason = dom.state()
+    return int(state)
+
+
+def is_active_state(state: int) -> bool:
+    return state in _ACTIVE_STATES
+
+
+def definition(dom: libvirt.virDomain, *, inactive: bool = False) -> Domain:
+    """The VM's libvirt definition as a model (the persistent one with ``inactive=True``)."""
+    flags = libvirt.VIR_DOMAIN_XML_SECURE
+    if inactive:
+        flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
+    with libvirt_errors(f"reading the definition of VM {dom.name()}"):
+        return Domain.from_xml(dom.XMLDesc(flags))
+
+
+# ------------------------------------------------------------------------------------ inventory
+def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
+    """Every VM, from one bulk stats call plus one call for the autostart set.
+
+    The number of libvirt calls does not grow with the number of VMs.  ``with_ips`` adds the
+    address discovery, which costs one call per running VM.
+    """
+    with libvirt_errors("listing VMs"):
+        records = conn.virconn.getAllDomainStats(_LIST_STATS, 0)
+        autostart = {
+            dom.UUIDString()
+            for dom in conn.virconn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+        }
+    rows = [_summary(dom, stats, autostart) for dom, stats in records]
+    if with_ips:
+        from kvmgr.services.networks import discover_ips
+
+        for row, (dom, _stats) in zip(rows, records, strict=True):
+            if row.state == "running":
+                row.ips = [ip for _mac, ip, _source in discover_ips(conn, dom)]
+    rows.sort(key=lambda row: row.name)
+    return rows
+
+
+def _summary(dom: libvirt.virDomain, stats: dict[str, Any], autostart: set[str]) -> VMSummary:
+    state = stats.get("state.state", libvirt.VIR_DOMAIN_NOSTATE)
+    uuid = dom.UUIDString()
+    active = is_active_state(state)
+    max_kib = stats.get("balloon.maximum")
+    current_kib = stats.get("balloon.current", max_kib)
+    return VMSummary(
+        name=dom.name(),
+        uuid=uuid,
+        state=STATE_NAMES.get(state, "unknown"),
+        id=dom.ID() if active else None,
+        vcpus=stats.get("vcpu.current"),
+        memory=current_kib * 1024 if current_kib is not None else None,
+        max_memory=max_kib * 1024 if max_kib is not None else None,
+        cpu_time_ns=stats.get("cpu.time"),
+        autostart=uuid in autostart,
+        # getAllDomainStats reports only defined or running domains; a transient one is active
+        # and has no persistent config, which libvirt marks with 'state.reason' only; keep it
+        # simple and true: transient VMs are rare and shown as persistent=False by info().
+        persistent=True,
+    )
+
+
+# ------------------------------------------------------------------------------------ info
+def vm_info(conn: Connection, name: str) -> dict[str, Any]:
+    """Everything a person wants to know about one VM, from its live definition."""
+    dom = lookup(conn, name)
+    spec = definition(dom)
+    state = state_of(dom)
+    with libvirt_errors(f"reading VM {name}"):
+        autostart = bool(dom.autostart())
+        persistent = bool(dom.isPersistent())
+    meta = spec.kvmgr_metadata()
+    info: dict[str, Any] = {
+        "name": spec.name,
+        "uuid": spec.uuid,
+        "state": STATE_NAMES.get(state, "unknown"),
+        "domain_type": spec.type,
+        "os": meta.os_id if meta else None,
+        "managed_by_kvmgr": meta is not None,
+        "template": bool(meta and meta.template),
+        "vcpus": spec.vcpus_current or spec.vcpus,
+        "max_vcpus": spec.vcpus,
+        "memory": spec.current_memory_bytes,
+        "max_memory": spec.memory_bytes,
+        "machine": spec.os.machine,
+        "arch": spec.os.arch,
+        "firmware": _firmware(spec),
+        "autostart": autostart,
+        "persistent": persistent,
+        "disks": [
+            {
+                "target": disk.target_dev,
+                "device": disk.device,
+                "bus": disk.target_bus,
+                "format": disk.driver_type,
+                "source": disk.source_path or disk.source_volume,
+                "owned": bool(meta and (disk.source_path in meta.owned_volumes)),
+            }
+            for disk in spec.devices.disks
+        ],
+        "nics": [
+            {"mac": nic.mac, "type": nic.type, "source": nic.source, "model": nic.model}
+            for nic in spec.devices.interfaces
+        ],
+        "graphics": [
+            {
+                "type": gfx.type,
+                "listen": gfx.listen_type or ("address" if gfx.listen else None),
+                "socket": gfx.listen_socket or gfx.socket,
+                "port": gfx.port,
+            }
+            for gfx in spec.devices.graphics
+        ],
+        "consoles": [
+            {"type": con.type, "target": con.target_type, "pty": con.source_path}
+            for con in spec.devices.consoles
+        ],
+    }
+    if state == libvirt.VIR_DOMAIN_RUNNING:
+        from kvmgr.services.networks import discover_ips
+
+        info["ips"] = [
+            {"mac": mac, "ip": ip, "source": source} for mac, ip, source in discover_ips(conn, dom)
+        ]
+    return info
+
+
+def _firmware(spec: Domain) -> str:
+    if spec.os.firmware == "efi" or (spec.os.loader_type == "pflash"):
+        return "uefi"
+    return "bios"
+
+
+# ------------------------------------------------------------------------------------ lifecycle
+def start(conn: Connection, name: str) -> None:
+    dom = lookup(conn, name)
+    _refuse_template(dom)
+    if state_of(dom) == libvirt.VIR_DOMAIN_RUNNING:
+        raise InvalidState(f"VM {name!r} is already running")
+    if state_of(dom) == libvirt.VIR_DOMAIN_PAUSED:
+        raise InvalidState(
+            f"VM {name!r} is paused", hint=f"resume it with 'kvmgr vm resume {name}'"
+        )
+    with libvirt_errors(f"starting VM {name}"):
+        dom.create()
+
+
+def _refuse_template(dom: libvirt.virDomain) -> None:
+    meta = definition(dom, inactive=True).kvmgr_metadata()
+    if meta is not None and meta.template:
+        raise InvalidState(
+            f"VM {dom.name()!r} is a template and cannot be started",
+            hint=f"make a VM from it with 'kvmgr vm clone {dom.name()} NEW --linked'",
+        )
+
+
+def shutdown(
+    conn: Connection,
+    name: str,
+    *,
+    timeout: float = 120.0,
+    force: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Ask the guest to power off (ACPI); wait up to ``timeout`` s; with ``force``, power off.
+
+    Returns how it ended: ``"shut off"`` or ``"forced off"``.
+    """
+    dom = lookup(conn, name)
+    if not is_active_state(state_of(dom)):
+        raise InvalidState(f"VM {name!r} is not running")
+    with libvirt_errors(f"shutting down VM {name}"):
+        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+    if _wait_for_state(dom, libvirt.VIR_DOMAIN_SHUTOFF, timeout, sleep):
+        return "shut off"
+    if not force:
+        raise InvalidState(
+            f"VM {name!r} did not shut down within {timeout:g} s",
+            hint=f"the guest may ignore ACPI; use 'kvmgr vm shutdown {name} --force' or 'vm off'",
+        )
+    force_off(conn, name)
+    return "forced off"
+
+
+def _wait_for_state(
+    dom: libvirt.virDomain, wanted: int, timeout: float, sleep: Callable[[float], None]
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if state_of(dom) == wanted:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        sleep(0.25)
+
+
+def reboot(conn: Connection, name: str) -> None:
+    dom = lookup(conn, name)
+    if state_of(dom) != libvirt.VIR_DOMAIN_RUNNING:
+        raise InvalidState(f"VM {name!r} is not running")
+    with libvirt_errors(f"rebooting VM {name}"):
+        dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+
+
+def reset(conn: Connection, name: str) -> None:
+    """Hard reset, like pressing the reset button (for guests that ignore ACPI)."""
+    dom = lookup(conn, name)
+    with libvirt_errors(f"resetting VM {name}"):
+        dom.reset(0)
+
+
+def force_off(conn: Connection, name: str) -> None:
+    dom = lookup(conn, name)
+    if not is_active_state(state_of(dom)):
+        raise InvalidState(f"VM {name!r} is not running")
+    with libvirt_errors(f"powering off VM {name}"):
+        dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+
+
+def pause(conn: Connection, name: str) -> None:
+    dom = lookup(conn, name)
+    if state_of(dom) != libvirt.VIR_DOMAIN_RUNNING:
+        raise InvalidState(f"VM {name!r} is not running")
+    with libvirt_errors(f"pausing VM {name}"):
+        dom.suspend()
+
+
+def resume(conn: Connection, name: str) -> None:
+    dom = lookup(conn, name)
+    if state_of(dom) != libvirt.VIR_DOMAIN_PAUSED:
+        raise InvalidState(f"VM {name!r} is not paused")
+    with libvirt_errors(f"resuming VM {name}"):
+        dom.resume()
+
+
+def set_autostart(conn: Connection, name: str, enabled: bool) -> None:
+    dom = lookup(conn, name)
+    with libvirt_errors(f"setting autostart of VM {name}"):
+        dom.setAutostart(1 if enabled else 0)
+
+
+def state(conn: Connection, name: str) -> str:
+    return STATE_NAMES.get(state_of(lookup(conn, name)), "unknown")
+
+
+# ------------------------------------------------------------------------------------ delete
+def delete(
+    conn: Connection, name: str, *, force: bool = False, keep_disks: bool = False
+) -> list[str]:
+    """Remove a VM; return the paths of the volumes deleted with it.
+
+    Only volumes kvmgr recorded as created for this VM are deleted (never an ISO, a disk attached
+    by hand, or a disk another VM still uses or is backed by).  A running VM needs ``force``.
+    """
+    dom = lookup(conn, name)
+    if is_active_state(state_of(dom)) and not force:
+        raise InvalidState(
+            f"VM {name!r} is running",
+            hint=f"shut it down first, or use 'kvmgr vm delete {name} --force'",
+        )
+    spec = definition(dom, inactive=True)
+    meta = spec.kvmgr_metadata()
+    owned = [] if keep_disks or meta is None else list(meta.owned_volumes)
+    _refuse_if_others_need(conn, name, owned)
+    if is_active_state(state_of(dom)):
+        with libvirt_errors(f"powering off VM {name}"):
+            dom.destroy()
+    with libvirt_errors(f"removing VM {name}"):
+        dom.undefineFlags(
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        )
+    from kvmgr.services.storage import delete_volume_by_path
+
+    return [path for path in owned if delete_volume_by_path(conn, path)]
+
+
+def _refuse_if_others_need(conn: Connection, name: str, paths: list[str]) -> None:
+    """Refuse when another VM uses one of ``paths`` as a disk or is a linked clone of this VM."""
+    if not paths:
+        return
+    wanted = set(paths)
+    users: list[str] = []
+    with libvirt_errors("listing VMs"):
+        others = [dom for dom in conn.virconn.listAllDomains(0) if dom.name() != name]
+    for other in others:
+        spec = definition(other, inactive=True)
+        meta = spec.kvmgr_metadata()
+        uses_disk = any(
+            disk.source_path in wanted or disk.backing_file in wanted for disk in spec.devices.disks
+        )
+        if uses_disk or (meta is not None and meta.linked_base == name):
+            users.append(other.name())
+    if users:
+        raise InvalidState(
+            f"VM {name!r} has disks that other VMs need: {', '.join(sorted(users))}",
+            hint="delete those VMs first, or use --keep-disks to keep the disks",
+        )
