@@ -1,0 +1,1 @@
+"""Bootable images kvmgr builds itself (the demo/test ISO)."""
