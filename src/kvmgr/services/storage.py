@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import errno
+import os
+import posixpath
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.errors import AlreadyExists, InvalidInput, NotFound, libvirt_errors
+from kvmgr.connect.uri import is_local
+from kvmgr.errors import (
+    AlreadyExists,
+    InvalidInput,
+    InvalidState,
+    KvmgrError,
+    NotFound,
+    Unsupported,
+    libvirt_errors,
+    translate,
+)
 from kvmgr.names import validate_name
-from kvmgr.units import format_size
+from kvmgr.units import format_size, parse_size
+from kvmgr.xml.domain import Disk, Domain
 from kvmgr.xml.storage import StoragePool, StorageVolume
 
 DEFAULT_POOL = "default"
@@ -27,7 +45,9 @@ class VolumeRef:
     format: str
 
 
-def ensure_pool(conn: Connection, name: str = DEFAULT_POOL, path: str | None = None) -> libvirt.virStoragePool:
+def ensure_pool(
+    conn: Connection, name: str = DEFAULT_POOL, path: str | None = None
+) -> libvirt.virStoragePool:
     """Return the active pool ``name``; define, build and start a dir pool at ``path`` if missing.
 
     Only the ``default`` pool (at /var/lib/libvirt/images) is made without an explicit path, as
@@ -143,3 +163,571 @@ def delete_volume_by_path(conn: Connection, path: str) -> bool:
             return False
         vol.delete(0)
     return True
+
+
+# =================================================================================== pools
+POOL_TYPES = ("dir",)
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    name: str
+    type: str | None
+    path: str | None
+    active: bool
+    autostart: bool
+    capacity: int
+    allocation: int
+    available: int
+    volumes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    pool: str
+    name: str
+    path: str
+    format: str | None
+    capacity: int
+    allocation: int
+    used_by: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lookup_pool(conn: Connection, name: str) -> libvirt.virStoragePool:
+    validate_name(name, what="pool name")
+    try:
+        return conn.virconn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise NotFound(
+                f"storage pool {name!r} does not exist", hint="see 'kvmgr pool list'"
+            ) from err
+        raise translate(err, f"looking up storage pool {name}") from err
+
+
+def _active_pool(conn: Connection, name: str) -> libvirt.virStoragePool:
+    pool = _lookup_pool(conn, name)
+    if not pool.isActive():
+        raise InvalidState(
+            f"storage pool {name!r} is not running",
+            hint=f"start it with 'kvmgr pool refresh {name}'",
+        )
+    return pool
+
+
+def _pool_info(pool: libvirt.virStoragePool) -> PoolInfo:
+    with libvirt_errors(f"reading storage pool {pool.name()}"):
+        model = StoragePool.from_xml(pool.XMLDesc(0))
+        active = bool(pool.isActive())
+        _state, capacity, allocation, available = pool.info()
+        volumes = pool.numOfVolumes() if active else 0
+        autostart = bool(pool.autostart())
+    return PoolInfo(
+        name=pool.name(),
+        type=model.type,
+        path=model.target_path,
+        active=active,
+        autostart=autostart,
+        capacity=capacity,
+        allocation=allocation,
+        available=available,
+        volumes=volumes,
+    )
+
+
+def list_pools(conn: Connection) -> list[PoolInfo]:
+    with libvirt_errors("listing storage pools"):
+        pools = conn.virconn.listAllStoragePools(0)
+    return sorted((_pool_info(pool) for pool in pools), key=lambda info: info.name)
+
+
+def pool_info(conn: Connection, name: str) -> PoolInfo:
+    return _pool_info(_lookup_pool(conn, name))
+
+
+def create_pool(conn: Connection, name: str, path: str, pool_type: str = "dir") -> PoolInfo:
+    """Define, build (mkdir), start and autostart a pool; undo every step if one fails."""
+    validate_name(name, what="pool name")
+    if pool_type not in POOL_TYPES:
+        raise Unsupported(f"pool type {pool_type!r} is not supported yet", hint="use --type dir")
+    if not path.startswith("/") or "\x00" in path:
+        raise InvalidInput(f"pool path {path!r} must be an absolute path")
+    path = posixpath.normpath(path)
+    with libvirt_errors(f"looking up storage pool {name}"):
+        if name in conn.virconn.listStoragePools() + conn.virconn.listDefinedStoragePools():
+            raise AlreadyExists(f"storage pool {name!r} already exists", hint="choose another name")
+    for other in list_pools(conn):
+        if other.path == path:
+            raise AlreadyExists(f"pool {other.name!r} already uses {path}", hint="use that pool")
+    # A local daemon shares our file system: knowing the directory is new lets an undo remove it.
+    made_dir = is_local(conn.uri) and not conn.is_test_driver and not os.path.exists(path)
+    spec = StoragePool()
+    spec.type, spec.name, spec.target_path = pool_type, name, path
+    with libvirt_errors(f"defining storage pool {name} at {path}"):
+        pool = conn.virconn.storagePoolDefineXML(spec.to_xml(), 0)
+    try:
+        with libvirt_errors(f"creating the directory {path} of pool {name}"):
+            pool.build(0)
+        with libvirt_errors(f"starting storage pool {name}"):
+            pool.create(0)
+            pool.setAutostart(1)
+    except KvmgrError:
+        _undo_pool(pool, remove_dir=made_dir)
+        raise
+    return _pool_info(pool)
+
+
+def _undo_pool(pool: libvirt.virStoragePool, *, remove_dir: bool) -> None:
+    try:
+        if pool.isActive():
+            pool.destroy()
+        if remove_dir:
+            pool.delete(0)  # a dir pool's delete is rmdir: it cannot remove anything inside
+        pool.undefine()
+    except libvirt.libvirtError:
+        pass  # the original error is the one worth reporting
+
+
+def refresh_pool(conn: Connection, name: str) -> PoolInfo:
+    """Rescan the pool's directory (starting the pool first if it is stopped)."""
+    pool = _lookup_pool(conn, name)
+    with libvirt_errors(f"refreshing storage pool {name}"):
+        if not pool.isActive():
+            pool.create(0)
+        pool.refresh(0)
+    return _pool_info(pool)
+
+
+@dataclass(frozen=True)
+class PoolDeletion:
+    pool: str
+    deleted_volumes: list[str]
+    directory_removed: bool
+
+
+def delete_pool(conn: Connection, name: str, *, force: bool = False) -> PoolDeletion:
+    """Remove a pool.  Safety first:
+
+    * refused while any VM (or another volume, as a backing file) uses one of its volumes;
+    * refused while it holds volumes, unless ``force``: then exactly its volumes are deleted;
+    * its directory is removed only when empty afterwards and only for ``dir`` pools (libvirt's
+      delete of other pool types would wipe a device or volume group kvmgr was not given).
+    """
+    pool = _lookup_pool(conn, name)
+    info = _pool_info(pool)
+    volumes: list[libvirt.virStorageVol] = []
+    if info.active:
+        with libvirt_errors(f"listing volumes of pool {name}"):
+            pool.refresh(0)
+            volumes = pool.listAllVolumes(0)
+    usage = volume_users(conn)
+    used = {vol.name(): usage[vol.path()] for vol in volumes if usage.get(vol.path())}
+    if used:
+        detail = "; ".join(f"{vol} by {', '.join(users)}" for vol, users in sorted(used.items()))
+        raise InvalidState(
+            f"pool {name!r} has volumes in use: {detail}",
+            hint="delete or detach those VMs' disks first",
+        )
+    if volumes and not force:
+        raise InvalidState(
+            f"pool {name!r} holds {len(volumes)} volume(s): "
+            + ", ".join(sorted(vol.name() for vol in volumes)),
+            hint="delete them first, or add --force to delete them with the pool",
+        )
+    deleted = []
+    for vol in volumes:
+        with libvirt_errors(f"deleting volume {vol.name()} of pool {name}"):
+            vol.delete(0)
+        deleted.append(vol.name())
+    removed = _remove_pool(pool, info)
+    return PoolDeletion(name, sorted(deleted), removed)
+
+
+def _remove_pool(pool: libvirt.virStoragePool, info: PoolInfo) -> bool:
+    """Stop and undefine; True when the (empty) directory of a dir pool was removed too."""
+    removed = False
+    with libvirt_errors(f"deleting storage pool {info.name}"):
+        if pool.isActive():
+            pool.destroy()
+        if info.type == "dir":
+            try:
+                pool.delete(0)  # rmdir: fails, harmlessly, if anything is left inside
+                removed = True
+            except libvirt.libvirtError:
+                removed = False  # files libvirt does not list as volumes stay where they are
+        pool.undefine()
+    return removed
+
+
+# =================================================================================== usage
+def volume_users(conn: Connection) -> dict[str, list[str]]:
+    """Host path -> names of what uses it: VMs (disks and their backing files) and volumes
+    that are backed by it (an overlay needs its base).
+
+    One pass over all domains and pools; libvirt has no "who uses this file" call.
+    """
+    users: dict[str, set[str]] = {}
+    for vm, domain in _domain_models(conn):
+        for disk in domain.devices.disks:
+            for path in _disk_paths(conn, disk):
+                users.setdefault(path, set()).add(f"VM {vm}")
+    for vol_name, backing in _volume_backings(conn):
+        users.setdefault(backing, set()).add(f"volume {vol_name}")
+    return {path: sorted(names) for path, names in users.items()}
+
+
+def _domain_models(conn: Connection) -> Iterator[tuple[str, Domain]]:
+    with libvirt_errors("listing VMs"):
+        domains = conn.virconn.listAllDomains(0)
+    for dom in domains:
+        try:
+            yield dom.name(), Domain.from_xml(dom.XMLDesc(0))
+            if dom.isActive() and dom.isPersistent():  # the saved definition may differ
+                yield dom.name(), Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise translate(err, f"reading VM {dom.name()}") from err
+
+
+def _disk_paths(conn: Connection, disk: Disk) -> list[str]:
+    paths = [p for p in (disk.source_file, disk.source_dev, disk.backing_file) if p]
+    if disk.source_pool and disk.source_volume:
+        try:
+            pool = conn.virconn.storagePoolLookupByName(disk.source_pool)
+            paths.append(pool.storageVolLookupByName(disk.source_volume).path())
+        except libvirt.libvirtError:
+            pass  # a dangling pool/volume reference uses nothing that exists
+    return paths
+
+
+def _volume_backings(conn: Connection) -> Iterator[tuple[str, str]]:
+    with libvirt_errors("listing storage pools"):
+        pools = conn.virconn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+    for pool in pools:
+        try:
+            for vol in pool.listAllVolumes(0):
+                backing = StorageVolume.from_xml(vol.XMLDesc(0)).backing_path
+                if backing:
+                    yield f"{pool.name()}/{vol.name()}", backing
+        except libvirt.libvirtError:
+            continue  # a pool stopped or a volume vanished while we looked
+
+
+# =================================================================================== volumes
+def _lookup_volume(conn: Connection, pool_name: str, name: str) -> libvirt.virStorageVol:
+    pool = _active_pool(conn, pool_name)
+    validate_name(name, what="volume name")
+    try:
+        return pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            raise NotFound(
+                f"volume {name!r} does not exist in pool {pool_name!r}",
+                hint=f"see 'kvmgr vol list {pool_name}'",
+            ) from err
+        raise translate(err, f"looking up volume {name}") from err
+
+
+def _volume_info(
+    pool_name: str, vol: libvirt.virStorageVol, usage: dict[str, list[str]]
+) -> VolumeInfo:
+    with libvirt_errors(f"reading volume {vol.name()}"):
+        model = StorageVolume.from_xml(vol.XMLDesc(0))
+        _type, capacity, allocation = vol.info()
+        path = vol.path()
+    return VolumeInfo(
+        pool=pool_name,
+        name=vol.name(),
+        path=path,
+        format=model.target_format,
+        capacity=capacity,
+        allocation=allocation,
+        used_by=usage.get(path, []),
+    )
+
+
+def list_volumes(conn: Connection, pool_name: str) -> list[VolumeInfo]:
+    pool = _active_pool(conn, pool_name)
+    with libvirt_errors(f"listing volumes of pool {pool_name}"):
+        pool.refresh(0)
+        vols = pool.listAllVolumes(0)
+    usage = volume_users(conn)
+    return sorted((_volume_info(pool_name, vol, usage) for vol in vols), key=lambda v: v.name)
+
+
+def volume_info(conn: Connection, pool_name: str, name: str) -> VolumeInfo:
+    vol = _lookup_volume(conn, pool_name, name)
+    return _volume_info(pool_name, vol, volume_users(conn))
+
+
+def create_pool_volume(
+    conn: Connection, pool_name: str, name: str, size: str | int, fmt: str = "qcow2"
+) -> VolumeInfo:
+    """``kvmgr vol create``: a sparse volume in an existing pool (never creates the pool)."""
+    _active_pool(conn, pool_name)
+    validate_name(name, what="volume name")
+    ref = create_volume(conn, pool_name, name, parse_size(size, what="volume size"), fmt)
+    return volume_info(conn, ref.pool, ref.name)
+
+
+def _refuse_if_used(conn: Connection, vol: libvirt.virStorageVol, action: str) -> None:
+    users = volume_users(conn).get(vol.path())
+    if users:
+        raise InvalidState(
+            f"cannot {action} volume {vol.name()!r}: used by {', '.join(users)}",
+            hint="delete or detach it from those first",
+        )
+
+
+def delete_pool_volume(conn: Connection, pool_name: str, name: str) -> None:
+    """Delete one volume; refused while a VM or an overlay volume uses it."""
+    vol = _lookup_volume(conn, pool_name, name)
+    _refuse_if_used(conn, vol, "delete")
+    with libvirt_errors(f"deleting volume {name} of pool {pool_name}"):
+        vol.delete(0)
+
+
+def resize_volume(
+    conn: Connection, pool_name: str, name: str, size: str | int, *, shrink: bool = False
+) -> VolumeInfo:
+    """Set the volume's capacity; shrinking (which loses data) only with ``shrink``.
+
+    A running VM's disk is refused: the guest must be told through the VM (block resize).
+    """
+    vol = _lookup_volume(conn, pool_name, name)
+    capacity = parse_size(size, what="volume size")
+    with libvirt_errors(f"reading volume {name}"):
+        current = vol.info()[1]
+    if capacity < current and not shrink:
+        raise InvalidState(
+            f"{format_size(capacity)} is smaller than the volume's {format_size(current)}",
+            hint="shrinking destroys the data at the end; add --shrink if that is intended",
+        )
+    running = [user for user in volume_users(conn).get(vol.path(), []) if _is_running(conn, user)]
+    if running:
+        raise InvalidState(
+            f"volume {name!r} is a disk of running {', '.join(running)}",
+            hint="stop the VM first",
+        )
+    flags = libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if capacity < current else 0
+    with libvirt_errors(f"resizing volume {name} to {format_size(capacity)}"):
+        vol.resize(capacity, flags)
+    return volume_info(conn, pool_name, name)
+
+
+def _is_running(conn: Connection, user: str) -> bool:
+    if not user.startswith("VM "):
+        return False
+    try:
+        return bool(conn.virconn.lookupByName(user[3:]).isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+# =================================================================================== transfer
+#: Called with (bytes done, bytes total) as a transfer advances; holes count as done.
+Progress = Callable[[int, int], None]
+
+
+def _no_progress(_done: int, _total: int) -> None:
+    """Default progress callback: report nothing."""
+
+
+class _SparseFile:
+    """A local file read or written through a libvirt sparse stream, counting progress.
+
+    The stream callbacks follow libvirt-python's ``sparseSendAll``/``sparseRecvAll`` contract
+    (see libvirt-python's examples/sparsestream.py).
+    """
+
+    def __init__(self, fd: int, total: int, progress: Progress) -> None:
+        self.fd, self.total, self.done, self.progress = fd, total, 0, progress
+
+    def _advance(self, count: int) -> None:
+        self.done += count
+        self.progress(self.done, self.total)
+
+    # --- upload side
+    def read(self, _stream: libvirt.virStream, nbytes: int, _opaque: object) -> bytes:
+        data = os.read(self.fd, nbytes)
+        self._advance(len(data))
+        return data
+
+    def hole(self, _stream: libvirt.virStream, _opaque: object) -> list[Any]:
+        """[in_data, section_length] for the section at the current offset."""
+        cur = os.lseek(self.fd, 0, os.SEEK_CUR)
+        try:
+            data = os.lseek(self.fd, cur, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno != errno.ENXIO:
+                raise
+            data = -1  # only a trailing hole is left
+        if data < 0:
+            result = [False, os.lseek(self.fd, 0, os.SEEK_END) - cur]
+        elif data > cur:
+            result = [False, data - cur]
+        else:
+            result = [True, os.lseek(self.fd, data, os.SEEK_HOLE) - data]
+        os.lseek(self.fd, cur, os.SEEK_SET)
+        return result
+
+    def skip(self, _stream: libvirt.virStream, length: int, _opaque: object) -> int:
+        os.lseek(self.fd, length, os.SEEK_CUR)
+        self._advance(length)
+        return 0
+
+    # --- download side
+    def write(self, _stream: libvirt.virStream, buf: bytes, _opaque: object) -> int:
+        written = os.write(self.fd, buf)
+        self._advance(written)
+        return written
+
+    def punch(self, _stream: libvirt.virStream, length: int, _opaque: object) -> int:
+        """A hole from the daemon: move on and extend the file, leaving the range unallocated."""
+        end = os.lseek(self.fd, length, os.SEEK_CUR)
+        os.ftruncate(self.fd, max(end, os.fstat(self.fd).st_size))
+        self._advance(length)
+        return 0
+
+
+def detect_format(path: str) -> str:
+    """qcow2 when the file starts with qcow2's magic, else raw."""
+    with open(path, "rb") as handle:
+        return "qcow2" if handle.read(4) == b"QFI\xfb" else "raw"
+
+
+def upload_volume(
+    conn: Connection,
+    pool_name: str,
+    name: str,
+    source: str,
+    *,
+    progress: Progress = _no_progress,
+) -> VolumeInfo:
+    """Copy a local file into volume ``name`` through a libvirt stream, keeping holes as holes.
+
+    A missing volume is created with the file's size (and deleted again if the upload fails);
+    an existing one must be large enough and not in use by a VM.
+    """
+    size = _source_size(source)
+    pool = _active_pool(conn, pool_name)
+    validate_name(name, what="volume name")
+    created = False
+    with libvirt_errors(f"looking up volume {name}"):
+        exists = _volume_exists(pool, name)
+    if exists:
+        vol = _lookup_volume(conn, pool_name, name)
+        _refuse_if_used(conn, vol, "overwrite")
+        _check_fits(vol, size, source)
+    else:
+        # raw whatever the content: the bytes bring their own format, which the refresh below
+        # makes libvirt detect (a qcow2 made by libvirt would be overwritten anyway)
+        ref = create_volume(conn, pool_name, name, size, "raw")
+        vol, created = _lookup_volume(conn, pool_name, ref.name), True
+    try:
+        _send(conn, vol, source, size, progress)
+    except BaseException:
+        if created:
+            with contextlib.suppress(libvirt.libvirtError):
+                vol.delete(0)
+        raise
+    with libvirt_errors(f"refreshing pool {pool_name}"):
+        pool.refresh(0)  # libvirt re-reads the format and allocation of what was written
+    return volume_info(conn, pool_name, name)
+
+
+def _source_size(source: str) -> int:
+    try:
+        size = os.stat(source).st_size
+    except OSError as err:
+        raise InvalidInput(f"cannot read {source}: {err.strerror}") from err
+    if size == 0:
+        raise InvalidInput(f"{source} is empty", hint="a volume needs at least one byte")
+    return size
+
+
+def _check_fits(vol: libvirt.virStorageVol, size: int, source: str) -> None:
+    with libvirt_errors(f"reading volume {vol.name()}"):
+        capacity = vol.info()[1]
+    if size > capacity:
+        raise InvalidInput(
+            f"{source} ({format_size(size)}) is larger than volume {vol.name()!r} "
+            f"({format_size(capacity)})",
+            hint="resize the volume first, or upload to a new volume name",
+        )
+
+
+def _send(
+    conn: Connection, vol: libvirt.virStorageVol, source: str, size: int, progress: Progress
+) -> None:
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        stream = conn.virconn.newStream(0)
+        sparse = _SparseFile(fd, size, progress)
+        with libvirt_errors(f"uploading {source} to volume {vol.name()}"):
+            vol.upload(stream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+            try:
+                stream.sparseSendAll(sparse.read, sparse.hole, sparse.skip, None)
+                stream.finish()
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                raise
+    finally:
+        os.close(fd)
+
+
+def download_volume(
+    conn: Connection,
+    pool_name: str,
+    name: str,
+    target: str,
+    *,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> int:
+    """Copy volume ``name`` into the local file ``target``; holes stay holes.  Returns bytes.
+
+    The data goes to a temporary file next to ``target`` that is renamed only when complete, so
+    a failed download leaves nothing behind and never half-overwrites an existing file.
+    """
+    vol = _lookup_volume(conn, pool_name, name)
+    if os.path.exists(target) and not overwrite:
+        raise AlreadyExists(f"{target} exists", hint="choose another file or add --force")
+    with libvirt_errors(f"reading volume {name}"):
+        capacity = vol.info()[1]
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, partial = tempfile.mkstemp(prefix=".kvmgr-download-", dir=directory)
+    try:
+        try:
+            _receive(conn, vol, fd, capacity, progress)
+        finally:
+            os.close(fd)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return os.stat(target).st_size
+
+
+def _receive(
+    conn: Connection, vol: libvirt.virStorageVol, fd: int, capacity: int, progress: Progress
+) -> None:
+    stream = conn.virconn.newStream(0)
+    sparse = _SparseFile(fd, capacity, progress)
+    with libvirt_errors(f"downloading volume {vol.name()}"):
+        vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+        try:
+            stream.sparseRecvAll(sparse.write, sparse.punch, None)
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
