@@ -8,6 +8,7 @@ directory, which detection does not need; the layout below is ECMA-119 section 8
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -94,10 +95,22 @@ def read_descriptor(path: str | Path) -> IsoDescriptor:
 
 def _scan_descriptors(name: str, handle: BinaryIO) -> IsoDescriptor:
     handle.seek(_DESCRIPTOR_SET_START)
+    return _find_primary(name, iter(lambda: handle.read(SECTOR_SIZE), b""))
+
+
+def parse_descriptor_set(name: str, image_start: bytes) -> IsoDescriptor:
+    """The descriptor from the first bytes of an image (e.g. downloaded from a remote volume)."""
+    sectors = (
+        image_start[offset : offset + SECTOR_SIZE]
+        for offset in range(_DESCRIPTOR_SET_START, len(image_start), SECTOR_SIZE)
+    )
+    return _find_primary(name, sectors)
+
+
+def _find_primary(name: str, sectors: Iterator[bytes]) -> IsoDescriptor:
     primary: bytes | None = None
     bootable = False
-    for _ in range(_MAX_DESCRIPTORS):
-        sector = handle.read(SECTOR_SIZE)
+    for _, sector in zip(range(_MAX_DESCRIPTORS), sectors, strict=False):
         if not _is_descriptor(sector):
             break
         kind = sector[0]
