@@ -81,3 +81,71 @@ def setup(
     console.print(f"{plan.distribution} ({plan.family}): {verb}", highlight=False)
     for step in steps:
         console.print(f"  # {step.title}\n  {step.command_line()}", highlight=False, markup=False)
+
+
+bridge_app = typer.Typer(no_args_is_help=True)
+app.add_typer(bridge_app, name="bridge", help="Host bridges: move an uplink onto a bridge, safely.")
+
+NetnsOption = typer.Option("--netns", help="work inside this named network namespace")
+DryRunOption = typer.Option("--dry-run", help="print the exact commands, change nothing")
+YesOption = typer.Option("--yes", help="allow touching the interface with the default route")
+
+
+def _emit_bridge_result(data: dict[str, object], output: OutputFormat) -> None:
+    if output is not OutputFormat.table:
+        emit_object(data, output)
+        return
+    verb = "would run" if data["dry_run"] else "ran"
+    console.print(f"{verb}:", highlight=False)
+    for command in data["commands"]:  # type: ignore[attr-defined]
+        console.print(f"  {command}", highlight=False, markup=False)
+    for note in data["notes"]:  # type: ignore[attr-defined]
+        console.print(f"note: {note}", highlight=False)
+
+
+@bridge_app.command("create")
+@report_errors
+def bridge_create(
+    name: Annotated[str, typer.Argument(help="bridge name, e.g. br0")],
+    uplink: Annotated[str, typer.Option("--uplink", help="interface whose addresses move")],
+    netns: Annotated[str | None, NetnsOption] = None,
+    dry_run: Annotated[bool, DryRunOption] = False,
+    yes: Annotated[bool, YesOption] = False,
+    ping: Annotated[
+        str | None,
+        typer.Option("--ping", help="address (e.g. the gateway) that must answer afterwards"),
+    ] = None,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Create a bridge over UPLINK and move its addresses and routes; roll back on failure."""
+    from kvmgr.host.bridge import create_bridge
+
+    result = create_bridge(name, uplink, netns=netns, yes=yes, dry_run=dry_run, ping=ping)
+    _emit_bridge_result(result.as_dict(), output)
+
+
+@bridge_app.command("delete")
+@report_errors
+def bridge_delete(
+    name: Annotated[str, typer.Argument(help="a bridge kvmgr created")],
+    netns: Annotated[str | None, NetnsOption] = None,
+    dry_run: Annotated[bool, DryRunOption] = False,
+    yes: Annotated[bool, YesOption] = False,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Move a kvmgr bridge's addresses back to its uplink and delete the bridge."""
+    from kvmgr.host.bridge import delete_bridge
+
+    result = delete_bridge(name, netns=netns, yes=yes, dry_run=dry_run)
+    _emit_bridge_result(result.as_dict(), output)
+
+
+@bridge_app.command("list")
+@report_errors
+def bridge_list(
+    netns: Annotated[str | None, NetnsOption] = None, output: OutputFormat = OutputOption
+) -> None:
+    """List bridges with their ports and addresses."""
+    from kvmgr.host.bridge import list_bridges
+
+    emit_rows(list_bridges(netns=netns), output, ["name", "state", "ports", "addresses", "kvmgr"])
