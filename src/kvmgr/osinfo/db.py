@@ -379,12 +379,20 @@ class OsinfoDb:
         That is ``osinfo_os_get_all_devices``: the union over related OSes, minus every device
         some link in the chain marks unsupported.
         """
+        supported, unsupported = self._device_links(entry)
+        return supported - unsupported
+
+    def unsupported_devices(self, entry: OsEntry) -> set[str]:
+        """Device ids some OS in the chain explicitly marks ``supported="false"``."""
+        return self._device_links(entry)[1]
+
+    def _device_links(self, entry: OsEntry) -> tuple[set[str], set[str]]:
         supported: set[str] = set()
         unsupported: set[str] = set()
         for os_entry in self.related(entry):
             for device, ok in os_entry.devices.items():
                 (supported if ok else unsupported).add(device)
-        return supported - unsupported
+        return supported, unsupported
 
     def firmware_supported(self, entry: OsEntry, arch: str, kind: str) -> bool | None:
         """True/False where the OS (or its nearest related OS) says, None when nobody does."""

@@ -91,8 +91,10 @@ def profile_for(db: OsinfoDb, entry: OsEntry, arch: str = DEFAULT_ARCH) -> OSPro
     devices = db.devices(entry)
     virtio = bool(devices & set(VIRTIO_BLOCK_IDS)) and bool(devices & set(VIRTIO_NET_IDS))
     # An OS with virtio 1.0 (modern, PCIe-native) drivers runs fine on q35 even where
-    # osinfo-db does not list the chipset.
-    q35 = Q35_ID in devices or bool(devices & set(VIRTIO1_IDS))
+    # osinfo-db does not list the chipset, unless the database explicitly says no.
+    q35 = Q35_ID not in db.unsupported_devices(entry) and (
+        Q35_ID in devices or bool(devices & set(VIRTIO1_IDS))
+    )
     minimum_memory = db.resource(entry, arch, "minimum", "ram") or 0
     return OSProfile(
         short_id=entry.short_id,
