@@ -534,18 +534,21 @@ class FilePlan:
 def plan_nmcli(spec: BridgeSpec) -> FilePlan:
     """NetworkManager: a bridge connection plus a port connection for the uplink."""
     bridge_con, port_con = spec.bridge, f"{spec.bridge}-port-{spec.uplink}"
-    ipv4: list[str]
+    addressing: list[str]
     if spec.dhcp:
-        ipv4 = ["ipv4.method", "auto"]
+        addressing = ["ipv4.method", "auto"]
     else:
         v4 = [a for a in spec.addresses if ":" not in a]
-        ipv4 = (
+        addressing = (
             ["ipv4.method", "manual", "ipv4.addresses", ",".join(v4)]
             if v4
             else ["ipv4.method", "disabled"]
         )
         if spec.gateway4:
-            ipv4 += ["ipv4.gateway", spec.gateway4]
+            addressing += ["ipv4.gateway", spec.gateway4]
+        v6 = [a for a in spec.addresses if ":" in a]
+        if v6:
+            addressing += ["ipv6.method", "manual", "ipv6.addresses", ",".join(v6)]
     add_bridge: Argv = (
         "nmcli",
         "connection",
@@ -560,7 +563,7 @@ def plan_nmcli(spec: BridgeSpec) -> FilePlan:
         "no",
         "bridge.mac-address",
         spec.mac,
-        *ipv4,
+        *addressing,
     )
     add_port: Argv = (
         "nmcli",
@@ -616,6 +619,12 @@ def plan_ifcfg(spec: BridgeSpec) -> FilePlan:
             bridge[f"PREFIX{suffix}"] = prefix
         if spec.gateway4:
             bridge["GATEWAY"] = spec.gateway4
+        v6 = [a for a in spec.addresses if ":" in a]
+        if v6:
+            bridge["IPV6INIT"] = "yes"
+            bridge["IPV6ADDR"] = v6[0]
+            if v6[1:]:
+                bridge["IPV6ADDR_SECONDARIES"] = " ".join(v6[1:])
     port = {
         "DEVICE": spec.uplink,
         "TYPE": "Ethernet",
