@@ -1,0 +1,76 @@
+"""``kvmgr host check`` and the functional KVM probe on this machine (real daemon, real /dev/kvm).
+
+On this host /dev/kvm exists but does not run guest code, so the probe must FAIL within its
+timeout and kvmgr must still say the host can run VMs, with software emulation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from kvmgr.cli.common import state
+from kvmgr.cli.main import app
+from kvmgr.connect.kvm_probe import probe_kvm
+from kvmgr.host import checks
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_connection() -> Iterator[None]:
+    """CliRunner does not go through ``run()``, so close the cached connection between tests."""
+    state.close()
+    yield
+    state.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="this host has no /dev/kvm")
+def test_probe_of_the_real_device_fails_within_its_timeout() -> None:
+    start = time.monotonic()
+    result = probe_kvm("/dev/kvm", timeout=2.0)
+    elapsed = time.monotonic() - start
+    assert not result.usable, "this machine's /dev/kvm was expected not to run guests"
+    assert "did not finish within 2 s" in result.reason
+    assert 2.0 <= elapsed < 3.5
+
+
+def test_cli_check_against_the_real_daemon() -> None:
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["--connect", "qemu:///system", "host", "check", "-o", "json"])
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 0, result.output
+    rows = {row["check"]: row for row in json.loads(result.output)}
+    probe = rows[checks.KVM_PROBE]
+    assert probe["status"] in ("FAIL", "WARN")
+    assert probe["detail"]  # the reason, e.g. "guest code ... did not finish within 3 s"
+    assert "emulation" in probe["hint"]
+    assert "software emulation" in rows["summary"]["detail"]
+    assert rows[checks.LIBVIRT]["status"] == "PASS"
+    assert "libvirt 9." in rows[checks.LIBVIRT]["detail"]
+    assert rows[checks.VIRTLOGD]["status"] == "PASS"
+    assert rows[checks.QEMU]["status"] == "PASS"
+    assert all(row["status"] in ("PASS", "WARN", "FAIL") for row in rows.values())
+    assert elapsed < 10, "checks run concurrently: about the probe's 3 s timeout"
+
+
+def test_cli_check_table_ends_with_the_summary() -> None:
+    result = CliRunner().invoke(app, ["--connect", "qemu:///system", "host", "check"])
+    assert result.exit_code == 0, result.output
+    assert "KVM runs guest code" in result.output
+    assert "software emulation" in result.output.splitlines()[-1]
+
+
+def test_unreachable_daemon_makes_check_exit_non_zero(tmp_path: os.PathLike[str]) -> None:
+    # A socket path nobody listens on: libvirt fails to connect, the check reports it, no traceback.
+    uri = f"qemu:///system?socket={tmp_path}/nobody.sock"
+    result = CliRunner().invoke(app, ["--connect", uri, "host", "check", "-o", "json"])
+    assert result.exit_code == 1, result.output
+    rows = {row["check"]: row for row in json.loads(result.output)}
+    assert rows[checks.LIBVIRT]["status"] == "FAIL"
+    assert "cannot run VMs" in rows["summary"]["detail"]
