@@ -1,0 +1,15 @@
+"""The benchmarks in the order they run: cheap, in-process ones first, guest boots last."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from bench import cli_startup, inventory
+from bench.core import Context, Line
+
+Benchmark = Callable[[Context], Iterator[Line]]
+
+BENCHMARKS: list[tuple[str, Benchmark]] = [
+    ("inventory", inventory.run),
+    ("cli-startup", cli_startup.run),
+]
