@@ -252,7 +252,9 @@ def render_table(lines: Iterable[Line]) -> str:
         if row[-1] == "skip":
             out.append(f"{row[0].ljust(widths[0])}  {row[1]}")
         else:
-            out.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+            out.append(
+                "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            )
     return "\n".join(line.rstrip() for line in out)
 
 
