@@ -1,0 +1,716 @@
+"""Changing a VM's resources: vCPUs, memory, disks and NICs, live and in its definition.
+
+Policy for *where* a change applies: ``live`` changes the running guest, ``config`` its persistent
+definition (used at the next boot).  Asking for neither means "both when running, the definition
+when shut off", which is what a person expects from ``kvmgr vm set``.
+
+Every device XML comes from :mod:`kvmgr.xml.domain`.  Devices are attached and detached with
+``attachDeviceFlags``/``detachDeviceFlags``, so libvirt assigns addresses and keeps everything in
+the definition it does not know kvmgr cares about.  Detaching is asynchronous (the guest must
+release the device), so removals wait for the device to leave the live definition.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import libvirt
+
+from kvmgr.connect import Connection
+from kvmgr.errors import (
+    AlreadyExists,
+    InvalidInput,
+    InvalidState,
+    KvmgrError,
+    NotFound,
+    OperationFailed,
+    libvirt_errors,
+)
+from kvmgr.names import validate_name
+from kvmgr.services import vms
+from kvmgr.services.storage import (
+    DEFAULT_POOL,
+    VOLUME_FORMATS,
+    create_volume,
+    delete_volume_by_path,
+    find_volume_by_path,
+)
+from kvmgr.units import MIB, format_size, to_kib
+from kvmgr.xml.base import XMLObject
+from kvmgr.xml.domain import KVMGR_NS, KVMGR_PREFIX, Disk, Domain, Interface, KvmgrMetadata
+
+LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+MIN_MEMORY = 64 * MIB
+#: Seconds to wait for a guest to release a detached device before saying it did not.
+DETACH_TIMEOUT = 30.0
+DISK_BUSES = {"virtio": "vd", "scsi": "sd", "sata": "sd", "usb": "sd"}
+NIC_MODELS = ("virtio", "e1000e", "e1000", "rtl8139")
+_MAX_TARGETS = 26
+
+
+# ------------------------------------------------------------------------------------ scope
+@dataclass(frozen=True)
+class Scope:
+    """Where a change applies: the running guest, the persistent definition, or both."""
+
+    live: bool
+    config: bool
+
+    @property
+    def flags(self) -> int:
+        return (LIVE if self.live else 0) | (CONFIG if self.config else 0)
+
+    def describe(self) -> str:
+        return " and ".join(
+            part for part, on in (("live", self.live), ("config", self.config)) if on
+        )
+
+
+def resolve_scope(dom: libvirt.virDomain, *, live: bool = False, config: bool = False) -> Scope:
+    """The scope of a change: what was asked, or live+config when running and config when not."""
+    active = vms.is_active_state(vms.state_of(dom))
+    with libvirt_errors(f"reading VM {dom.name()}"):
+        persistent = bool(dom.isPersistent())
+    if not live and not config:
+        return Scope(live=active, config=persistent)
+    if live and not active:
+        raise InvalidState(
+            f"VM {dom.name()!r} is not running, so nothing can change live",
+            hint="drop --live to change its definition, or start it first",
+        )
+    if config and not persistent:
+        raise InvalidState(
+            f"VM {dom.name()!r} is transient: it has no definition to change",
+            hint="drop --config to change only the running guest",
+        )
+    return Scope(live=live, config=config)
+
+
+# ------------------------------------------------------------------------------------ vCPUs, memory
+@dataclass
+class Resources:
+    """A VM's vCPUs and memory, running and as defined (``None`` where it is not running)."""
+
+    name: str
+    state: str
+    vcpus_live: int | None
+    vcpus_config: int
+    max_vcpus: int
+    memory_live: int | None
+    memory_config: int
+    max_memory: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resources(conn: Connection, name: str) -> Resources:
+    """vCPUs and memory of VM ``name`` now and at its next boot, with their ceilings."""
+    dom = vms.lookup(conn, name)
+    state = vms.state_of(dom)
+    config = vms.definition(dom, inactive=True)
+    live = vms.definition(dom) if vms.is_active_state(state) else None
+    return Resources(
+        name=name,
+        state=vms.STATE_NAMES.get(state, "unknown"),
+        vcpus_live=_current_vcpus(live) if live else None,
+        vcpus_config=_current_vcpus(config),
+        max_vcpus=config.vcpus or 1,
+        memory_live=_live_memory(dom) if live else None,
+        memory_config=config.current_memory_bytes or 0,
+        max_memory=config.memory_bytes or 0,
+    )
+
+
+def _current_vcpus(domain: Domain) -> int:
+    return domain.vcpus_current or domain.vcpus or 1
+
+
+def _live_memory(dom: libvirt.virDomain) -> int:
+    with libvirt_errors(f"reading the memory of VM {dom.name()}"):
+        return int(dom.info()[2]) * 1024
+
+
+def set_resources(
+    conn: Connection,
+    name: str,
+    *,
+    vcpus: int | None = None,
+    memory: int | None = None,
+    max_vcpus: int | None = None,
+    max_memory: int | None = None,
+    live: bool = False,
+    config: bool = False,
+) -> Resources:
+    """Change vCPUs and/or memory (bytes); ceilings (``max_*``) only in the definition.
+
+    Every value is checked against the VM's ceilings before anything changes, so a refused
+    request changes nothing.
+    """
+    if vcpus is None and memory is None and max_vcpus is None and max_memory is None:
+        raise InvalidInput(
+            "nothing to change", hint="give --vcpus, --memory, --max-vcpus or --max-memory"
+        )
+    dom = vms.lookup(conn, name)
+    scope = resolve_scope(dom, live=live, config=config)
+    if (max_vcpus is not None or max_memory is not None) and scope.live:
+        raise InvalidState(
+            "the maximum vCPUs and memory are fixed while a VM runs",
+            hint=f"shut {name} down first, or change them with --config (next boot)",
+        )
+    defined = vms.definition(dom, inactive=True)
+    ceiling_vcpus = max_vcpus or defined.vcpus or 1
+    ceiling_memory = max_memory or defined.memory_bytes or 0
+    if vcpus is not None:
+        _check_vcpus(name, vcpus, ceiling_vcpus, explicit_max=max_vcpus is not None)
+    if memory is not None:
+        _check_memory(name, memory, ceiling_memory, explicit_max=max_memory is not None)
+    _check_ceilings_cover_current(name, defined, max_vcpus, max_memory, vcpus, memory)
+    # Ceilings first: a larger maximum must exist before a current value may use it.
+    if max_vcpus is not None:
+        with libvirt_errors(f"setting the maximum vCPUs of VM {name}"):
+            dom.setVcpusFlags(max_vcpus, CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+    if max_memory is not None:
+        with libvirt_errors(f"setting the maximum memory of VM {name}"):
+            dom.setMemoryFlags(to_kib(max_memory), CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+    if vcpus is not None:
+        with libvirt_errors(f"setting {vcpus} vCPUs ({scope.describe()}) on VM {name}"):
+            dom.setVcpusFlags(vcpus, scope.flags)
+    if memory is not None:
+        with libvirt_errors(
+            f"setting memory to {format_size(memory)} ({scope.describe()}) on VM {name}"
+        ):
+            dom.setMemoryFlags(to_kib(memory), scope.flags)
+    return resources(conn, name)
+
+
+def _check_vcpus(name: str, vcpus: int, ceiling: int, *, explicit_max: bool) -> None:
+    if vcpus < 1:
+        raise InvalidInput("--vcpus must be at least 1")
+    if vcpus > ceiling:
+        raise InvalidInput(
+            f"{vcpus} vCPUs is above the maximum of {ceiling} for VM {name!r}",
+            hint="give --max-vcpus as well (only with --config, i.e. for the next boot)"
+            if explicit_max
+            else "the maximum is set at create time with --max-vcpus; to raise it, shut the VM "
+            f"down and run 'kvmgr vm set {name} --max-vcpus N --vcpus {vcpus}'",
+        )
+
+
+def _check_memory(name: str, memory: int, ceiling: int, *, explicit_max: bool) -> None:
+    if memory < MIN_MEMORY:
+        raise InvalidInput(f"memory {format_size(memory)} is too small", hint="give at least 64M")
+    if memory > ceiling:
+        raise InvalidInput(
+            f"memory {format_size(memory)} is above the ceiling of {format_size(ceiling)} "
+            f"for VM {name!r}",
+            hint="give a --max-memory at least as large"
+            if explicit_max
+            else "the ceiling is set at create time with --max-memory; to raise it, shut the VM "
+            f"down and run 'kvmgr vm set {name} --max-memory SIZE'",
+        )
+
+
+def _check_ceilings_cover_current(
+    name: str,
+    defined: Domain,
+    max_vcpus: int | None,
+    max_memory: int | None,
+    vcpus: int | None,
+    memory: int | None,
+) -> None:
+    """A lower maximum must not leave the defined current value above it."""
+    if max_vcpus is not None:
+        current = vcpus or _current_vcpus(defined)
+        if current > max_vcpus:
+            raise InvalidInput(
+                f"--max-vcpus {max_vcpus} is below the VM's {current} vCPUs",
+                hint=f"lower them too: 'kvmgr vm set {name} --vcpus {max_vcpus} "
+                f"--max-vcpus {max_vcpus}'",
+            )
+    if max_memory is not None:
+        if max_memory < MIN_MEMORY:
+            raise InvalidInput(
+                f"--max-memory {format_size(max_memory)} is too small", hint="give at least 64M"
+            )
+        current_memory = memory or defined.current_memory_bytes or 0
+        if current_memory > max_memory:
+            raise InvalidInput(
+                f"--max-memory {format_size(max_memory)} is below the VM's memory of "
+                f"{format_size(current_memory)}",
+                hint="give a --memory no larger than the new maximum as well",
+            )
+
+
+# ------------------------------------------------------------------------------------ metadata
+def _owned_volumes(dom: libvirt.virDomain) -> list[str]:
+    meta = vms.definition(dom, inactive=True).kvmgr_metadata()
+    return list(meta.owned_volumes) if meta else []
+
+
+def _set_owned_volumes(dom: libvirt.virDomain, paths: list[str]) -> None:
+    """Rewrite kvmgr's record of the volumes it made for this VM, keeping the rest of it."""
+    meta = vms.definition(dom, inactive=True).kvmgr_metadata(create=True)
+    assert meta is not None  # create=True always gives one
+    meta.owned_volumes = paths
+    # setMetadata replaces kvmgr's element only; libvirt keeps every other <metadata> child.
+    element = copy.deepcopy(meta.element)
+    flags = CONFIG | (LIVE if dom.isActive() else 0)
+    with libvirt_errors(f"recording the volumes of VM {dom.name()}"):
+        dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            KvmgrMetadata(element).to_xml(),
+            KVMGR_PREFIX,
+            KVMGR_NS,
+            flags,
+        )
+
+
+# ------------------------------------------------------------------------------------ devices
+def _device_xml(item: XMLObject) -> str:
+    """The device as libvirt should match it: without the address and alias libvirt assigned,
+    so one XML matches both the live and the persistent copy."""
+    element = copy.deepcopy(item.element)
+    for tag in ("address", "alias"):
+        for node in element.findall(tag):
+            element.remove(node)
+    return type(item)(element).to_xml()
+
+
+def _definitions(dom: libvirt.virDomain, scope: Scope) -> list[Domain]:
+    found = []
+    if scope.live:
+        found.append(vms.definition(dom))
+    if scope.config:
+        found.append(vms.definition(dom, inactive=True))
+    return found
+
+
+def _wait_removed(
+    dom: libvirt.virDomain,
+    present: Callable[[Domain], bool],
+    what: str,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll the live definition until the guest released the device, or say it did not."""
+    deadline = time.monotonic() + timeout
+    while present(vms.definition(dom)):
+        if time.monotonic() >= deadline:
+            raise OperationFailed(
+                f"the guest did not release {what} within {timeout:g} s",
+                hint="the guest OS must support hot-unplug (ACPI/PCIe hotplug); it may still "
+                "release it later. Or shut the VM down and remove it with --config",
+            )
+        sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------ disks
+@dataclass
+class DiskChange:
+    vm: str
+    target: str
+    path: str | None
+    bus: str | None
+    owned: bool
+    scope: str
+    capacity: int | None = None
+    volume_deleted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def add_disk(
+    conn: Connection,
+    name: str,
+    *,
+    size: int | None = None,
+    path: str | None = None,
+    pool: str = DEFAULT_POOL,
+    fmt: str = "qcow2",
+    bus: str = "virtio",
+    live: bool = False,
+    config: bool = False,
+) -> DiskChange:
+    """Attach a new volume of ``size`` bytes (named after the VM) or the existing ``path``.
+
+    A volume kvmgr creates is recorded as owned by the VM, so deleting the VM removes it.  If
+    attaching fails, the new volume is deleted again.
+    """
+    if (size is None) == (path is None):
+        raise InvalidInput("give either --size (a new volume) or --path (an existing disk)")
+    if bus not in DISK_BUSES:
+        raise InvalidInput(f"disk bus {bus!r} is not supported", hint="use virtio, scsi or sata")
+    if fmt not in VOLUME_FORMATS:
+        raise InvalidInput(f"disk format {fmt!r} is not supported", hint="use qcow2 or raw")
+    dom = vms.lookup(conn, name)
+    scope = resolve_scope(dom, live=live, config=config)
+    target = _free_target(dom, scope, DISK_BUSES[bus])
+    disk = Disk()
+    disk.type, disk.device, disk.driver_name = "file", "disk", "qemu"
+    disk.target_dev, disk.target_bus = target, bus
+    created: str | None = None
+    if path is not None:
+        disk.source_file = path
+        disk.driver_type = _existing_format(conn, path)
+    else:
+        assert size is not None
+        extension = "qcow2" if fmt == "qcow2" else "img"
+        volume = create_volume(conn, pool, f"{name}-{target}.{extension}", size, fmt)
+        created = disk.source_file = volume.path
+        disk.driver_type = fmt
+    try:
+        with libvirt_errors(f"attaching disk {target} ({scope.describe()}) to VM {name}"):
+            dom.attachDeviceFlags(disk.to_xml(), scope.flags)
+        if created:
+            _record_owned_or_detach(dom, disk, scope, created)
+    except KvmgrError:
+        if created:
+            delete_volume_by_path(conn, created)
+        raise
+    return DiskChange(name, target, disk.source_file, bus, bool(created), scope.describe())
+
+
+def _record_owned_or_detach(dom: libvirt.virDomain, disk: Disk, scope: Scope, path: str) -> None:
+    try:
+        _set_owned_volumes(dom, [*_owned_volumes(dom), path])
+    except KvmgrError:
+        with libvirt_errors(f"detaching disk {disk.target_dev} again"):
+            dom.detachDeviceFlags(_device_xml(disk), scope.flags)
+        raise
+
+
+def _existing_format(conn: Connection, path: str) -> str:
+    vol = find_volume_by_path(conn, path)
+    if vol is None:
+        raise NotFound(
+            f"disk {path!r} is not a volume of any storage pool",
+            hint="give the path of a volume ('kvmgr vol list POOL'), or --size for a new one",
+        )
+    from kvmgr.xml.storage import StorageVolume
+
+    with libvirt_errors(f"reading volume {path}"):
+        spec = StorageVolume.from_xml(vol.XMLDesc(0))
+    return spec.target_format or "raw"
+
+
+def _free_target(dom: libvirt.virDomain, scope: Scope, prefix: str) -> str:
+    """The first unused ``vdX``/``sdX`` in every definition the change touches."""
+    used = {disk.target_dev for domain in _definitions(dom, scope) for disk in domain.devices.disks}
+    for index in range(_MAX_TARGETS):
+        target = f"{prefix}{chr(ord('a') + index)}"
+        if target not in used:
+            return target
+    raise InvalidState(f"VM {dom.name()!r} has no free {prefix}X disk name left")
+
+
+def _find_disk(domain: Domain, target: str) -> Disk | None:
+    return next((disk for disk in domain.devices.disks if disk.target_dev == target), None)
+
+
+def _require_disk(dom: libvirt.virDomain, domains: list[Domain], target: str) -> Disk:
+    found = [disk for domain in domains if (disk := _find_disk(domain, target)) is not None]
+    if not found:
+        targets = sorted({d.target_dev or "?" for domain in domains for d in domain.devices.disks})
+        raise NotFound(
+            f"VM {dom.name()!r} has no disk {target!r}",
+            hint=f"its disks are {', '.join(targets) or 'none'}",
+        )
+    return found[0]
+
+
+def remove_disk(
+    conn: Connection,
+    name: str,
+    target: str,
+    *,
+    delete_volume: bool = False,
+    live: bool = False,
+    config: bool = False,
+    timeout: float = DETACH_TIMEOUT,
+) -> DiskChange:
+    """Detach disk ``target``; with ``delete_volume``, also delete it if kvmgr created it."""
+    dom = vms.lookup(conn, name)
+    scope = resolve_scope(dom, live=live, config=config)
+    disk = _require_disk(dom, _definitions(dom, scope), target)
+    path = disk.source_path
+    owned = path is not None and path in _owned_volumes(dom)
+    if delete_volume:
+        _check_deletable(dom, scope, target, path, owned)
+    with libvirt_errors(f"detaching disk {target} ({scope.describe()}) from VM {name}"):
+        dom.detachDeviceFlags(_device_xml(disk), scope.flags)
+    if scope.live:
+        _wait_removed(
+            dom, lambda domain: _find_disk(domain, target) is not None, f"disk {target}", timeout
+        )
+    deleted = False
+    if delete_volume and path is not None:
+        _set_owned_volumes(dom, [p for p in _owned_volumes(dom) if p != path])
+        deleted = delete_volume_by_path(conn, path)
+    return DiskChange(
+        name, target, path, disk.target_bus, owned, scope.describe(), volume_deleted=deleted
+    )
+
+
+def _check_deletable(
+    dom: libvirt.virDomain, scope: Scope, target: str, path: str | None, owned: bool
+) -> None:
+    """Refuse to delete what kvmgr did not create, or what the VM would still use."""
+    if path is None or not owned:
+        raise InvalidInput(
+            f"disk {target} ({path or 'no file'}) was not created by kvmgr for VM "
+            f"{dom.name()!r}, so kvmgr will not delete it",
+            hint="detach it without --delete-volume; delete the volume yourself if intended",
+        )
+    everywhere = resolve_scope(dom)
+    if (everywhere.live and not scope.live) or (everywhere.config and not scope.config):
+        raise InvalidInput(
+            f"disk {target} would stay in the VM's "
+            f"{'running guest' if everywhere.live and not scope.live else 'definition'}, "
+            "so its volume cannot be deleted",
+            hint="remove it both live and from the definition (no --live/--config)",
+        )
+
+
+def resize_disk(conn: Connection, name: str, target: str, size: int) -> DiskChange:
+    """Grow disk ``target`` to ``size`` bytes: blockResize when running, the volume when not.
+
+    Shrinking loses data at the end of the disk and is refused.
+    """
+    dom = vms.lookup(conn, name)
+    running = vms.is_active_state(vms.state_of(dom))
+    domain = vms.definition(dom, inactive=not running)
+    disk = _require_disk(dom, [domain], target)
+    if disk.device not in (None, "disk"):
+        raise InvalidInput(f"{target} is a {disk.device}, not a disk", hint="resize a disk")
+    current = _capacity(conn, dom, disk, running)
+    if size < current:
+        raise InvalidInput(
+            f"{format_size(size)} is smaller than disk {target}'s {format_size(current)}",
+            hint="kvmgr does not shrink disks: shrinking destroys the data at the end",
+        )
+    if size > current:
+        if running:
+            with libvirt_errors(f"resizing disk {target} of VM {name}"):
+                dom.blockResize(target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        else:
+            vol = _volume_of(conn, disk)
+            with libvirt_errors(f"resizing volume {disk.source_path}"):
+                vol.resize(size, 0)
+    path = disk.source_path
+    owned = path is not None and path in _owned_volumes(dom)
+    scope = "live" if running else "config"
+    return DiskChange(
+        name,
+        target,
+        path,
+        disk.target_bus,
+        owned,
+        scope,
+        capacity=_capacity(conn, dom, disk, running),
+    )
+
+
+def _capacity(conn: Connection, dom: libvirt.virDomain, disk: Disk, running: bool) -> int:
+    if running:
+        with libvirt_errors(f"reading disk {disk.target_dev} of VM {dom.name()}"):
+            return int(dom.blockInfo(disk.target_dev or "", 0)[0])
+    vol = _volume_of(conn, disk)
+    with libvirt_errors(f"reading volume {disk.source_path}"):
+        return int(vol.info()[1])
+
+
+def _volume_of(conn: Connection, disk: Disk) -> libvirt.virStorageVol:
+    vol = find_volume_by_path(conn, disk.source_path) if disk.source_path else None
+    if vol is None:
+        raise InvalidInput(
+            f"disk {disk.target_dev} ({disk.source_path or 'no file'}) is not a volume of any "
+            "storage pool, so kvmgr cannot resize it while the VM is off",
+            hint="start the VM and resize it live, or put its file in a storage pool",
+        )
+    return vol
+
+
+# ------------------------------------------------------------------------------------ NICs
+@dataclass
+class NicChange:
+    vm: str
+    mac: str
+    type: str | None
+    source: str | None
+    model: str | None
+    scope: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def add_nic(
+    conn: Connection,
+    name: str,
+    *,
+    network: str | None = None,
+    bridge: str | None = None,
+    model: str | None = None,
+    mac: str | None = None,
+    live: bool = False,
+    config: bool = False,
+) -> NicChange:
+    """Plug a NIC into libvirt network ``network`` or host bridge ``bridge``.
+
+    kvmgr picks the MAC (unless given) so the live and persistent copies carry the same one and
+    the caller learns it.  The model defaults to the model of the VM's other NICs, else virtio.
+    """
+    if (network is None) == (bridge is None):
+        raise InvalidInput("give either --network or --bridge")
+    if model is not None and model not in NIC_MODELS:
+        raise InvalidInput(
+            f"NIC model {model!r} is not supported", hint=f"use {', '.join(NIC_MODELS)}"
+        )
+    dom = vms.lookup(conn, name)
+    scope = resolve_scope(dom, live=live, config=config)
+    nic = Interface()
+    if network is not None:
+        _require_network(conn, network, running=scope.live)
+        nic.type, nic.source_network = "network", network
+    else:
+        assert bridge is not None
+        validate_name(bridge, what="bridge")
+        nic.type, nic.source_bridge = "bridge", bridge
+    nic.mac = _choose_mac(conn, mac)
+    domains = _definitions(dom, scope)
+    nic.model = model or _usual_model(domains)
+    with libvirt_errors(f"attaching a NIC ({scope.describe()}) to VM {name}"):
+        dom.attachDeviceFlags(nic.to_xml(), scope.flags)
+    return NicChange(name, nic.mac, nic.type, nic.source, nic.model, scope.describe())
+
+
+def _require_network(conn: Connection, network: str, *, running: bool) -> None:
+    validate_name(network, what="network")
+    with libvirt_errors(f"looking up network {network}"):
+        try:
+            net = conn.virconn.networkLookupByName(network)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+            raise NotFound(
+                f"network {network!r} does not exist", hint="'kvmgr net list' shows the networks"
+            ) from err
+        if running and not net.isActive():
+            raise InvalidState(
+                f"network {network!r} is not running",
+                hint=f"start it with 'kvmgr net start {network}'",
+            )
+
+
+def _usual_model(domains: list[Domain]) -> str:
+    for domain in domains:
+        for nic in domain.devices.interfaces:
+            if nic.model:
+                return str(nic.model)
+    return "virtio"
+
+
+def _choose_mac(conn: Connection, mac: str | None) -> str:
+    """The requested MAC (refused if any VM on the host has it) or a fresh 52:54:00 one."""
+    from kvmgr.services.networks import normalize_mac
+
+    used = _macs_in_use(conn)
+    if mac is not None:
+        wanted = normalize_mac(mac)
+        if wanted in used:
+            raise AlreadyExists(
+                f"MAC address {wanted} is used by VM {used[wanted]!r}",
+                hint="give another --mac, or leave it out for a fresh one",
+            )
+        return wanted
+    while True:
+        # 52:54:00 is the prefix QEMU and libvirt use for their guests.
+        candidate = "52:54:00:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(3))
+        if candidate not in used:
+            return candidate
+
+
+def _macs_in_use(conn: Connection) -> dict[str, str]:
+    with libvirt_errors("listing VMs"):
+        doms = conn.virconn.listAllDomains(0)
+    used: dict[str, str] = {}
+    for other in doms:
+        for inactive in (False, True):
+            if inactive and not other.isPersistent():
+                continue
+            if not inactive and not other.isActive():
+                continue
+            for nic in vms.definition(other, inactive=inactive).devices.interfaces:
+                if nic.mac:
+                    used[nic.mac.lower()] = other.name()
+    return used
+
+
+def remove_nic(
+    conn: Connection,
+    name: str,
+    mac: str,
+    *,
+    live: bool = False,
+    config: bool = False,
+    timeout: float = DETACH_TIMEOUT,
+) -> NicChange:
+    """Unplug the NIC with ``mac``, waiting for the guest to release it when running."""
+    from kvmgr.services.networks import normalize_mac
+
+    wanted = normalize_mac(mac)
+    dom = vms.lookup(conn, name)
+    scope = resolve_scope(dom, live=live, config=config)
+    domains = _definitions(dom, scope)
+    found = [nic for domain in domains if (nic := _find_nic(domain, wanted)) is not None]
+    if not found:
+        macs = sorted({n.mac or "?" for domain in domains for n in domain.devices.interfaces})
+        raise NotFound(
+            f"VM {name!r} has no NIC with MAC {wanted}",
+            hint=f"its NICs are {', '.join(macs) or 'none'}",
+        )
+    nic = found[0]
+    with libvirt_errors(f"detaching NIC {wanted} ({scope.describe()}) from VM {name}"):
+        dom.detachDeviceFlags(_device_xml(nic), scope.flags)
+    if scope.live:
+        _wait_removed(
+            dom, lambda domain: _find_nic(domain, wanted) is not None, f"NIC {wanted}", timeout
+        )
+    return NicChange(name, wanted, nic.type, nic.source, nic.model, scope.describe())
+
+
+def _find_nic(domain: Domain, mac: str) -> Interface | None:
+    return next((nic for nic in domain.devices.interfaces if (nic.mac or "").lower() == mac), None)
+
+
+# ------------------------------------------------------------------------------------ addresses
+def addresses(conn: Connection, name: str) -> list[dict[str, str]]:
+    """The VM's IP addresses with the source that answered (lease, agent, arp).
+
+    Raises :class:`NotFound` when none is known, saying why that may be.
+    """
+    from kvmgr.services.networks import discover_ips
+
+    dom = vms.lookup(conn, name)
+    if vms.state_of(dom) != libvirt.VIR_DOMAIN_RUNNING:
+        raise InvalidState(
+            f"VM {name!r} is not running, so it has no addresses",
+            hint=f"start it with 'kvmgr vm start {name}'",
+        )
+    found = discover_ips(conn, dom)
+    if not found:
+        raise NotFound(
+            f"no IP address found for VM {name!r} (asked DHCP leases, guest agent, ARP table)",
+            hint="the guest may still be booting or have no DHCP client; check its console "
+            f"with 'kvmgr vm console {name}'",
+        )
+    return [{"mac": mac, "ip": ip, "source": source} for mac, ip, source in found]
