@@ -149,3 +149,12 @@ def bridge_list(
     from kvmgr.host.bridge import list_bridges
 
     emit_rows(list_bridges(netns=netns), output, ["name", "state", "ports", "addresses", "kvmgr"])
+
+
+@app.command("info")
+@report_errors
+def info(output: OutputFormat = OutputOption) -> None:
+    """CPU, topology, NUMA, memory, hugepages and guest support (machines, firmware, vCPUs)."""
+    from kvmgr.host.info import host_info
+
+    emit_object(host_info(conn()), output)
