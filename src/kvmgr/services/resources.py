@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import libvirt
+from lxml import etree
 
 from kvmgr.connect import Connection
 from kvmgr.errors import (
@@ -42,7 +43,7 @@ from kvmgr.services.storage import (
 )
 from kvmgr.units import MIB, format_size, to_kib
 from kvmgr.xml.base import XMLObject
-from kvmgr.xml.domain import KVMGR_NS, KVMGR_PREFIX, Disk, Domain, Interface, KvmgrMetadata
+from kvmgr.xml.domain import KVMGR_NS, KVMGR_PREFIX, Disk, Domain, Interface
 
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
@@ -173,22 +174,89 @@ def set_resources(
     if memory is not None:
         _check_memory(name, memory, ceiling_memory, explicit_max=max_memory is not None)
     _check_ceilings_cover_current(name, defined, max_vcpus, max_memory, vcpus, memory)
+    if scope.live:
+        _check_live_ceilings(dom, vcpus, memory)
+    changes = _Changes(name)
     # Ceilings first: a larger maximum must exist before a current value may use it.
     if max_vcpus is not None:
-        with libvirt_errors(f"setting the maximum vCPUs of VM {name}"):
-            dom.setVcpusFlags(max_vcpus, CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        changes.apply(
+            "the maximum vCPUs",
+            lambda value: dom.setVcpusFlags(value, CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM),
+            max_vcpus,
+            defined.vcpus or 1,
+        )
     if max_memory is not None:
-        with libvirt_errors(f"setting the maximum memory of VM {name}"):
-            dom.setMemoryFlags(to_kib(max_memory), CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
-    if vcpus is not None:
-        with libvirt_errors(f"setting {vcpus} vCPUs ({scope.describe()}) on VM {name}"):
-            dom.setVcpusFlags(vcpus, scope.flags)
-    if memory is not None:
-        with libvirt_errors(
-            f"setting memory to {format_size(memory)} ({scope.describe()}) on VM {name}"
-        ):
-            dom.setMemoryFlags(to_kib(memory), scope.flags)
+        changes.apply(
+            "the maximum memory",
+            lambda value: dom.setMemoryFlags(
+                to_kib(value), CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM
+            ),
+            max_memory,
+            defined.memory_bytes or 0,
+        )
+    # The definition before the running guest: a definition change can always be undone, a
+    # guest that took a vCPU may not give it back.  (Two calls, as libvirt's test driver and
+    # some older drivers refuse LIVE|CONFIG together.)
+    if vcpus is not None and scope.config:
+        changes.apply(
+            "the vCPUs (config)",
+            lambda value: dom.setVcpusFlags(value, CONFIG),
+            vcpus,
+            _current_vcpus(defined),
+        )
+    if memory is not None and scope.config:
+        changes.apply(
+            "the memory (config)",
+            lambda value: dom.setMemoryFlags(to_kib(value), CONFIG),
+            memory,
+            defined.current_memory_bytes or memory,
+        )
+    if vcpus is not None and scope.live:
+        with libvirt_errors(f"reading the vCPUs of VM {name}"):
+            live_vcpus = int(dom.vcpusFlags(LIVE))
+        changes.apply(
+            "the vCPUs (live)", lambda value: dom.setVcpusFlags(value, LIVE), vcpus, live_vcpus
+        )
+    if memory is not None and scope.live:
+        changes.apply(
+            "the memory (live)",
+            lambda value: dom.setMemoryFlags(to_kib(value), LIVE),
+            memory,
+            _live_memory(dom),
+        )
     return resources(conn, name)
+
+
+class _Changes:
+    """Applied changes with their previous values, put back in reverse order on failure."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._done: list[tuple[str, Callable[[int], object], int]] = []
+
+    def apply(self, what: str, setter: Callable[[int], object], value: int, previous: int) -> None:
+        try:
+            with libvirt_errors(f"setting {what} of VM {self.name} to {_show(what, value)}"):
+                setter(value)
+        except KvmgrError as err:
+            problems = self._undo()
+            if problems:
+                err.message += "; putting back the earlier changes also failed: " + problems
+            raise
+        self._done.append((what, setter, previous))
+
+    def _undo(self) -> str:
+        problems = []
+        for what, setter, previous in reversed(self._done):
+            try:
+                setter(previous)
+            except libvirt.libvirtError as err:
+                problems.append(f"{what}: {err.get_error_message()}")
+        return "; ".join(problems)
+
+
+def _show(what: str, value: int) -> str:
+    return format_size(value) if "memory" in what else str(value)
 
 
 def _check_vcpus(name: str, vcpus: int, ceiling: int, *, explicit_max: bool) -> None:
@@ -215,6 +283,24 @@ def _check_memory(name: str, memory: int, ceiling: int, *, explicit_max: bool) -
             if explicit_max
             else "the ceiling is set at create time with --max-memory; to raise it, shut the VM "
             f"down and run 'kvmgr vm set {name} --max-memory SIZE'",
+        )
+
+
+def _check_live_ceilings(dom: libvirt.virDomain, vcpus: int | None, memory: int | None) -> None:
+    """The running guest keeps the maximums it booted with, even if the definition has more."""
+    with libvirt_errors(f"reading the maximums of VM {dom.name()}"):
+        live_max_vcpus = int(dom.vcpusFlags(LIVE | libvirt.VIR_DOMAIN_VCPU_MAXIMUM))
+        live_max_memory = int(dom.maxMemory()) * 1024
+    later = "the definition's higher maximum applies from the next boot; use --config for it"
+    if vcpus is not None and vcpus > live_max_vcpus:
+        raise InvalidInput(
+            f"{vcpus} vCPUs is above the running guest's maximum of {live_max_vcpus}", hint=later
+        )
+    if memory is not None and memory > live_max_memory:
+        raise InvalidInput(
+            f"memory {format_size(memory)} is above the running guest's ceiling of "
+            f"{format_size(live_max_memory)}",
+            hint=later,
         )
 
 
@@ -261,12 +347,17 @@ def _set_owned_volumes(dom: libvirt.virDomain, paths: list[str]) -> None:
     assert meta is not None  # create=True always gives one
     meta.owned_volumes = paths
     # setMetadata replaces kvmgr's element only; libvirt keeps every other <metadata> child.
+    # It wants the element without a namespace and puts it in KVMGR_NS itself.
     element = copy.deepcopy(meta.element)
-    flags = CONFIG | (LIVE if dom.isActive() else 0)
+    for node in element.iter():
+        node.tag = etree.QName(node).localname
+    etree.cleanup_namespaces(element)
+    with libvirt_errors(f"reading VM {dom.name()}"):
+        flags = (CONFIG if dom.isPersistent() else 0) | (LIVE if dom.isActive() else 0)
     with libvirt_errors(f"recording the volumes of VM {dom.name()}"):
         dom.setMetadata(
             libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-            KvmgrMetadata(element).to_xml(),
+            etree.tostring(element, encoding="unicode"),
             KVMGR_PREFIX,
             KVMGR_NS,
             flags,
