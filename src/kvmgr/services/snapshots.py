@@ -43,6 +43,7 @@ from kvmgr.connect import Connection
 from kvmgr.connect.uri import is_local
 from kvmgr.errors import (
     AlreadyExists,
+    Busy,
     InvalidInput,
     InvalidState,
     KvmgrError,
@@ -55,8 +56,8 @@ from kvmgr.errors import (
 from kvmgr.names import validate_name
 from kvmgr.services import vms
 from kvmgr.services.locks import vm_lock
-from kvmgr.services.storage import create_volume, delete_volume_by_path, find_volume_by_path
-from kvmgr.xml.domain import KVMGR_NS, KVMGR_PREFIX, Disk, Domain, KvmgrMetadata
+from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
+from kvmgr.xml.domain import Disk, Domain
 from kvmgr.xml.snapshot import Snapshot, SnapshotDisk
 from kvmgr.xml.storage import StorageVolume
 
@@ -254,25 +255,18 @@ def _update_owned(
     add: Sequence[str] = (),
     remove: Sequence[str] = (),
 ) -> None:
-    """Record overlays kvmgr made for (or removed from) the VM in its kvmgr metadata."""
+    """Record overlays kvmgr made for (or removed from) the VM in its kvmgr metadata.
+
+    The persistent definition is what ``vms.delete`` reads, so that is what is updated.
+    """
     spec = vms.definition(dom, inactive=True)
     meta = spec.kvmgr_metadata(create=True)
     assert meta is not None
     owned = [path for path in meta.owned_volumes if path not in remove]
     owned += [path for path in add if path not in owned]
     meta.owned_volumes = owned
-    _write_metadata(dom, meta)
-
-
-def _write_metadata(dom: libvirt.virDomain, meta: KvmgrMetadata) -> None:
-    flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
-    with libvirt_errors(f"checking the state of VM {dom.name()}"):
-        if dom.isActive():
-            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-    with libvirt_errors(f"recording kvmgr metadata of VM {dom.name()}"):
-        dom.setMetadata(
-            libvirt.VIR_DOMAIN_METADATA_ELEMENT, meta.to_xml(), KVMGR_PREFIX, KVMGR_NS, flags
-        )
+    with libvirt_errors(f"recording the volumes of VM {dom.name()}"):
+        dom.connect().defineXML(spec.to_xml())
 
 
 def owned_volumes(dom: libvirt.virDomain) -> list[str]:
@@ -359,6 +353,9 @@ def _create_external(
             snapshot.disks.append(entry)
         if not made:
             raise InvalidInput(f"VM {dom.name()!r} has no writable disk to snapshot")
+        # Recorded first, so the overlays are the VM's (and deleted with it) from the moment
+        # libvirt puts them under its disks.
+        _update_owned(dom, add=made)
         flags = (
             libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
             | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT  # kvmgr made the overlays itself
@@ -368,11 +365,12 @@ def _create_external(
         with libvirt_errors(f"taking disk snapshot {name} of VM {dom.name()}"):
             dom.snapshotCreateXML(snapshot.to_xml(), flags)
     except BaseException:
+        with contextlib.suppress(KvmgrError):
+            _update_owned(dom, remove=made)
         for path in made:
             with contextlib.suppress(KvmgrError):
                 delete_volume_by_path(conn, path)
         raise
-    _update_owned(dom, add=made)
 
 
 def _new_overlay(conn: Connection, vm: str, label: str, disk: Disk) -> str:
@@ -385,10 +383,10 @@ def _new_overlay(conn: Connection, vm: str, label: str, disk: Disk) -> str:
             f"disk {disk.target_dev} ({base}) is not in a libvirt storage pool",
             hint="kvmgr makes overlays through the storage API; put the image in a pool",
         )
-    return _overlay_on(conn, vol, f"{vm}.{label}.{disk.target_dev}", disk.driver_type or "raw")
+    return _overlay_on(vol, f"{vm}.{label}.{disk.target_dev}", disk.driver_type or "raw")
 
 
-def _overlay_on(conn: Connection, base: libvirt.virStorageVol, stem: str, base_format: str) -> str:
+def _overlay_on(base: libvirt.virStorageVol, stem: str, base_format: str) -> str:
     with libvirt_errors(f"reading volume {base.name()}"):
         pool = base.storagePoolLookupByVolume()
         pool_name = pool.name()
@@ -397,11 +395,14 @@ def _overlay_on(conn: Connection, base: libvirt.virStorageVol, stem: str, base_f
     vol_name = f"{stem}.qcow2"
     while vol_name in taken:  # a name left by an earlier branch: never reuse someone's file
         vol_name = f"{stem}-{secrets.token_hex(3)}.qcow2"
-    ref = create_volume(
-        conn, pool_name, vol_name, capacity, "qcow2",
-        backing_path=base.path(), backing_format=base_format,
-    )  # fmt: skip
-    return ref.path
+    spec = StorageVolume()
+    spec.name, spec.capacity, spec.capacity_unit, spec.allocation = vol_name, capacity, "bytes", 0
+    spec.target_format = "qcow2"
+    spec.backing_path, spec.backing_format = base.path(), base_format
+    # Not storage.create_volume: its free-space check refreshes the pool, which libvirt refuses
+    # while any other volume of the pool is being built; an overlay needs no room check.
+    with libvirt_errors(f"creating overlay {vol_name} in pool {pool_name}"):
+        return str(pool.createXML(spec.to_xml(), 0).path())
 
 
 # ============================================================================ revert
@@ -448,9 +449,7 @@ def _revert_external(
                     f"the image {image} holding snapshot {model.name}'s disk {target} is gone",
                     hint="it was removed outside kvmgr; this snapshot cannot be reverted",
                 )
-            made[target] = _overlay_on(
-                conn, vol, f"{dom.name()}.{model.name}.{target}", _format_of(vol)
-            )
+            made[target] = _overlay_on(vol, f"{dom.name()}.{model.name}.{target}", _format_of(vol))
         replaced = _point_disks(spec, made)
         with libvirt_errors(f"pointing VM {dom.name()} at snapshot {model.name}"):
             conn.virconn.defineXML(spec.to_xml())
@@ -521,12 +520,36 @@ def _children_of(conn: Connection, path: str) -> list[str]:
     with libvirt_errors("listing storage pools"):
         pools = conn.virconn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
     for pool in pools:
+        _refresh(pool)  # qemu-img may have changed backing files behind libvirt's back
         with contextlib.suppress(libvirt.libvirtError):  # a pool that vanished has no children
-            pool.refresh(0)
             for vol in pool.listAllVolumes(0):
                 if StorageVolume.from_xml(vol.XMLDesc(0)).backing_path == path:
                     children.append(vol.path())
     return children
+
+
+def _refresh(pool: libvirt.virStoragePool, timeout: float = 120.0) -> None:
+    """Re-read a pool; libvirt refuses while a volume is being built there, so wait for that.
+
+    Deciding what may be deleted from a stale listing could remove a needed image, so this
+    raises rather than carrying on.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pool.refresh(0)
+            return
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return
+            if "asynchronous jobs" not in (err.get_error_message() or ""):
+                raise translate(err, f"refreshing storage pool {pool.name()}") from err
+            if time.monotonic() > deadline:
+                raise Busy(
+                    f"storage pool {pool.name()!r} stays busy building volumes",
+                    hint="try again when the running copies have finished",
+                ) from err
+        time.sleep(0.5)
 
 
 def _vm_users(conn: Connection, path: str, *, besides: str | None = None) -> list[str]:
@@ -582,11 +605,31 @@ def _delete_external(conn: Connection, dom: libvirt.virDomain, name: str) -> Non
         (target, image) for target, image in _frozen_images(model).items()
         if _mergeable(conn, dom, image)
     ]  # fmt: skip
+    others = {s.getName(): _model(s) for s in _all_snapshots(dom) if s.getName() != name}
     with libvirt_errors(f"deleting the record of snapshot {name}"):
         snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+    _restore_children(dom, others)
     # From here the snapshot is gone; its frozen images are merged where nothing else needs them.
     for target, image in merges:
         _merge_down(conn, dom, target, image)
+
+
+def _restore_children(dom: libvirt.virDomain, saved: dict[str, Snapshot]) -> None:
+    """Undo libvirt 9.0's rewrite of re-parented children's records.
+
+    Deleting a snapshot's record copies its disk sources into its children's saved definitions,
+    which would make a child revert to its parent's state.  Each child keeps its own record,
+    with only the new parent libvirt chose.
+    """
+    for snap in _all_snapshots(dom):
+        before = saved.get(snap.getName())
+        now = _model(snap)
+        if before is None or _frozen_images(before) == _frozen_images(now):
+            continue
+        before.parent = now.parent
+        with libvirt_errors(f"reading snapshot {snap.getName()}"):
+            current = bool(snap.isCurrent(0))
+        _redefine(dom, before, current=current)
 
 
 def _mergeable(conn: Connection, dom: libvirt.virDomain, image: str) -> bool:
