@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bench import cli_startup, inventory
+from bench import cli_startup, inventory, provision
 from bench.core import Context, Line
 
 Benchmark = Callable[[Context], Iterator[Line]]
@@ -12,4 +12,5 @@ Benchmark = Callable[[Context], Iterator[Line]]
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("inventory", inventory.run),
     ("cli-startup", cli_startup.run),
+    ("provision", provision.run),
 ]
