@@ -133,8 +133,8 @@ def _volume_exists(pool: libvirt.virStoragePool, name: str) -> bool:
 
 def _check_room(pool: libvirt.virStoragePool, pool_name: str, capacity: int, fmt: str) -> None:
     """Refuse a raw volume that cannot fit; qcow2 is sparse, so only warn-level room is needed."""
+    _refresh_unless_busy(pool)
     with libvirt_errors(f"reading storage pool {pool_name}"):
-        pool.refresh(0)
         _state, _capacity, _allocation, available = pool.info()
     needed = capacity if fmt == "raw" else min(capacity, 256 * 1024 * 1024)
     if needed > available:
@@ -143,6 +143,19 @@ def _check_room(pool: libvirt.virStoragePool, pool_name: str, capacity: int, fmt
             f"the {fmt} disk needs {format_size(needed)}",
             hint="choose a smaller disk, another pool (--disk pool=NAME,...) or free space",
         )
+
+
+def _refresh_unless_busy(pool: libvirt.virStoragePool) -> None:
+    """Refresh the pool's free space; skip it while another volume is being built in the pool.
+
+    libvirt refuses a refresh during any volume build ("asynchronous jobs running"), so two VMs
+    created at once would fail.  The free space known from before is good enough for a check.
+    """
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError as err:
+        if "asynchronous jobs" not in (err.get_error_message() or ""):
+            raise translate(err, f"refreshing storage pool {pool.name()}") from err
 
 
 def find_volume_by_path(conn: Connection, path: str) -> libvirt.virStorageVol | None:
