@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bench import cli_startup, inventory, provision
+from bench import cli_startup, inventory, provision, vmstats
 from bench.core import Context, Line
 
 Benchmark = Callable[[Context], Iterator[Line]]
 
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("inventory", inventory.run),
+    ("stats", vmstats.run),
     ("cli-startup", cli_startup.run),
     ("provision", provision.run),
 ]
