@@ -180,7 +180,7 @@ def state(name: NameArg) -> None:
 
 
 # Commands that change a VM's configuration, its definition, and stats live in their own module.
-for _module in ("kvmgr.cli.vm_config", "kvmgr.cli.vm_console"):
+for _module in ("kvmgr.cli.vm_config", "kvmgr.cli.vm_console", "kvmgr.cli.vm_clone"):
     try:
         importlib.import_module(_module).register(app)
     except ModuleNotFoundError as _err:

@@ -347,7 +347,15 @@ def delete(
 
     Only volumes kvmgr recorded as created for this VM are deleted (never an ISO, a disk attached
     by hand, or a disk another VM still uses or is backed by).  A running VM needs ``force``.
+    Serialised with snapshots and clones of the same VM (:func:`kvmgr.services.locks.vm_lock`).
     """
+    from kvmgr.services.locks import vm_lock
+
+    with vm_lock(conn, name, "delete"):
+        return _delete_locked(conn, name, force=force, keep_disks=keep_disks)
+
+
+def _delete_locked(conn: Connection, name: str, *, force: bool, keep_disks: bool) -> list[str]:
     dom = lookup(conn, name)
     if is_active_state(state_of(dom)) and not force:
         raise InvalidState(

@@ -1,0 +1,46 @@
+"""``kvmgr vm clone`` and ``kvmgr vm template``: one call into kvmgr.services.clones each."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.output import OutputFormat, OutputOption, emit_object
+from kvmgr.services import clones
+
+
+@report_errors
+def clone(
+    source: Annotated[str, typer.Argument(help="VM to clone (shut off, or a template)")],
+    name: Annotated[str, typer.Argument(help="name of the new VM")],
+    linked: Annotated[
+        bool, typer.Option("--linked", help="qcow2 overlays on the source's disks (templates)")
+    ] = False,
+    start: Annotated[bool, typer.Option("--start", help="start the clone")] = False,
+    snapshot: Annotated[
+        str | None, typer.Option(help="clone from this external snapshot of the source")
+    ] = None,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Copy a VM: new name, UUID and MACs; disks copied (or linked), ISOs shared."""
+    result = clones.clone_vm(conn(), source, name, linked=linked, start=start, snapshot=snapshot)
+    emit_object(result.as_dict(), output)
+
+
+@report_errors
+def template(
+    name: Annotated[str, typer.Argument(help="a shut-off VM")],
+    unset: Annotated[
+        bool, typer.Option("--unset", help="make it a normal VM again (no linked clones)")
+    ] = False,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Mark a VM as a template: never started, disks frozen, base for linked clones."""
+    emit_object(clones.mark_template(conn(), name, template=not unset), output)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("clone")(clone)
+    app.command("template")(template)

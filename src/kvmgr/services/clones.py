@@ -1,0 +1,247 @@
+"""Cloning VMs (full and linked) and templates.
+
+* **full clone**: each disk copied into a new volume named after the clone, through libvirt's
+  storage API (``storageVolCreateXMLFrom``: qemu-img convert underneath, which keeps holes as
+  holes and flattens a backing chain, so the copy stands alone).
+* **linked clone**: each disk becomes a qcow2 overlay on the source's image, made in a moment
+  whatever the disk holds.  The source image must then never change, so linked clones are made
+  from templates (VMs kvmgr will not start or snapshot) or from an external snapshot's frozen
+  images, never from a VM that may run again.
+
+A clone gets a new name, UUID and MAC addresses (libvirt makes them); CD-ROMs and read-only or
+shared disks are shared, not copied.  The clone's kvmgr metadata records its own volumes and, for
+a linked clone, the VM it is linked to, so deleting the clone removes only its own files and
+deleting the template is refused while linked clones exist.  The source is never written: its
+disks are only read (full) or used as a backing file (linked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import libvirt
+
+from kvmgr import __version__
+from kvmgr.connect import Connection
+from kvmgr.errors import AlreadyExists, InvalidState, KvmgrError, Unsupported, libvirt_errors
+from kvmgr.names import validate_name
+from kvmgr.services import vms
+from kvmgr.services.locks import vm_lock
+from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
+from kvmgr.xml.domain import Disk, Domain
+from kvmgr.xml.storage import StorageVolume
+
+
+@dataclass
+class CloneResult:
+    name: str
+    uuid: str
+    source: str
+    linked: bool
+    volumes: list[str]
+    shared: list[str] = field(default_factory=list)
+    state: str = "shut off"
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ============================================================================ clone
+def clone_vm(
+    conn: Connection,
+    source: str,
+    name: str,
+    *,
+    linked: bool = False,
+    start: bool = False,
+    snapshot: str | None = None,
+) -> CloneResult:
+    """Make VM ``name`` from ``source`` (optionally from its external snapshot ``snapshot``)."""
+    began = time.monotonic()
+    validate_name(name, what="VM name")
+    if vms.exists(conn, name):
+        raise AlreadyExists(f"a VM named {name!r} already exists", hint="choose another name")
+    with vm_lock(conn, source, f"clone to {name}", wait=False):
+        dom = vms.lookup(conn, source)
+        spec = vms.definition(dom, inactive=True)
+        images = _source_images(conn, dom, spec, snapshot)
+        is_template = _is_template(spec)
+        if linked and not (is_template or snapshot):
+            raise InvalidState(
+                f"VM {source!r} may still run and change its disks under a linked clone",
+                hint=f"mark it a template first ('kvmgr vm template {source}'), "
+                "or make a full clone (drop --linked)",
+            )
+        result = _build_clone(conn, spec, images, name, linked=linked)
+    if start:
+        vms.start(conn, name)
+        result.state = vms.state(conn, name)
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def _is_template(spec: Domain) -> bool:
+    meta = spec.kvmgr_metadata()
+    return bool(meta and meta.template)
+
+
+def _source_images(
+    conn: Connection, dom: libvirt.virDomain, spec: Domain, snapshot: str | None
+) -> dict[str, str]:
+    """target -> image to copy or link; from the live disks of a shut-off VM or a snapshot."""
+    if snapshot is not None:
+        from kvmgr.services.snapshots import EXTERNAL, frozen_images_of, snapshot_info
+
+        if snapshot_info(conn, dom.name(), snapshot).kind != EXTERNAL:
+            raise Unsupported(
+                f"snapshot {snapshot!r} is internal: its data lives inside the running disk",
+                hint="clone from an external (--disk-only) snapshot, or shut the VM down",
+            )
+        return frozen_images_of(conn, dom.name(), snapshot)
+    if vms.is_active_state(vms.state_of(dom)):
+        raise InvalidState(
+            f"VM {dom.name()!r} is running; its disks change while they are copied",
+            hint="shut it down first, or clone from an external snapshot with --snapshot NAME",
+        )
+    return {
+        disk.target_dev: disk.source_path
+        for disk in _copied_disks(spec)
+        if disk.target_dev and disk.source_path
+    }
+
+
+def _copied_disks(spec: Domain) -> list[Disk]:
+    """Disks a clone gets its own copy of; CD-ROMs and read-only/shared disks are shared."""
+    return [
+        disk
+        for disk in spec.devices.disks
+        if disk.device in (None, "disk") and not disk.readonly and not disk.shareable
+    ]
+
+
+def _build_clone(
+    conn: Connection, spec: Domain, images: dict[str, str], name: str, *, linked: bool
+) -> CloneResult:
+    source = spec.name or "?"
+    clone = Domain.from_xml(spec.to_xml())
+    clone.name = name
+    clone.uuid = None  # libvirt makes a new one
+    for nic in clone.devices.interfaces:
+        nic.mac = None  # and new MAC addresses
+        nic.target_dev = None
+    clone.os.nvram = None  # a fresh copy of the firmware's variable store
+    made: list[str] = []
+    shared: list[str] = []
+    try:
+        for disk in clone.devices.disks:
+            image = images.get(disk.target_dev or "")
+            if disk not in _copied_disks(clone) or image is None:
+                if disk.source_path:
+                    shared.append(disk.source_path)
+                continue
+            index = len(made)
+            path = _make_disk(conn, image, name, index, disk, linked=linked)
+            made.append(path)
+            disk.type, disk.source_dev, disk.source_file = "file", None, path
+            disk.backing_file = disk.backing_format = None
+            disk.driver_type = "qcow2" if linked else disk.driver_type
+        _set_metadata(clone, made, source if linked else None)
+        with libvirt_errors(f"defining VM {name}"):
+            dom = conn.virconn.defineXML(clone.to_xml())
+    except BaseException:
+        for path in made:
+            with contextlib.suppress(KvmgrError):
+                delete_volume_by_path(conn, path)
+        raise
+    with libvirt_errors(f"reading VM {name}"):
+        uuid = dom.UUIDString()
+    return CloneResult(
+        name=name, uuid=uuid, source=source, linked=linked, volumes=made, shared=shared
+    )
+
+
+def _set_metadata(clone: Domain, made: list[str], linked_base: str | None) -> None:
+    meta = clone.kvmgr_metadata(create=True)
+    assert meta is not None
+    meta.owned_volumes = made
+    meta.template = None
+    meta.linked_base = linked_base
+    meta.created_by = f"kvmgr {__version__}"
+
+
+def _make_disk(
+    conn: Connection, image: str, clone: str, index: int, disk: Disk, *, linked: bool
+) -> str:
+    with libvirt_errors(f"looking up the volume behind {image}"):
+        base = find_volume_by_path(conn, image)
+    if base is None:
+        raise Unsupported(
+            f"disk {disk.target_dev} ({image}) is not in a libvirt storage pool",
+            hint="kvmgr copies disks through the storage API; put the image in a pool",
+        )
+    with libvirt_errors(f"reading volume {base.name()}"):
+        pool = base.storagePoolLookupByVolume()
+        capacity = base.info()[1]
+        fmt = StorageVolume.from_xml(base.XMLDesc(0)).target_format or "raw"
+    suffix = "" if index == 0 else f"-{index}"
+    spec = StorageVolume()
+    spec.capacity, spec.capacity_unit, spec.allocation = capacity, "bytes", 0
+    if linked:
+        spec.name = f"{clone}{suffix}.qcow2"
+        spec.target_format = "qcow2"
+        spec.backing_path, spec.backing_format = image, fmt
+        with libvirt_errors(f"creating overlay {spec.name} on {image}"):
+            return str(pool.createXML(spec.to_xml(), 0).path())
+    spec.name = f"{clone}{suffix}.{'qcow2' if fmt == 'qcow2' else 'img'}"
+    spec.target_format = fmt
+    with libvirt_errors(f"copying {image} to {spec.name}"):
+        return str(pool.createXMLFrom(spec.to_xml(), base, 0).path())
+
+
+# ============================================================================ templates
+def mark_template(conn: Connection, name: str, *, template: bool = True) -> dict[str, Any]:
+    """Make a shut-off VM a template (not startable, disks frozen), or a VM again."""
+    with vm_lock(conn, name, "template" if template else "template --unset"):
+        dom = vms.lookup(conn, name)
+        if vms.is_active_state(vms.state_of(dom)):
+            raise InvalidState(
+                f"VM {name!r} is running; a template's disks must not change",
+                hint=f"shut it down first: 'kvmgr vm shutdown {name}'",
+            )
+        spec = vms.definition(dom, inactive=True)
+        if not template:
+            _refuse_unmark(conn, name)
+        meta = spec.kvmgr_metadata(create=True)
+        assert meta is not None
+        meta.template = True if template else None
+        with libvirt_errors(f"marking VM {name} as a template"):
+            conn.virconn.defineXML(spec.to_xml())
+            if template:
+                dom.setAutostart(0)  # a template never starts, with the host or otherwise
+    return {"name": name, "template": template, "linked_clones": linked_clones(conn, name)}
+
+
+def _refuse_unmark(conn: Connection, name: str) -> None:
+    clones = linked_clones(conn, name)
+    if clones:
+        raise InvalidState(
+            f"VM {name!r} has linked clones: {', '.join(clones)}; starting it would change "
+            "the disks they are built on",
+            hint="delete those clones (or make full clones of them) first",
+        )
+
+
+def linked_clones(conn: Connection, name: str) -> list[str]:
+    """VMs whose kvmgr metadata names ``name`` as their linked base."""
+    found = []
+    with libvirt_errors("listing VMs"):
+        domains = conn.virconn.listAllDomains(0)
+    for dom in domains:
+        meta = vms.definition(dom, inactive=True).kvmgr_metadata()
+        if meta is not None and meta.linked_base == name:
+            found.append(dom.name())
+    return sorted(found)
