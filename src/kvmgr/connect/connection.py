@@ -16,6 +16,7 @@ from typing import Any
 
 import libvirt
 
+from kvmgr.connect.events import ensure_event_loop
 from kvmgr.connect.kvm_probe import ProbeResult, probe_kvm
 from kvmgr.connect.uri import default_uri, is_local, validate_uri
 from kvmgr.errors import ConnectionFailed, InvalidInput, libvirt_errors
@@ -74,6 +75,7 @@ class Connection:
 def open_connection(uri: str | None = None, *, readonly: bool = False) -> Connection:
     """Open ``uri`` (default ``$KVMGR_URI`` or ``qemu:///system``) with a clear error on failure."""
     uri = validate_uri(uri or default_uri())
+    ensure_event_loop()  # before opening: consoles and events need it on this connection
     try:
         virconn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
     except libvirt.libvirtError as err:
