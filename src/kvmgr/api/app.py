@@ -1,0 +1,144 @@
+"""The FastAPI app: REST API under ``/api/v1``, the web UI, ``/metrics``; one process.
+
+``create_app(settings)`` builds it; ``kvmgr serve`` runs it with uvicorn.  Security headers are
+set on every answer, ``KvmgrError`` becomes a JSON error with the hint (or, for a page, the login
+redirect), and libvirt work runs in the thread pool (sync routes) or in tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from kvmgr import __version__
+from kvmgr.api.context import AppContext, Unauthorized
+from kvmgr.api.routes import (
+    audit,
+    auth,
+    console,
+    events,
+    host,
+    isos,
+    metrics,
+    networks,
+    pages,
+    storage,
+    tasks,
+    users,
+    vms,
+)
+from kvmgr.api.settings import Settings
+from kvmgr.errors import KvmgrError
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        # xterm.js and Swagger UI set element styles at run time.
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self' data:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def _routers() -> list[object]:
+    routers = [auth, users, audit, tasks, events, host, vms, console, networks, storage, isos]
+    return [module.router for module in routers]
+
+
+def create_app(settings: Settings, *, context: AppContext | None = None) -> FastAPI:
+    ctx = context or AppContext(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ctx.start()
+        try:
+            yield
+        finally:
+            ctx.stop()
+
+    app = FastAPI(
+        title="kvmgr",
+        version=__version__,
+        description="Take a bare Linux host to running KVM VMs, and manage them, through libvirt.",
+        openapi_url="/api/openapi.json",
+        docs_url=None,  # served by pages.py with local assets (the CSP allows no CDN)
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    # console's router must come before vms': '/{name}/console-token' vs '/{name}/{action}'.
+    app.include_router(console.router)
+    for router in _routers():
+        if router is not console.router:
+            app.include_router(router)  # type: ignore[arg-type]
+    app.include_router(metrics.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static", check_dir=False), "static")
+    _install_handlers(app)
+    return app
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(KvmgrError)
+    async def kvmgr_error(request: Request, err: KvmgrError) -> Response:
+        if isinstance(err, Unauthorized) and _wants_page(request):
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        body = {"error": err.message, "hint": err.hint, "kind": err.__class__.__name__}
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(err, Unauthorized) else None
+        return JSONResponse(body, status_code=err.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, err: RequestValidationError) -> Response:
+        problems = [
+            {"where": ".".join(str(part) for part in item.get("loc", ())), "problem": item["msg"]}
+            for item in err.errors()
+        ]
+        first = problems[0] if problems else {"where": "request", "problem": "invalid"}
+        return JSONResponse(
+            {
+                "error": f"{first['where']}: {first['problem']}",
+                "hint": "see /api/docs for the expected request",
+                "kind": "InvalidInput",
+                "problems": problems,
+            },
+            status_code=422,
+        )
+
+
+def _wants_page(request: Request) -> bool:
+    path = request.url.path
+    return not (path.startswith("/api/") or path == "/metrics") and request.method == "GET"

@@ -1,0 +1,160 @@
+"""What the API process holds for its lifetime: settings, the store, the libvirt connection, the
+task runner, the event bus, console tokens and the login limiter; plus :meth:`AppContext.act`, the
+one door every mutating request goes through (permission on the object, the work, the audit row).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import libvirt
+
+from kvmgr.api.events import EventBus, LifecycleEvents
+from kvmgr.api.security import ConsoleTokens, LoginLimiter
+from kvmgr.api.settings import Settings
+from kvmgr.connect import Connection, open_connection
+from kvmgr.errors import KvmgrError
+from kvmgr.services import vms
+from kvmgr.store import audit
+from kvmgr.store import users as users_store
+from kvmgr.store.db import Store
+from kvmgr.store.tasks import TaskRunner
+from kvmgr.store.users import Principal
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Unauthorized(KvmgrError):
+    """No valid session cookie or API token came with the request."""
+
+    http_status = 401
+
+
+class Forbidden(KvmgrError):
+    """The caller is known but may not do this (role, or not the VM's owner)."""
+
+    http_status = 403
+
+
+class AppContext:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.database_url)
+        self.bus = EventBus()
+        self.runner = TaskRunner(self.store, listener=self._task_changed)
+        self.console_tokens = ConsoleTokens(settings.console_token_seconds)
+        self.limiter = LoginLimiter(settings.login_attempts, settings.login_window)
+        self._conn: Connection | None = None
+        self._conn_lock = threading.Lock()
+        self._events: LifecycleEvents | None = None
+
+    # ---------------------------------------------------------------- lifetime
+    def start(self) -> None:
+        interrupted = self.runner.mark_interrupted()
+        if interrupted:
+            log.warning("%d task(s) of a previous run marked interrupted", interrupted)
+        if self.settings.events:
+            self._events = LifecycleEvents(self.settings.uri, self.bus)
+            try:
+                self._events.start()
+            except KvmgrError as err:
+                # The UI still works without live events; the page says so via /api/v1/health.
+                log.warning("live VM events are off: %s", err)
+                self._events = None
+
+    def stop(self) -> None:
+        if self._events is not None:
+            self._events.stop()
+        self.runner.shutdown()
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        self.store.dispose()
+
+    @property
+    def events_live(self) -> bool:
+        return self._events is not None
+
+    # ---------------------------------------------------------------- libvirt
+    def conn(self) -> Connection:
+        """The shared libvirt connection (libvirt's calls are thread-safe); reopened if it died."""
+        with self._conn_lock:
+            if self._conn is not None and not _alive(self._conn):
+                self._conn.close()
+                self._conn = None
+            if self._conn is None:
+                self._conn = open_connection(self.settings.uri)
+            return self._conn
+
+    # ---------------------------------------------------------------- permissions and audit
+    def vm_uuid(self, conn: Connection, name: str) -> str:
+        dom = vms.lookup(conn, name)
+        return str(dom.UUIDString())
+
+    def check_vm(self, conn: Connection, who: Principal, name: str) -> None:
+        """Refuse unless ``who`` may act on VM ``name`` (admin, or its owner or owner's group)."""
+        uuid = self.vm_uuid(conn, name)
+        with self.store.session() as session:
+            allowed = users_store.may_act_on_vm(session, who, uuid)
+        if not allowed:
+            raise Forbidden(
+                f"user {who.name!r} ({who.role.value}) may not act on VM {name!r}",
+                hint="operators act on the VMs they or their group own; ask an admin",
+            )
+
+    def audit(
+        self, who: Principal | str, action: str, target: str, result: str, detail: str = ""
+    ) -> None:
+        name = who if isinstance(who, str) else who.name
+        with self.store.session() as session:
+            audit.record(
+                session, user=name, action=action, target=target, result=result, detail=detail
+            )
+
+    def audited(self, who: Principal, action: str, target: str, work: Callable[[], T]) -> T:
+        """Run ``work`` and write the audit row saying how it ended.  Blocking."""
+        try:
+            result = work()
+        except KvmgrError as err:
+            outcome = "denied" if isinstance(err, Forbidden) else "error"
+            self.audit(who, action, target, outcome, str(err))
+            raise
+        self.audit(who, action, target, "ok")
+        return result
+
+    def act(
+        self,
+        who: Principal,
+        action: str,
+        target: str,
+        work: Callable[[Connection], T],
+        *,
+        vm: str | None = None,
+    ) -> T:
+        """Check ``who`` may act on ``vm`` (when given), run ``work`` on the libvirt connection,
+        write the audit row.  Blocking: call it from a sync route (FastAPI runs those in its
+        thread pool) or through ``run_in_threadpool``.
+        """
+
+        def on_libvirt() -> T:
+            conn = self.conn()
+            if vm is not None:
+                self.check_vm(conn, who, vm)
+            return work(conn)
+
+        return self.audited(who, action, target, on_libvirt)
+
+    def _task_changed(self, snapshot: dict[str, object]) -> None:
+        self.bus.publish({"type": "task", "task": snapshot})
+
+
+def _alive(conn: Connection) -> bool:
+    try:
+        return bool(conn.virconn.isAlive())
+    except libvirt.libvirtError:
+        return False

@@ -1,0 +1,87 @@
+"""Cross-cutting dependencies of every route: who is asking, and may they.
+
+A route declares its minimum role with one of :data:`Viewer`, :data:`Operator`, :data:`Admin`;
+there is no other way to get a :class:`Principal`, so a route cannot forget the check.
+Cookie-authenticated requests that change something must echo the session's CSRF token in the
+``X-CSRF-Token`` header; API tokens (sent by scripts, never by a browser on its own) need none.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from kvmgr.api.context import AppContext, Forbidden, Unauthorized
+from kvmgr.store import users as users_store
+from kvmgr.store.models import Role
+from kvmgr.store.users import Principal
+
+SESSION_COOKIE = "kvmgr_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+def identify(request: Request, ctx: AppContext) -> Principal | None:
+    """The caller from ``Authorization: Bearer`` or the session cookie; None if neither is valid."""
+    header = request.headers.get("authorization", "")
+    scheme, _sep, token = header.partition(" ")
+    with ctx.store.session() as session:
+        if scheme.lower() == "bearer" and token:
+            return users_store.principal_for_token(session, token.strip())
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return users_store.principal_for_cookie(session, cookie)
+    return None
+
+
+def current_user(request: Request, ctx: Ctx) -> Principal:
+    who = identify(request, ctx)
+    if who is None:
+        raise Unauthorized(
+            "log in first", hint="send a session cookie (POST /api/v1/auth/login) or an API token"
+        )
+    if request.method not in SAFE_METHODS and who.csrf_token is not None:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not secrets.compare_digest(sent, who.csrf_token):
+            raise Forbidden(
+                "the CSRF token is missing or wrong",
+                hint=f"send the token from /api/v1/auth/me in the {CSRF_HEADER} header",
+            )
+    return who
+
+
+def require(role: Role) -> Callable[[Request, AppContext, Principal], Principal]:
+    """A dependency that admits users of ``role`` or a higher one."""
+
+    def guard(
+        request: Request,
+        ctx: Ctx,
+        who: Annotated[Principal, Depends(current_user)],
+    ) -> Principal:
+        if not who.at_least(role):
+            if request.method not in SAFE_METHODS:
+                ctx.audit(who, f"{request.method} {request.url.path}", "", "denied", role.value)
+            raise Forbidden(
+                f"user {who.name!r} is a {who.role.value}; this needs {role.value}",
+                hint="ask an admin for a higher role",
+            )
+        return who
+
+    guard.min_role = role  # type: ignore[attr-defined]  # read by the route-coverage test
+    return guard
+
+
+Viewer = Annotated[Principal, Depends(require(Role.viewer))]
+Operator = Annotated[Principal, Depends(require(Role.operator))]
+Admin = Annotated[Principal, Depends(require(Role.admin))]

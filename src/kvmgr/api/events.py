@@ -1,0 +1,150 @@
+"""Live events for the UI: libvirt lifecycle events (also from changes made outside kvmgr) and task
+updates, fanned out to every subscribed client.
+
+libvirt delivers events only to a process that runs an event loop implementation: we register
+libvirt's default one and run it in a daemon thread, on a connection of its own.  Callbacks come
+in on that thread; :class:`EventBus` hops them onto the asyncio loop of each subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import libvirt
+
+from kvmgr.connect import Connection, open_connection
+from kvmgr.errors import KvmgrError, libvirt_errors
+
+log = logging.getLogger(__name__)
+
+# libvirt's lifecycle event kinds by name (constants, never numbers).
+LIFECYCLE_NAMES = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+_QUEUE_SIZE = 256
+
+
+class EventBus:
+    """Thread-safe publish; each subscriber reads from its own bounded asyncio queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = (
+            set()
+        )
+
+    def publish(self, event: dict[str, Any]) -> None:
+        event = {"at": time.time(), **event}
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for loop, queue in subscribers:
+            with contextlib.suppress(RuntimeError):  # that client's loop is gone
+                loop.call_soon_threadsafe(_offer, queue, event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        entry = (asyncio.get_running_loop(), asyncio.Queue[dict[str, Any]](_QUEUE_SIZE))
+        with self._lock:
+            self._subscribers.add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._lock:
+                self._subscribers.discard(entry)
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return len(self._subscribers)
+
+
+def _offer(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
+    # A client too slow to read loses old events, never blocks the others.
+    if queue.full():
+        with contextlib.suppress(asyncio.QueueEmpty):
+            queue.get_nowait()
+    queue.put_nowait(event)
+
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event implementation once per process and run it."""
+    global _loop_started  # noqa: PLW0603 - libvirt's event loop is process-wide by design
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        thread = threading.Thread(target=_run_loop, name="libvirt-events", daemon=True)
+        thread.start()
+        _loop_started = True
+
+
+def _run_loop() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except libvirt.libvirtError:
+            log.exception("libvirt event loop iteration failed")
+            time.sleep(0.5)
+
+
+class LifecycleEvents:
+    """Subscribes to domain lifecycle events of ``uri`` and publishes them on ``bus``."""
+
+    def __init__(self, uri: str | None, bus: EventBus) -> None:
+        self._uri = uri
+        self._bus = bus
+        self._conn: Connection | None = None
+        self._callback_id: int | None = None
+
+    def start(self) -> None:
+        ensure_event_loop()
+        self._conn = open_connection(self._uri, readonly=True)
+        with libvirt_errors("subscribing to VM lifecycle events"):
+            self._callback_id = self._conn.virconn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+
+    def stop(self) -> None:
+        if self._conn is None:
+            return
+        if self._callback_id is not None:
+            with contextlib.suppress(libvirt.libvirtError, KvmgrError):
+                self._conn.virconn.domainEventDeregisterAny(self._callback_id)
+        self._conn.close()
+        self._conn = None
+
+    def _on_lifecycle(
+        self,
+        _conn: libvirt.virConnect,
+        dom: libvirt.virDomain,
+        event: int,
+        detail: int,
+        _op: object,
+    ) -> None:
+        self._bus.publish(
+            {
+                "type": "vm",
+                "event": LIFECYCLE_NAMES.get(event, "unknown"),
+                "detail": detail,
+                "name": dom.name(),
+                "uuid": dom.UUIDString(),
+            }
+        )

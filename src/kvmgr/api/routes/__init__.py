@@ -1,0 +1,1 @@
+"""One router per service.  Routes only translate: validate, check who asks, call, shape."""

@@ -1,0 +1,178 @@
+"""Consoles in the browser: the serial console (xterm.js) and the graphical one (noVNC).
+
+A client first asks for a console token (a normal authenticated, CSRF-checked request, refused
+unless the caller may act on the VM), then opens the websocket with it.  The websocket handler
+itself redeems the token: random, single use, expiring in ``console_token_seconds``, bound to the
+user, the VM and the console kind.  Nothing else opens a console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from kvmgr.api.context import AppContext
+from kvmgr.api.deps import Ctx, Operator
+from kvmgr.errors import InvalidState, KvmgrError
+from kvmgr.services import vms as vms_service
+from kvmgr.services.console import ConsoleSession
+from kvmgr.store.users import Principal
+
+router = APIRouter(prefix="/api/v1/vms", tags=["console"])
+
+#: Close codes in the 4000 range are ours: the page shows why the console closed.
+CLOSE_REFUSED = 4403
+CLOSE_ERROR = 4500
+_READ_SLICE = 0.1  # seconds one blocking console read may take (bounds shutdown latency)
+
+
+class ConsoleTokenRequest(BaseModel):
+    kind: Literal["serial", "vnc"] = "serial"
+
+
+@router.post("/{name}/console-token", summary="A single-use token to open a console websocket")
+def console_token(
+    name: str, body: ConsoleTokenRequest, who: Operator, ctx: Ctx
+) -> dict[str, object]:
+    def work(conn: object) -> str:
+        return ctx.console_tokens.issue(who, name, body.kind)
+
+    token = ctx.act(who, f"console.{body.kind}.token", name, work, vm=name)
+    path = "console" if body.kind == "serial" else "vnc"
+    return {
+        "token": token,
+        "expires_in": ctx.settings.console_token_seconds,
+        "url": f"/api/v1/vms/{name}/{path}?token={token}",
+    }
+
+
+def _admit(ctx: AppContext, token: str, name: str, kind: str) -> Principal | None:
+    """The token's user, if valid and (still) allowed to act on the VM."""
+    who = ctx.console_tokens.redeem(token, name, kind)
+    if who is None:
+        return None
+    try:
+        ctx.check_vm(ctx.conn(), who, name)
+    except KvmgrError:
+        return None
+    return who
+
+
+@router.websocket("/{name}/console")
+async def serial_console(
+    websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=128)] = ""
+) -> None:
+    ctx: AppContext = websocket.app.state.ctx
+    who = await run_in_threadpool(_admit, ctx, token, name, "serial")
+    if who is None:
+        await websocket.close(code=CLOSE_REFUSED)  # before accept: the handshake gets 403
+        return
+    await websocket.accept()
+    try:
+        session = await run_in_threadpool(ConsoleSession, ctx.conn(), name)
+    except KvmgrError as err:
+        await websocket.close(code=CLOSE_ERROR, reason=err.message[:120])
+        return
+    await run_in_threadpool(ctx.audit, who, "console.serial.open", name, "ok")
+    try:
+        await _bridge_serial(websocket, session)
+    finally:
+        await run_in_threadpool(session.close)
+
+
+async def _bridge_serial(websocket: WebSocket, session: ConsoleSession) -> None:
+    async def guest_to_browser() -> None:
+        while True:
+            try:
+                data = await run_in_threadpool(session.read, _READ_SLICE)
+            except InvalidState:
+                return  # the VM stopped
+            if data:
+                await websocket.send_bytes(data)
+
+    async def browser_to_guest() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                payload = message.get("bytes") or (message.get("text") or "").encode()
+                if payload:
+                    await run_in_threadpool(session.write, payload)
+
+    await _until_first_ends(guest_to_browser(), browser_to_guest())
+    with contextlib.suppress(RuntimeError):
+        await websocket.close()
+
+
+async def _until_first_ends(*coroutines: object) -> None:
+    tasks = [asyncio.ensure_future(coro) for coro in coroutines]  # type: ignore[call-overload]
+    try:
+        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await task
+    del pending
+
+
+def vnc_socket(ctx: AppContext, name: str) -> str:
+    """The unix socket of the VM's VNC server, from its live definition."""
+    info = vms_service.vm_info(ctx.conn(), name)
+    if info["state"] != "running":
+        raise InvalidState(f"VM {name!r} is not running", hint="start it first")
+    for gfx in info["graphics"]:
+        if gfx["type"] == "vnc" and gfx["socket"]:
+            return str(gfx["socket"])
+    raise InvalidState(
+        f"VM {name!r} has no VNC server on a unix socket",
+        hint="kvmgr creates VMs with <graphics type='vnc'><listen type='socket'/>",
+    )
+
+
+@router.websocket("/{name}/vnc")
+async def vnc_console(
+    websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=128)] = ""
+) -> None:
+    ctx: AppContext = websocket.app.state.ctx
+    who = await run_in_threadpool(_admit, ctx, token, name, "vnc")
+    if who is None:
+        await websocket.close(code=CLOSE_REFUSED)
+        return
+    wants_binary = "binary" in websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol="binary" if wants_binary else None)
+    try:
+        path = await run_in_threadpool(vnc_socket, ctx, name)
+        reader, writer = await asyncio.open_unix_connection(path)
+    except (KvmgrError, OSError) as err:
+        await websocket.close(code=CLOSE_ERROR, reason=str(err)[:120])
+        return
+    await run_in_threadpool(ctx.audit, who, "console.vnc.open", name, "ok")
+
+    async def vnc_to_browser() -> None:
+        while data := await reader.read(65536):
+            await websocket.send_bytes(data)
+
+    async def browser_to_vnc() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                payload = message.get("bytes") or (message.get("text") or "").encode()
+                writer.write(payload)
+                await writer.drain()
+
+    try:
+        await _until_first_ends(vnc_to_browser(), browser_to_vnc())
+    finally:
+        writer.close()
+        with contextlib.suppress(RuntimeError):
+            await websocket.close()

@@ -1,0 +1,67 @@
+"""The ISO library: list with detected OS and recommended resources, import (a task), delete."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from kvmgr.api.deps import Admin, Ctx, Viewer
+from kvmgr.errors import KvmgrError
+from kvmgr.services import isos as iso_service
+from kvmgr.store.tasks import Outcome, Report
+
+router = APIRouter(prefix="/api/v1/isos", tags=["isos"])
+
+
+class IsoImport(BaseModel):
+    path: str = Field(min_length=1, max_length=4096, description="path on the kvmgr host")
+    name: str | None = Field(default=None, max_length=64)
+
+
+def _recommended(os_id: str) -> dict[str, Any]:
+    """What the create wizard pre-fills for this OS (osinfo-db's recommendations)."""
+    from kvmgr.osinfo.profiles import generic_profile, get_profile
+
+    try:
+        profile = generic_profile() if os_id == "generic" else get_profile(os_id)
+    except KvmgrError:
+        profile = generic_profile()
+    return {
+        "memory": profile.recommended_memory,
+        "vcpus": profile.recommended_vcpus,
+        "disk": profile.recommended_disk,
+    }
+
+
+@router.get("", summary="Imported ISOs with the detected OS and its recommended resources")
+def list_isos(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
+    return [
+        {**asdict(iso), "recommended": _recommended(iso.os_id)}
+        for iso in iso_service.list_isos(ctx.conn())
+    ]
+
+
+@router.post("", status_code=202, summary="Import an ISO file from the host (a task)")
+def import_iso(body: IsoImport, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    label = body.name or body.path
+
+    def work(report: Report) -> dict[str, Any]:
+        def progress(done: int, total: int) -> None:
+            report(f"uploaded {done} of {total} bytes", done * 100 // total if total else None)
+
+        info = iso_service.import_iso(ctx.conn(), body.path, body.name, progress=progress)
+        return asdict(info)
+
+    def done(outcome: Outcome) -> None:
+        ctx.audit(who, "iso.import", label, "ok" if outcome.ok else "error", outcome.error or "")
+
+    return ctx.runner.submit("iso.import", label, who.name, work, done)
+
+
+@router.delete("/{name}", summary="Delete an imported ISO (refused while a VM uses it)")
+def delete_iso(name: str, who: Admin, ctx: Ctx) -> dict[str, str]:
+    ctx.act(who, "iso.delete", name, lambda conn: iso_service.delete_iso(conn, name))
+    return {"status": "deleted", "name": name}

@@ -1,0 +1,86 @@
+"""Networks: list, details, create, start/stop, autostart, delete, DHCP leases (changes: admins)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from kvmgr.api.deps import Admin, Ctx, Viewer
+from kvmgr.services import networks as net_service
+
+router = APIRouter(prefix="/api/v1/networks", tags=["networks"])
+
+
+class NetworkCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    mode: Literal["nat", "isolated", "routed", "bridge"] = "nat"
+    subnet: str | None = Field(default=None, max_length=64)
+    dhcp_range: str | None = Field(default=None, max_length=64)
+    bridge: str | None = Field(default=None, max_length=15)
+    domain: str | None = Field(default=None, max_length=253)
+    autostart: bool = True
+
+
+class Autostart(BaseModel):
+    enabled: bool
+
+
+@router.get("", summary="Every network with subnet, DHCP range, bridge and VMs using it")
+def list_networks(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
+    return [net.as_dict() for net in net_service.list_networks(ctx.conn())]
+
+
+@router.get("/{name}", summary="One network")
+def network_info(name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
+    return net_service.network_info(ctx.conn(), name).as_dict()
+
+
+@router.get("/{name}/leases", summary="DHCP leases of a running network")
+def network_leases(name: str, _who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
+    return [asdict(lease) for lease in net_service.leases(ctx.conn(), name)]
+
+
+@router.post("", status_code=201, summary="Create a network (a free /24 is chosen if none given)")
+def create_network(body: NetworkCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    spec = net_service.NetworkSpec(**body.model_dump())
+    return ctx.act(
+        who, "net.create", body.name, lambda conn: net_service.create_network(conn, spec).as_dict()
+    )
+
+
+@router.post("/{name}/start", summary="Start a network")
+def start_network(name: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    return ctx.act(
+        who, "net.start", name, lambda conn: net_service.start_network(conn, name).as_dict()
+    )
+
+
+@router.post("/{name}/stop", summary="Stop a network (refused while running VMs use it)")
+def stop_network(name: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, Any]:
+    return ctx.act(
+        who,
+        "net.stop",
+        name,
+        lambda conn: net_service.stop_network(conn, name, force=force).as_dict(),
+    )
+
+
+@router.put("/{name}/autostart", summary="Start the network with the host, or not")
+def network_autostart(name: str, body: Autostart, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    return ctx.act(
+        who,
+        "net.autostart",
+        name,
+        lambda conn: net_service.set_autostart(conn, name, body.enabled).as_dict(),
+    )
+
+
+@router.delete("/{name}", summary="Delete a network (refused while VMs use it)")
+def delete_network(name: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, str]:
+    ctx.act(
+        who, "net.delete", name, lambda conn: net_service.delete_network(conn, name, force=force)
+    )
+    return {"status": "deleted", "name": name}

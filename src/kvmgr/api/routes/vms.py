@@ -1,0 +1,271 @@
+"""VMs: inventory, details, creation (a task), power actions, resources, delete."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from kvmgr.api.context import AppContext
+from kvmgr.api.deps import Ctx, Operator, Viewer
+from kvmgr.connect import Connection
+from kvmgr.errors import InvalidInput
+from kvmgr.services import create as create_service
+from kvmgr.services import resources as resources_service
+from kvmgr.services import vms as vms_service
+from kvmgr.store import users as users_store
+from kvmgr.store.tasks import Outcome, Report
+from kvmgr.store.users import Principal
+from kvmgr.units import parse_size
+
+router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
+
+Action = Literal["start", "shutdown", "reboot", "reset", "off", "pause", "resume"]
+
+
+class VMCreate(BaseModel):
+    """Like ``kvmgr vm create``: sizes as text (``2G``), disks and networks as the CLI takes them."""
+
+    name: str = Field(min_length=1, max_length=64)
+    iso: str | None = Field(default=None, max_length=4096)
+    os: str = Field(default="auto", max_length=100)
+    memory: str | None = Field(default=None, max_length=32, examples=["1G"])
+    vcpus: int | None = Field(default=None, ge=1, le=4096)
+    disks: list[str] = Field(default_factory=lambda: ["default"], max_length=16)
+    networks: list[str] = Field(default_factory=lambda: ["default"], max_length=16)
+    graphics: Literal["vnc", "none"] = "vnc"
+    firmware: Literal["bios", "uefi"] = "bios"
+    start: bool = True
+    wait: Literal["ready", "ip", "none"] = "none"
+
+
+class Resize(BaseModel):
+    vcpus: int | None = Field(default=None, ge=1, le=4096)
+    memory: str | None = Field(default=None, max_length=32)
+    live: bool = False
+    config: bool = False
+
+
+class DiskAdd(BaseModel):
+    size: str | None = Field(default=None, max_length=32)
+    path: str | None = Field(default=None, max_length=4096)
+    pool: str = Field(default="default", max_length=64)
+    format: Literal["qcow2", "raw"] = "qcow2"
+    bus: Literal["virtio", "scsi", "sata", "usb"] = "virtio"
+
+
+class NicAdd(BaseModel):
+    network: str | None = Field(default=None, max_length=64)
+    bridge: str | None = Field(default=None, max_length=15)
+    model: str | None = Field(default=None, max_length=16)
+    mac: str | None = Field(default=None, max_length=17)
+
+
+class Autostart(BaseModel):
+    enabled: bool
+
+
+# ---------------------------------------------------------------------------------- reading
+def _with_owners(ctx: AppContext, who: Principal, rows: list[dict[str, Any]]) -> None:
+    """Add each VM's owner and whether the caller may act on it (the UI shows buttons by it)."""
+    with ctx.store.session() as session:
+        owners = users_store.owners(session)
+        for row in rows:
+            owner = owners.get(row["uuid"])
+            row["owner"] = owner.owner if owner else None
+            row["may_act"] = users_store.may_act_on_vm(session, who, row["uuid"])
+
+
+@router.get("", summary="Every VM with state, CPU time and memory (one bulk libvirt call)")
+def list_vms(
+    who: Viewer, ctx: Ctx, ips: Annotated[bool, Query(description="discover addresses")] = False
+) -> list[dict[str, Any]]:
+    rows = [vm.as_dict() for vm in vms_service.list_vms(ctx.conn(), with_ips=ips)]
+    _with_owners(ctx, who, rows)
+    return rows
+
+
+@router.get("/{name}", summary="One VM: definition facts, disks, NICs, consoles, addresses")
+def vm_info(name: str, who: Viewer, ctx: Ctx) -> dict[str, Any]:
+    info = vms_service.vm_info(ctx.conn(), name)
+    _with_owners(ctx, who, [info])
+    return info
+
+
+@router.get("/{name}/resources", summary="vCPUs and memory, live and in the definition")
+def vm_resources(name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
+    return resources_service.resources(ctx.conn(), name).as_dict()
+
+
+# ---------------------------------------------------------------------------------- create
+def _spec(body: VMCreate) -> create_service.VMSpec:
+    disks = [create_service.parse_disk_option(text) for text in body.disks if text != "default"]
+    nics = [create_service.parse_network_option(text) for text in body.networks]
+    spec = create_service.VMSpec(
+        name=body.name,
+        iso=body.iso,
+        os=body.os,
+        memory=parse_size(body.memory, what="memory", default_unit="M") if body.memory else None,
+        vcpus=body.vcpus,
+        nics=[nic for nic in nics if nic is not None],
+        graphics=body.graphics,
+        firmware=body.firmware,
+        start=body.start,
+        wait=body.wait,
+    )
+    if "default" not in body.disks:
+        spec.disks = [disk for disk in disks if disk is not None]
+    return spec
+
+
+@router.post("", status_code=202, summary="Create a VM (a task: poll /api/v1/tasks/{id})")
+def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
+    # Checked before the task starts, so a bad request is a 422 now, not a failed task later.
+    spec = ctx.audited(who, "vm.create.request", body.name, lambda: _spec(body))
+
+    def work(report: Report) -> dict[str, Any]:
+        conn = ctx.conn()
+        steps = iter(range(10, 95, 10))
+
+        def progress(message: str) -> None:
+            report(message, next(steps, 95))
+
+        result = create_service.create_vm(conn, spec, progress)
+        with ctx.store.session() as session:
+            users_store.record_owner(session, result.uuid, result.name, who)
+        return asdict(result)
+
+    def done(outcome: Outcome) -> None:
+        ctx.audit(who, "vm.create", body.name, "ok" if outcome.ok else "error", outcome.error or "")
+
+    return ctx.runner.submit("vm.create", body.name, who.name, work, done)
+
+
+# ---------------------------------------------------------------------------------- actions
+def _do_action(conn: Connection, name: str, action: Action, force: bool, timeout: float) -> str:
+    if action == "shutdown":
+        return vms_service.shutdown(conn, name, timeout=timeout, force=force)
+    simple = {
+        "start": vms_service.start,
+        "reboot": vms_service.reboot,
+        "reset": vms_service.reset,
+        "off": vms_service.force_off,
+        "pause": vms_service.pause,
+        "resume": vms_service.resume,
+    }
+    simple[action](conn, name)
+    return vms_service.state(conn, name)
+
+
+@router.post("/{name}/{action}", summary="Power action: start, shutdown, reboot, reset, off, …")
+def vm_action(
+    name: str,
+    action: Action,
+    who: Operator,
+    ctx: Ctx,
+    force: Annotated[bool, Query(description="shutdown: power off after the timeout")] = False,
+    timeout: Annotated[float, Query(ge=0, le=600)] = 120.0,
+) -> dict[str, str]:
+    state = ctx.act(
+        who,
+        f"vm.{action}",
+        name,
+        lambda conn: _do_action(conn, name, action, force, timeout),
+        vm=name,
+    )
+    return {"name": name, "state": state}
+
+
+@router.put("/{name}/autostart", summary="Start the VM with the host, or not")
+def vm_autostart(name: str, body: Autostart, who: Operator, ctx: Ctx) -> dict[str, Any]:
+    ctx.act(
+        who,
+        "vm.autostart",
+        name,
+        lambda conn: vms_service.set_autostart(conn, name, body.enabled),
+        vm=name,
+    )
+    return {"name": name, "autostart": body.enabled}
+
+
+@router.patch("/{name}/resources", summary="Change vCPUs and memory (live and/or definition)")
+def vm_resize(name: str, body: Resize, who: Operator, ctx: Ctx) -> dict[str, Any]:
+    memory = parse_size(body.memory, what="memory", default_unit="M") if body.memory else None
+
+    def work(conn: Connection) -> dict[str, Any]:
+        return resources_service.set_resources(
+            conn, name, vcpus=body.vcpus, memory=memory, live=body.live, config=body.config
+        ).as_dict()
+
+    return ctx.act(who, "vm.resize", name, work, vm=name)
+
+
+@router.post("/{name}/disks", status_code=201, summary="Attach a new or existing disk")
+def vm_add_disk(name: str, body: DiskAdd, who: Operator, ctx: Ctx) -> dict[str, Any]:
+    if (body.size is None) == (body.path is None):
+        raise InvalidInput("give either size (a new volume) or path (an existing disk)")
+    size = parse_size(body.size, what="disk size", default_unit="G") if body.size else None
+
+    def work(conn: Connection) -> dict[str, Any]:
+        change = resources_service.add_disk(
+            conn, name, size=size, path=body.path, pool=body.pool, fmt=body.format, bus=body.bus
+        )
+        return asdict(change)
+
+    return ctx.act(who, "vm.disk.add", name, work, vm=name)
+
+
+@router.delete("/{name}/disks/{target}", summary="Detach a disk (and delete it if kvmgr made it)")
+def vm_remove_disk(
+    name: str,
+    target: str,
+    who: Operator,
+    ctx: Ctx,
+    delete_volume: bool = False,
+) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        change = resources_service.remove_disk(conn, name, target, delete_volume=delete_volume)
+        return asdict(change)
+
+    return ctx.act(who, "vm.disk.remove", f"{name}/{target}", work, vm=name)
+
+
+@router.post("/{name}/nics", status_code=201, summary="Add a NIC on a network or bridge")
+def vm_add_nic(name: str, body: NicAdd, who: Operator, ctx: Ctx) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        change = resources_service.add_nic(
+            conn, name, network=body.network, bridge=body.bridge, model=body.model, mac=body.mac
+        )
+        return asdict(change)
+
+    return ctx.act(who, "vm.nic.add", name, work, vm=name)
+
+
+@router.delete("/{name}/nics/{mac}", summary="Remove the NIC with this MAC address")
+def vm_remove_nic(name: str, mac: str, who: Operator, ctx: Ctx) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        return asdict(resources_service.remove_nic(conn, name, mac))
+
+    return ctx.act(who, "vm.nic.remove", f"{name}/{mac}", work, vm=name)
+
+
+# ---------------------------------------------------------------------------------- delete
+@router.delete("/{name}", summary="Delete a VM and the volumes kvmgr made for it")
+def vm_delete(
+    name: str,
+    who: Operator,
+    ctx: Ctx,
+    force: bool = False,
+    keep_disks: bool = False,
+) -> dict[str, Any]:
+    def work(conn: Connection) -> list[str]:
+        uuid = ctx.vm_uuid(conn, name)
+        removed = vms_service.delete(conn, name, force=force, keep_disks=keep_disks)
+        with ctx.store.session() as session:
+            users_store.forget_owner(session, uuid)
+        return removed
+
+    removed = ctx.act(who, "vm.delete", name, work, vm=name)
+    return {"name": name, "deleted_volumes": removed}

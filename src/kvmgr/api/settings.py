@@ -1,0 +1,117 @@
+"""Settings of ``kvmgr serve`` from the environment (``KVMGR_*``), checked before serving.
+
+The secret key signs nothing a client can forge today (sessions are random ids in the DB), but it
+keys the console tokens' HMAC and must never be a default: for a loopback listen one is generated
+and kept in the state dir; for any other address the operator must give one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kvmgr.errors import InvalidInput
+
+MIN_SECRET_LENGTH = 32
+
+
+def default_state_dir() -> Path:
+    return Path("/var/lib/kvmgr") if os.geteuid() == 0 else Path.home() / ".local/share/kvmgr"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KVMGR_", extra="ignore")
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    db_url: str | None = None
+    secret_key: str | None = None
+    uri: str | None = None  # libvirt URI; None means KVMGR_URI's/qemu:///system
+    listen: str = "127.0.0.1:8080"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+    session_hours: float = 12.0
+    #: Bearer token that may read /metrics without a user (for Prometheus); None: users only.
+    metrics_token: str | None = None
+    login_attempts: int = 5  # failed logins per user+address within login_window seconds
+    login_window: float = 60.0
+    console_token_seconds: float = 30.0
+    #: Subscribe to libvirt's lifecycle events (off in unit tests that open many apps).
+    events: bool = True
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.state_dir / 'kvmgr.db'}"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:8080`` / ``[::1]:8080`` -> (host, port), with a clear error when malformed."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidInput(
+            f"--listen {listen!r} is not HOST:PORT", hint="e.g. 127.0.0.1:8080 or [::1]:8080"
+        )
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_serving(settings: Settings) -> Settings:
+    """Refuse unsafe set-ups; fill in the secret for loopback.  Returns the settings to use."""
+    host, _port = split_listen(settings.listen)
+    loopback = is_loopback(host)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise InvalidInput("TLS needs both a certificate and a key", hint="set both or neither")
+    if not loopback and not settings.tls and not settings.insecure:
+        raise InvalidInput(
+            f"refusing to serve on {host} without TLS: passwords and cookies would cross the "
+            "network in clear text",
+            hint="give --tls-cert and --tls-key, or --insecure if a TLS proxy sits in front",
+        )
+    if settings.secret_key is not None and len(settings.secret_key) < MIN_SECRET_LENGTH:
+        raise InvalidInput(
+            f"KVMGR_SECRET_KEY has {len(settings.secret_key)} characters",
+            hint=f"use at least {MIN_SECRET_LENGTH} random characters (openssl rand -hex 32)",
+        )
+    if settings.secret_key is None:
+        if not loopback:
+            raise InvalidInput(
+                f"refusing to serve on {host} without KVMGR_SECRET_KEY",
+                hint="export KVMGR_SECRET_KEY=$(openssl rand -hex 32)",
+            )
+        settings = settings.model_copy(update={"secret_key": persistent_secret(settings.state_dir)})
+    return settings
+
+
+def persistent_secret(state_dir: Path) -> str:
+    """The secret kept in ``state_dir/secret_key`` (mode 0600), made on first use."""
+    path = state_dir / "secret_key"
+    try:
+        text = path.read_text().strip()
+        if len(text) >= MIN_SECRET_LENGTH:
+            return text
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret

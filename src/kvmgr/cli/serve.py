@@ -1,0 +1,50 @@
+"""``kvmgr serve``: the REST API and the web UI in one process (uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvmgr.cli.common import report_errors, state
+
+app = typer.Typer(invoke_without_command=True)
+
+
+@app.callback()
+@report_errors
+def serve(
+    listen: Annotated[
+        str, typer.Option("--listen", "-l", help="HOST:PORT; non-loopback needs TLS or --insecure")
+    ] = "127.0.0.1:8080",
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="serve plain HTTP on a non-loopback address")
+    ] = False,
+) -> None:
+    """Run the REST API (/api/v1, docs at /api/docs) and the web UI."""
+    import uvicorn
+
+    from kvmgr.api.app import create_app
+    from kvmgr.api.settings import Settings, check_serving, split_listen
+
+    overrides: dict[str, object] = {"listen": listen, "insecure": insecure}
+    if tls_cert is not None:
+        overrides["tls_cert"] = tls_cert
+    if tls_key is not None:
+        overrides["tls_key"] = tls_key
+    if state.uri is not None:
+        overrides["uri"] = state.uri
+    settings = check_serving(Settings(**overrides))  # type: ignore[arg-type]
+    host, port = split_listen(settings.listen)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        proxy_headers=False,
+        log_level="info",
+    )

@@ -1,0 +1,250 @@
+// kvmgr web UI: small vanilla JS over the REST API.  Text from the server is only ever put in
+// the page with textContent, never innerHTML, so a VM or user name cannot inject markup.
+"use strict";
+
+const kvmgr = (() => {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+  async function api(method, path, body) {
+    const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (method !== "GET") options.headers["X-CSRF-Token"] = csrf();
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, options);
+    const data = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+    if (!response.ok) {
+      const message = data?.error ? data.error + (data.hint ? ` (${data.hint})` : "") : response.statusText;
+      throw new Error(message);
+    }
+    return data;
+  }
+
+  function flash(message, isError = true) {
+    const box = document.getElementById("flash");
+    box.textContent = message;
+    box.className = isError ? "flash error" : "flash ok";
+    box.hidden = false;
+    setTimeout(() => { box.hidden = true; }, 6000);
+  }
+
+  function bytes(value) {
+    if (value === null || value === undefined) return "–";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let n = Number(value), i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${n.toFixed(n < 10 && i ? 1 : 0)} ${units[i]}`;
+  }
+
+  function cell(row, text) {
+    const td = document.createElement("td");
+    if (text instanceof Node) td.appendChild(text); else td.textContent = text ?? "";
+    row.appendChild(td);
+    return td;
+  }
+
+  function fillTable(id, rows, columns) {
+    const body = document.querySelector(`#${id} tbody`);
+    body.replaceChildren();
+    for (const item of rows) {
+      const tr = document.createElement("tr");
+      for (const column of columns) cell(tr, column(item));
+      body.appendChild(tr);
+    }
+  }
+
+  function link(href, text) {
+    const a = document.createElement("a");
+    a.href = href; a.textContent = text;
+    return a;
+  }
+
+  function events(onEvent, onStatus) {
+    const source = new EventSource("/api/v1/events");
+    source.onopen = () => onStatus && onStatus("live");
+    source.onerror = () => onStatus && onStatus("reconnecting…");
+    for (const type of ["vm", "task"]) {
+      source.addEventListener(type, (message) => onEvent(JSON.parse(message.data)));
+    }
+    return source;
+  }
+
+  async function waitForTask(id, onProgress) {
+    for (;;) {
+      const task = await api("GET", `/api/v1/tasks/${encodeURIComponent(id)}`);
+      onProgress && onProgress(task);
+      if (!["queued", "running"].includes(task.state)) return task;
+      await new Promise((resolve) => setTimeout(resolve, 700));
+    }
+  }
+
+  return { api, flash, bytes, fillTable, link, events, waitForTask };
+})();
+
+// ---------------------------------------------------------------------------------- pages
+const pages = {
+  login() {
+    document.getElementById("login-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = document.getElementById("login-error");
+      try {
+        await kvmgr.api("POST", "/api/v1/auth/login", {
+          name: document.getElementById("login-name").value,
+          password: document.getElementById("login-password").value,
+        });
+        const next = new URLSearchParams(location.search).get("next");
+        location.href = next && next.startsWith("/") && !next.startsWith("//") ? next : "/";
+      } catch (err) {
+        error.textContent = err.message;
+        error.hidden = false;
+      }
+    });
+  },
+
+  dashboard() {
+    let previousCpu = new Map(), previousAt = 0;
+    const refresh = async () => {
+      const rows = await kvmgr.api("GET", "/api/v1/vms");
+      const now = performance.now();
+      const seconds = (now - previousAt) / 1000;
+      document.getElementById("vm-count").textContent = rows.length;
+      kvmgr.fillTable("vm-table", rows, [
+        (vm) => kvmgr.link(`/vms/${encodeURIComponent(vm.name)}`, vm.name),
+        (vm) => vm.state,
+        (vm) => vm.vcpus ?? "–",
+        (vm) => {
+          const before = previousCpu.get(vm.uuid);
+          if (before === undefined || vm.cpu_time_ns == null || !previousAt) return "–";
+          return `${(((vm.cpu_time_ns - before) / 1e9 / seconds) * 100).toFixed(0)} %`;
+        },
+        (vm) => `${kvmgr.bytes(vm.memory)} / ${kvmgr.bytes(vm.max_memory)}`,
+        (vm) => vm.owner ?? "–",
+      ]);
+      previousCpu = new Map(rows.map((vm) => [vm.uuid, vm.cpu_time_ns]));
+      previousAt = now;
+    };
+    const refreshTasks = async () => renderTasks(await kvmgr.api("GET", "/api/v1/tasks?limit=10"));
+    refresh(); refreshTasks();
+    setInterval(refresh, 2000);
+    kvmgr.events((event) => (event.type === "vm" ? refresh() : refreshTasks()),
+      (status) => { document.getElementById("events-status").textContent = `events: ${status}`; });
+  },
+
+  async create() {
+    const form = document.getElementById("create-form");
+    if (!form) return;
+    const [isos, networks] = await Promise.all([
+      kvmgr.api("GET", "/api/v1/isos").catch(() => []),
+      kvmgr.api("GET", "/api/v1/networks").catch(() => []),
+    ]);
+    const isoSelect = document.getElementById("iso");
+    for (const iso of isos) isoSelect.add(new Option(`${iso.name} — ${iso.os_name}`, iso.name));
+    const netSelect = document.getElementById("vm-network");
+    for (const net of networks.filter((n) => n.active)) netSelect.add(new Option(net.name, net.name));
+    netSelect.add(new Option("(no network)", "none"));
+    isoSelect.addEventListener("change", () => {
+      const iso = isos.find((item) => item.name === isoSelect.value);
+      const note = document.getElementById("iso-os");
+      if (!iso) { note.textContent = "No ISO: generic OS profile."; return; }
+      const r = iso.recommended;
+      note.textContent = `Detected: ${iso.os_name} (${iso.os_id}). Recommended: ${kvmgr.bytes(r.memory)} memory, ${r.vcpus} vCPU, ${kvmgr.bytes(r.disk)} disk.`;
+      document.getElementById("vm-memory").value = `${Math.round(r.memory / 1048576)}M`;
+      document.getElementById("vm-vcpus").value = r.vcpus;
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const name = document.getElementById("vm-name").value;
+      const disk = document.getElementById("vm-disk").value.trim() || "default";
+      const body = {
+        name,
+        iso: isoSelect.value || null,
+        memory: document.getElementById("vm-memory").value || null,
+        vcpus: Number(document.getElementById("vm-vcpus").value) || null,
+        disks: disk === "none" ? [] : [disk],
+        networks: [netSelect.value],
+      };
+      try {
+        const task = await kvmgr.api("POST", "/api/v1/vms", body);
+        document.getElementById("create-task").hidden = false;
+        const done = await kvmgr.waitForTask(task.id, (t) => {
+          document.getElementById("create-progress").value = t.progress;
+          document.getElementById("create-message").textContent = `${t.state}: ${t.message}`;
+        });
+        if (done.state === "done") location.href = `/vms/${encodeURIComponent(name)}`;
+        else kvmgr.flash(done.error || "creation failed");
+      } catch (err) { kvmgr.flash(err.message); }
+    });
+  },
+
+  async networks() {
+    const rows = await kvmgr.api("GET", "/api/v1/networks");
+    kvmgr.fillTable("net-table", rows, [
+      (n) => n.name, (n) => n.mode, (n) => n.subnet ?? "–",
+      (n) => (n.dhcp_start ? `${n.dhcp_start} – ${n.dhcp_end}` : "–"),
+      (n) => n.bridge ?? "–", (n) => (n.active ? "yes" : "no"), (n) => (n.autostart ? "yes" : "no"),
+      (n) => n.vms.join(", "),
+    ]);
+  },
+
+  async storage() {
+    const pools = await kvmgr.api("GET", "/api/v1/pools");
+    kvmgr.fillTable("pool-table", pools, [
+      (p) => p.name, (p) => p.type, (p) => p.path, (p) => (p.active ? "yes" : "no"),
+      (p) => kvmgr.bytes(p.capacity), (p) => kvmgr.bytes(p.allocation), (p) => kvmgr.bytes(p.available),
+      (p) => p.volumes,
+    ]);
+    const isos = await kvmgr.api("GET", "/api/v1/isos").catch(() => []);
+    kvmgr.fillTable("iso-table", isos, [
+      (i) => i.name, (i) => i.os_name, (i) => kvmgr.bytes(i.size),
+      (i) => `${kvmgr.bytes(i.recommended.memory)}, ${i.recommended.vcpus} vCPU`,
+    ]);
+  },
+
+  async tasks() {
+    const refresh = async () => renderTasks(await kvmgr.api("GET", "/api/v1/tasks"));
+    await refresh();
+    kvmgr.events((event) => event.type === "task" && refresh());
+  },
+
+  async users() {
+    const refresh = async () => kvmgr.fillTable("user-table", await kvmgr.api("GET", "/api/v1/users"),
+      [(u) => u.name, (u) => u.role, (u) => u.group ?? "–", (u) => u.created]);
+    await refresh();
+    document.getElementById("user-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      try {
+        await kvmgr.api("POST", "/api/v1/users", {
+          name: document.getElementById("user-name").value,
+          password: document.getElementById("user-password").value,
+          role: document.getElementById("user-role").value,
+          group: document.getElementById("user-group").value || null,
+        });
+        await refresh();
+      } catch (err) { kvmgr.flash(err.message); }
+    });
+  },
+
+  async audit() {
+    kvmgr.fillTable("audit-table", await kvmgr.api("GET", "/api/v1/audit"), [
+      (a) => a.at, (a) => a.user, (a) => a.action, (a) => a.target, (a) => a.result, (a) => a.detail,
+    ]);
+  },
+};
+
+function renderTasks(rows) {
+  kvmgr.fillTable("task-table", rows, [
+    (t) => t.kind, (t) => t.target, (t) => t.state, (t) => `${t.progress} %`,
+    (t) => t.error || t.message,
+  ]);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-bytes]").forEach((el) => { el.textContent = kvmgr.bytes(el.dataset.bytes); });
+  document.getElementById("logout")?.addEventListener("click", async () => {
+    await kvmgr.api("POST", "/api/v1/auth/logout").catch(() => null);
+    location.href = "/login";
+  });
+  const page = pages[document.body.dataset.page];
+  if (page) Promise.resolve(page()).catch((err) => kvmgr.flash(err.message));
+});
