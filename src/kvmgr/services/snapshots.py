@@ -289,8 +289,8 @@ def create_snapshot(
     with vm_lock(conn, vm, f"snapshot create {name}"):
         dom = vms.lookup(conn, vm)
         running = vms.is_active_state(vms.state_of(dom))
+        _refuse_template(vms.definition(dom, inactive=True), vm, "take snapshots")
         spec = vms.definition(dom)
-        _refuse_template(spec, vm, "take snapshots")
         if _snapshot_exists(dom, name):
             raise AlreadyExists(f"VM {vm!r} already has a snapshot {name!r}")
         kind = choose_kind(spec, running=running, live=live, disk_only=disk_only)
@@ -577,7 +577,12 @@ def delete_snapshot(conn: Connection, vm: str, name: str, *, children: bool = Fa
         if kind_of(_model(snap)) == INTERNAL:
             with libvirt_errors(f"listing children of snapshot {name}"):
                 doomed = [name] + (
-                    [c.getName() for c in snap.listAllDescendants(0)] if children else []
+                    [
+                        c.getName()
+                        for c in snap.listAllChildren(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_DESCENDANTS)
+                    ]
+                    if children
+                    else []
                 )
             flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0
             with libvirt_errors(f"deleting snapshot {name} of VM {vm}"):
