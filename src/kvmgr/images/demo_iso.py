@@ -17,6 +17,7 @@ records the inputs, and an unchanged stamp means the ISO is reused.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import lzma
@@ -24,7 +25,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -308,8 +309,25 @@ def build_demo_iso(path: str | Path, *, force: bool = False) -> DemoIso:
         raise InvalidInput(f"directory {target.parent} does not exist", hint="create it first")
     _check_tools()
     inputs, modules = gather_inputs()
-    if not force and target.exists() and _read_stamp(target) == inputs:
-        return DemoIso(target, VOLUME_ID, inputs, reused=True)
+    # Test runs in parallel share one cached ISO: one builds, the others wait and reuse it.
+    with _locked(target.with_name(target.name + ".lock")):
+        if not force and target.exists() and _read_stamp(target) == inputs:
+            return DemoIso(target, VOLUME_ID, inputs, reused=True)
+        _build(target, inputs, modules)
+    return DemoIso(target, VOLUME_ID, inputs, reused=False)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(target: Path, inputs: Inputs, modules: list[tuple[str, Path]]) -> None:
     initrd = initramfs.gzipped_cpio(initramfs_entries(modules))
     # Build next to the target and rename, so a failed or interrupted build never leaves a
     # half-written ISO under the real name, and nothing is left in /tmp.
@@ -323,7 +341,6 @@ def build_demo_iso(path: str | Path, *, force: bool = False) -> DemoIso:
         partial.chmod(0o644)
         partial.replace(target)
     stamp_path(target).write_text(json.dumps(asdict(inputs), indent=2) + "\n")
-    return DemoIso(target, VOLUME_ID, inputs, reused=False)
 
 
 def remove_demo_iso(path: str | Path) -> None:
