@@ -27,12 +27,12 @@ from kvmgr.api.routes import (
     isos,
     metrics,
     networks,
-    pages,
     storage,
     tasks,
     users,
     vms,
 )
+from kvmgr.api.routes import pages as pages
 from kvmgr.api.settings import Settings
 from kvmgr.errors import KvmgrError
 
@@ -83,7 +83,7 @@ def create_app(settings: Settings, *, context: AppContext | None = None) -> Fast
         title="kvmgr",
         version=__version__,
         description="Take a bare Linux host to running KVM VMs, and manage them, through libvirt.",
-        openapi_url="/api/openapi.json",
+        openapi_url=None,  # served by pages.py to logged-in users only
         docs_url=None,  # served by pages.py with local assets (the CSP allows no CDN)
         redoc_url=None,
         lifespan=lifespan,

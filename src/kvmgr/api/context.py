@@ -40,6 +40,12 @@ class Forbidden(KvmgrError):
     http_status = 403
 
 
+class TooManyAttempts(KvmgrError):
+    """Login rate limit reached."""
+
+    http_status = 429
+
+
 class AppContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -15,6 +15,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone; kvmgr wrote them in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class Role(StrEnum):
     """viewer reads; operator acts on the VMs it (or its group) owns; admin does everything."""
 

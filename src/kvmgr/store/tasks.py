@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from kvmgr.errors import KvmgrError, NotFound
 from kvmgr.store.db import Store
-from kvmgr.store.models import Task, utcnow
+from kvmgr.store.models import Task, aware, utcnow
 
 #: (message, percent or None) -> None
 Report = Callable[[str, int | None], None]
@@ -40,8 +40,8 @@ def as_dict(task: Task) -> dict[str, Any]:
         "message": task.message,
         "result": task.result,
         "error": task.error,
-        "created": task.created.isoformat(),
-        "finished": task.finished.isoformat() if task.finished else None,
+        "created": aware(task.created).isoformat(),
+        "finished": aware(task.finished).isoformat() if task.finished else None,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from kvmgr.errors import AlreadyExists, InvalidInput, NotFound
 from kvmgr.names import validate_name
-from kvmgr.store.models import ApiToken, Role, User, VMOwner, WebSession, utcnow
+from kvmgr.store.models import ApiToken, Role, User, VMOwner, WebSession, aware, utcnow
 
 MIN_PASSWORD_LENGTH = 8
 TOKEN_PREFIX = "kvm_"  # noqa: S105 - a marker that makes leaked tokens greppable
@@ -181,7 +181,7 @@ def principal_for_cookie(session: Session, cookie: str) -> Principal | None:
     row = session.get(WebSession, digest(cookie))
     if row is None:
         return None
-    if _aware(row.expires) <= utcnow():
+    if aware(row.expires) <= utcnow():
         session.delete(row)
         return None
     user = session.get(User, row.user_id)
@@ -190,13 +190,6 @@ def principal_for_cookie(session: Session, cookie: str) -> Principal | None:
 
 def close_web_session(session: Session, cookie: str) -> None:
     session.execute(delete(WebSession).where(WebSession.id_hash == digest(cookie)))
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without a zone; they were written in UTC."""
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # ------------------------------------------------------------------ VM ownership

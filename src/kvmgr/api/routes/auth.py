@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from kvmgr.api.context import AppContext, Unauthorized
+from kvmgr.api.context import AppContext, TooManyAttempts, Unauthorized
 from kvmgr.api.deps import SESSION_COOKIE, Ctx, Viewer, get_ctx
-from kvmgr.errors import Busy
 from kvmgr.store import users as users_store
 from kvmgr.store.users import Principal
 
@@ -39,7 +38,9 @@ def _me(who: Principal) -> dict[str, Any]:
 def _login(ctx: AppContext, body: Login, address: str) -> tuple[Principal, str, str]:
     wait = ctx.limiter.retry_after(body.name, address)
     if wait:
-        raise Busy(f"too many failed logins for {body.name!r}", hint=f"try again in {wait:.0f} s")
+        raise TooManyAttempts(
+            f"too many failed logins for {body.name!r}", hint=f"try again in {wait:.0f} s"
+        )
     with ctx.store.session() as session:
         who = users_store.authenticate(session, body.name, body.password)
         if who is None:

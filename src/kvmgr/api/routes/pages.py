@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from kvmgr.api.deps import Admin, Ctx, Viewer, identify
@@ -103,6 +103,11 @@ def users_page(request: Request, who: Admin) -> Response:
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, who: Admin) -> Response:
     return render(request, who, "audit.html")
+
+
+@router.get("/api/openapi.json")
+def openapi_schema(request: Request, _who: Viewer) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
 
 
 @router.get("/api/docs", response_class=HTMLResponse)
