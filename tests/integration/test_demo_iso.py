@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,10 @@ def guest(conn: Connection, demo_iso: Path, module_cleanup: Cleanup) -> Iterator
     module_cleanup.prefix(PREFIX)
     storage.ensure_pool(conn, "default")
     disk = storage.create_volume(conn, "default", module_cleanup.volume("default", DISK), 64 * MIB)
-    xml = demo_domain(conn, module_cleanup.vm(VM), str(demo_iso), disk_path=disk.path).to_xml()
+    spec = demo_domain(
+        conn, module_cleanup.vm(VM), str(demo_iso), disk_path=disk.path, vcpus=1, max_vcpus=2
+    )
+    xml = spec.to_xml()
     dom = conn.virconn.defineXML(xml)
     started = time.monotonic()
     dom.create()
@@ -94,6 +97,32 @@ def test_late_console_catches_up_with_the_markers(conn: Connection, guest: Boote
     guest.shell.close()
     guest.shell = GuestShell.open(conn, VM)
     guest.shell.wait_ready(timeout=30)
+
+
+def test_hot_added_vcpu_comes_online_in_the_guest(guest: BootedGuest) -> None:
+    assert guest.shell.run("grep -c ^processor /proc/cpuinfo") == "1"
+    guest.dom.setVcpusFlags(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    # The guest's init onlines new vCPUs once a second (there is no udev to do it).
+    assert _eventually(lambda: guest.shell.run("grep -c ^processor /proc/cpuinfo") == "2", 20)
+
+
+def test_balloon_shrinks_the_memory_the_guest_sees(guest: BootedGuest) -> None:
+    before = _mem_total_kib(guest.shell)
+    guest.dom.setMemoryFlags(192 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert _eventually(lambda: _mem_total_kib(guest.shell) <= before - 48 * 1024, 30)
+
+
+def _mem_total_kib(shell: GuestShell) -> int:
+    return int(shell.run("grep MemTotal /proc/meminfo").split()[1])
+
+
+def _eventually(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
 
 
 def test_acpi_shutdown_powers_the_guest_off(guest: BootedGuest) -> None:
