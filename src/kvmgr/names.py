@@ -11,7 +11,7 @@ import re
 from kvmgr.errors import InvalidInput
 
 MAX_NAME_LENGTH = 64
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _RULE = "letters, digits, '-', '_' and '.', at most 64, not starting with '.' or '-'"
 
 
@@ -24,6 +24,6 @@ def validate_name(name: str, *, what: str = "name") -> str:
             f"{what} {name[:20]!r}... is {len(name)} characters long",
             hint=f"use at most {MAX_NAME_LENGTH}",
         )
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # fullmatch: "$" would accept a trailing newline
         raise InvalidInput(f"{what} {name!r} is not allowed", hint=f"use {_RULE}")
     return name

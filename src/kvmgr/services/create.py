@@ -50,9 +50,10 @@ WAIT_MODES = ("ready", "ip", "none")
 GRAPHICS_MODES = ("vnc", "none")
 FIRMWARES = ("bios", "uefi")
 READY_MARKER = "KVMGR-READY"
-_MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
-# Spare PCIe root ports on q35 so disks and NICs can be hot-plugged later (as virt-install does).
-_SPARE_ROOT_PORTS = 6
+_MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
+# PCIe root ports on q35: every PCIe device takes one, and hot-plugging a disk or NIC later needs a
+# free one, so (like virt-install) the VM gets 14 up front; libvirt fills them in order.
+_ROOT_PORTS = 14
 _MIN_MEMORY = 64 * MIB
 
 
@@ -158,7 +159,7 @@ def parse_network_option(text: str) -> NicRequest | None:
     request.model = extra.get("model")
     request.mac = extra.get("mac")
     validate_name(request.source, what="network" if request.kind == "network" else "bridge")
-    if request.mac and not _MAC_RE.match(request.mac):
+    if request.mac and not _MAC_RE.fullmatch(request.mac):
         raise InvalidInput(
             f"MAC address {request.mac!r} is not valid", hint="use e.g. 52:54:00:12:34:56"
         )
@@ -432,15 +433,22 @@ def build_domain(
     _add_consoles(domain)
     _add_graphics(domain, profile, spec.graphics)
     if q35:
-        for _ in range(_SPARE_ROOT_PORTS):
-            port = Controller()
-            port.type, port.model = "pci", "pcie-root-port"
-            domain.devices.controllers.append(port)
+        _add_root_ports(domain)
     balloon = domain.devices.memballoon
     balloon.model = "virtio" if profile.virtio else "none"
     if profile.virtio:
         balloon.stats_period = 5  # so 'kvmgr vm stats' sees guest memory use
     return domain
+
+
+def _add_root_ports(domain: Domain) -> None:
+    root = Controller()
+    root.type, root.index, root.model = "pci", 0, "pcie-root"
+    domain.devices.controllers.append(root)
+    for index in range(1, _ROOT_PORTS + 1):
+        port = Controller()
+        port.type, port.index, port.model = "pci", index, "pcie-root-port"
+        domain.devices.controllers.append(port)
 
 
 def _host_cpus(conn: Connection) -> int:
