@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bench import cli_startup, inventory, provision, snapshot, vmstats
+from bench import boot, cli_startup, inventory, provision, snapshot, vmstats
 from bench.core import Context, Line
 
 Benchmark = Callable[[Context], Iterator[Line]]
@@ -15,4 +15,5 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("cli-startup", cli_startup.run),
     ("provision", provision.run),
     ("snapshot", snapshot.run),
+    ("boot", boot.run),
 ]
