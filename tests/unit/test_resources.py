@@ -8,6 +8,7 @@ changes themselves are proven on a real daemon in tests/integration/test_resourc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,14 @@ import libvirt
 import pytest
 
 from kvmgr.connect import Connection, open_connection
-from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, Unsupported
+from kvmgr.errors import (
+    AlreadyExists,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    OperationFailed,
+    Unsupported,
+)
 from kvmgr.services import resources
 from kvmgr.services.storage import find_volume_by_path
 from kvmgr.units import MIB
@@ -301,3 +309,42 @@ def test_a_failed_step_puts_back_the_earlier_ones(conn: Connection, running: str
             1,
         )
     assert resources.resources(conn, running).vcpus_config == 1
+
+
+def test_a_device_the_guest_keeps_is_reported_after_the_timeout(
+    conn: Connection, running: str
+) -> None:
+    dom = conn.virconn.lookupByName(running)
+    naps: list[float] = []
+    with pytest.raises(OperationFailed, match=r"did not release disk vda within 0\.5 s") as caught:
+        resources._wait_removed(
+            dom,
+            lambda domain: resources._find_disk(domain, "vda") is not None,
+            "disk vda",
+            0.5,
+            sleep=lambda seconds: (naps.append(seconds), time.sleep(seconds)),
+        )
+    assert "hot-unplug" in (caught.value.hint or "")
+    assert naps  # it polled the live definition more than once before giving up
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_set_reports_the_ceiling_and_exits_1(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kvmgr.cli.common import state
+    from kvmgr.cli.main import app
+
+    try:
+        runner = CliRunner()
+        result = runner.invoke(app, ["-c", "test:///default", "vm", "set", "test", "--vcpus", "9"])
+        assert result.exit_code == 1
+        assert "above the maximum of 2" in result.output and "--max-vcpus" in result.output
+        result = runner.invoke(
+            app, ["-c", "test:///default", "vm", "set", "test", "--vcpus", "1", "-o", "json"]
+        )
+        assert result.exit_code == 0 and '"vcpus_live": 1' in result.output
+        result = runner.invoke(app, ["-c", "test:///default", "vm", "ip", "test", "-o", "json"])
+        assert result.exit_code == 0 and '"source": "lease"' in result.output
+    finally:
+        state.close()
