@@ -6,7 +6,9 @@ costs seconds.  Boot-to-ready time is measured and printed (``-s`` or the junit 
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import pytest
 from kvmgr.connect import Connection
 from kvmgr.images.demo_iso import VOLUME_ID, build_demo_iso, remove_demo_iso
 from kvmgr.services import storage
+from kvmgr.services.console import attach_interactive
 from kvmgr.units import MIB
 from tests.integration.conftest import Cleanup
 from tests.integration.guest import GuestShell, demo_domain
@@ -94,6 +97,34 @@ def test_late_console_catches_up_with_the_markers(conn: Connection, guest: Boote
     with GuestShell.open(conn, VM) as late:
         assert late.wait_ready(timeout=30) == guest.ip
     # The module's shell lost the console to ``late``; reattach it for the tests that follow.
+    _reattach(conn, guest)
+
+
+def test_interactive_console_passes_keys_and_ends_on_escape(
+    conn: Connection, guest: BootedGuest
+) -> None:
+    """``kvmgr vm console``'s engine: typed bytes reach the guest, output comes back, ^] ends."""
+    keys_read, keys_write = os.pipe()
+    out_read, out_write = os.pipe()
+    os.write(keys_write, b"echo attach-$((6*7))\r")
+    with open(keys_read, "rb", buffering=0) as stdin, open(out_write, "wb", buffering=0) as stdout:
+        worker = threading.Thread(
+            target=attach_interactive, args=(conn, VM), kwargs={"stdin": stdin, "stdout": stdout}
+        )
+        worker.start()
+        time.sleep(3)  # the guest answers within this under emulation
+        os.write(keys_write, b"\x1d")  # ^]
+        worker.join(timeout=10)
+        assert not worker.is_alive(), "the escape key did not end the session"
+    os.close(keys_write)
+    with open(out_read, "rb") as output:
+        transcript = output.read()
+    assert b"Connected to t-infra-demo" in transcript
+    assert b"attach-42" in transcript
+    _reattach(conn, guest)
+
+
+def _reattach(conn: Connection, guest: BootedGuest) -> None:
     guest.shell.close()
     guest.shell = GuestShell.open(conn, VM)
     guest.shell.wait_ready(timeout=30)

@@ -20,7 +20,7 @@ import time
 import tty
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Any
 
 import libvirt
 
@@ -167,7 +167,7 @@ def escape_byte(escape: str) -> int:
 
 
 @contextmanager
-def _raw_terminal(stream: IO[str]) -> Iterator[None]:
+def _raw_terminal(stream: IO[Any]) -> Iterator[None]:
     """Raw mode for the duration of the block; the old mode comes back on every exit path."""
     if not stream.isatty():
         yield
@@ -186,8 +186,8 @@ def attach_interactive(
     name: str,
     escape: str = "^]",
     *,
-    stdin: IO[str] | None = None,
-    stdout: IO[str] | None = None,
+    stdin: IO[Any] | None = None,
+    stdout: IO[Any] | None = None,
 ) -> None:
     """Connect this terminal to the VM's serial console until the escape key or the VM stops."""
     escape_code = escape_byte(escape)
