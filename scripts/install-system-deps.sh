@@ -11,7 +11,7 @@
 #   dnsmasq-base iptables iproute2  DHCP/DNS and NAT of libvirt networks; `ip netns` for daemons
 #   xorriso isolinux syslinux-common  building the bootable demo/test ISO
 #   busybox-static linux-image-amd64  userland and kernel (plus virtio modules) of the demo ISO
-#   cpio                            packing the demo ISO's initramfs
+#   cpio                            the unit tests read the demo initramfs back with GNU cpio
 #   osinfo-db                       OS detection of installation ISOs
 #   ovmf                            UEFI firmware for VMs that ask for it
 set -eu
