@@ -81,11 +81,17 @@ def open_connection(uri: str | None = None, *, readonly: bool = False) -> Connec
     except libvirt.libvirtError as err:
         raise ConnectionFailed(
             f"cannot connect to {uri}: {err.get_error_message()}",
-            hint="is libvirtd running? start it with 'kvmgr host daemons start'"
-            if is_local(uri)
-            else "check the host name, that libvirtd runs there, and your SSH/TLS credentials",
+            hint=_connect_hint(uri),
         ) from err
     return Connection(uri=uri, virconn=virconn)
+
+
+def _connect_hint(uri: str) -> str:
+    if uri.startswith("test:"):
+        return "the test driver's file must be a valid <node> document"
+    if is_local(uri):
+        return "is libvirtd running? start it with 'kvmgr host daemons start'"
+    return "check the host name, that libvirtd runs there, and your SSH/TLS credentials"
 
 
 def choose_domain_type(conn: Connection) -> DomainTypeChoice:

@@ -220,8 +220,8 @@ def create_vm(conn: Connection, spec: VMSpec, progress: Progress | None = None) 
     _validate_request(conn, spec)
     iso_path = _resolve_iso(conn, spec.iso) if spec.iso else None
     profile = _choose_profile(spec.os, iso_path)
-    memory = spec.memory or profile.recommended_memory
-    vcpus = spec.vcpus or profile.recommended_vcpus
+    memory = profile.recommended_memory if spec.memory is None else spec.memory
+    vcpus = profile.recommended_vcpus if spec.vcpus is None else spec.vcpus
     _check_resources(conn, memory, spec.max_memory, vcpus, spec.max_vcpus)
     choice = conn.domain_type()
     say(f"domain type {choice.domain_type}: {choice.reason}")
@@ -384,7 +384,7 @@ def _create_volumes(
 def _undefine(dom: libvirt.virDomain) -> None:
     if dom.isActive():
         dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    vms.undefine(dom)
 
 
 # ------------------------------------------------------------ policy

@@ -15,7 +15,7 @@ from typing import Any
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.errors import InvalidState, NotFound, libvirt_errors
+from kvmgr.errors import InvalidState, NotFound, libvirt_errors, translate
 from kvmgr.names import validate_name
 from kvmgr.xml.domain import Domain
 
@@ -266,7 +266,7 @@ def shutdown(
     if not is_active_state(state_of(dom)):
         raise InvalidState(f"VM {name!r} is not running")
     with libvirt_errors(f"shutting down VM {name}"):
-        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        dom.shutdownFlags(0)  # the driver picks ACPI or the guest agent, as virsh does
     if _wait_for_state(dom, libvirt.VIR_DOMAIN_SHUTOFF, timeout, sleep):
         return "shut off"
     if not force:
@@ -295,7 +295,7 @@ def reboot(conn: Connection, name: str) -> None:
     if state_of(dom) != libvirt.VIR_DOMAIN_RUNNING:
         raise InvalidState(f"VM {name!r} is not running")
     with libvirt_errors(f"rebooting VM {name}"):
-        dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+        dom.reboot(0)
 
 
 def reset(conn: Connection, name: str) -> None:
@@ -369,16 +369,37 @@ def _delete_locked(conn: Connection, name: str, *, force: bool, keep_disks: bool
     if is_active_state(state_of(dom)):
         with libvirt_errors(f"powering off VM {name}"):
             dom.destroy()
-    with libvirt_errors(f"removing VM {name}"):
-        dom.undefineFlags(
-            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-        )
+    undefine(dom)
     from kvmgr.services.storage import delete_volume_by_path
 
     return [path for path in owned if delete_volume_by_path(conn, path)]
+
+
+_UNDEFINE_EVERYTHING = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+_UNDEFINE_BASIC = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+)
+
+
+def undefine(dom: libvirt.virDomain) -> None:
+    """Remove a domain's definition with its saved state, snapshot metadata and NVRAM.
+
+    Drivers that do not know some of those flags (libvirt's test driver, older daemons) are
+    asked again with the ones every driver supports.
+    """
+    name = dom.name()
+    try:
+        dom.undefineFlags(_UNDEFINE_EVERYTHING)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            raise translate(err, f"removing VM {name}") from err
+        with libvirt_errors(f"removing VM {name}"):
+            dom.undefineFlags(_UNDEFINE_BASIC)
 
 
 def _refuse_if_others_need(conn: Connection, name: str, paths: list[str]) -> None:
@@ -390,7 +411,10 @@ def _refuse_if_others_need(conn: Connection, name: str, paths: list[str]) -> Non
     with libvirt_errors("listing VMs"):
         others = [dom for dom in conn.virconn.listAllDomains(0) if dom.name() != name]
     for other in others:
-        spec = definition(other, inactive=True)
+        try:
+            spec = definition(other, inactive=True)
+        except NotFound:
+            continue  # removed while we looked: it needs nothing any more
         meta = spec.kvmgr_metadata()
         uses_disk = any(
             disk.source_path in wanted or disk.backing_file in wanted for disk in spec.devices.disks
