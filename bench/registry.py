@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bench import boot, cli_startup, inventory, provision, snapshot, vmstats
+from bench import api, boot, cli_startup, inventory, provision, snapshot, vmstats
 from bench.core import Context, Line
 
 Benchmark = Callable[[Context], Iterator[Line]]
@@ -12,8 +12,10 @@ Benchmark = Callable[[Context], Iterator[Line]]
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("inventory", inventory.run),
     ("stats", vmstats.run),
+    ("rest", api.run_rest),
     ("cli-startup", cli_startup.run),
     ("provision", provision.run),
     ("snapshot", snapshot.run),
+    ("events", api.run_events),
     ("boot", boot.run),
 ]
