@@ -1,0 +1,15 @@
+#!/bin/sh
+# What the API, PostgreSQL and browser tests need beyond scripts/install-system-deps.sh:
+# Debian's chromium (Playwright drives it; no browser is ever downloaded), PostgreSQL (the tests
+# start a throw-away cluster themselves) and the web UI's npm libraries.  Idempotent.
+set -eu
+missing=""
+for pkg in chromium postgresql nodejs npm; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    apt-get update
+    # shellcheck disable=SC2086 - word splitting of the package list is intended
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+fi
+"$(dirname "$0")/install-web-deps.sh"
