@@ -172,7 +172,7 @@ def vm_info(conn: Connection, name: str) -> dict[str, Any]:
         "state": STATE_NAMES.get(state, "unknown"),
         "domain_type": spec.type,
         "os": meta.os_id if meta else None,
-        "managed_by_kvmgr": meta is not None,
+        "managed_by_kvmgr": bool(meta is not None and meta.created_by),
         "template": bool(meta and meta.template),
         "vcpus": spec.vcpus_current or spec.vcpus,
         "max_vcpus": spec.vcpus,
