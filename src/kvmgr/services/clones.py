@@ -30,6 +30,7 @@ from kvmgr.errors import AlreadyExists, InvalidState, KvmgrError, Unsupported, l
 from kvmgr.names import validate_name
 from kvmgr.services import vms
 from kvmgr.services.locks import vm_lock
+from kvmgr.services.snapshots import drop_backing_chain
 from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
 from kvmgr.xml.domain import Disk, Domain
 from kvmgr.xml.storage import StorageVolume
@@ -147,7 +148,7 @@ def _build_clone(
             path = _make_disk(conn, image, name, index, disk, linked=linked)
             made.append(path)
             disk.type, disk.source_dev, disk.source_file = "file", None, path
-            disk.backing_file = disk.backing_format = None
+            drop_backing_chain(disk)
             disk.driver_type = "qcow2" if linked else disk.driver_type
         _set_metadata(clone, made, source if linked else None)
         with libvirt_errors(f"defining VM {name}"):

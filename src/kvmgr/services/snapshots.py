@@ -483,9 +483,18 @@ def _point_disks(spec: Domain, images: dict[str, str]) -> list[str]:
             disk.type = "file"
             disk.source_file = images[disk.target_dev]
             disk.driver_type = "qcow2"
-            disk.backing_file = None  # libvirt reads the chain from the new image
-            disk.backing_format = None
+            drop_backing_chain(disk)
     return replaced
+
+
+def drop_backing_chain(disk: Disk) -> None:
+    """Forget a disk's recorded backing chain; libvirt reads it again from the image itself.
+
+    A stale ``<backingStore>`` (libvirt writes the whole chain after a live snapshot) would
+    name images the disk no longer sits on.
+    """
+    for node in disk.element.findall("backingStore"):
+        disk.element.remove(node)
 
 
 def _redefine(dom: libvirt.virDomain, model: Snapshot, *, current: bool) -> None:
@@ -752,7 +761,8 @@ def _replace_references(conn: Connection, dom: libvirt.virDomain, old: str, new:
     changed = False
     for disk in spec.devices.disks:
         if disk.source_path == old:
-            disk.source_file, disk.backing_file, disk.backing_format = new, None, None
+            disk.source_file = new
+            drop_backing_chain(disk)
             disk.driver_type = _format_of_path(conn, new)
             changed = True
     if changed:
@@ -775,7 +785,8 @@ def _swap_paths(model: Snapshot, old: str, new: str) -> bool:
     if Snapshot.domain.exists(model):
         for ddisk in model.domain.devices.disks:
             if ddisk.source_path == old:
-                ddisk.source_file, ddisk.backing_file, ddisk.backing_format = new, None, None
+                ddisk.source_file = new
+                drop_backing_chain(ddisk)
                 touched = True
     return touched
 
