@@ -50,6 +50,7 @@ _DOMAIN_RE = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _HOSTNAME_RE = re.compile(rf"^{_DNS_LABEL}$")
 _DAEMON_PID_FILES = ("/run/libvirtd.pid", "/run/libvirt/virtnetworkd.pid", "/run/virtnetworkd.pid")
 
+_ATF_COMPLETE = 0x02  # /proc/net/arp flag of a resolved entry
 Subnet = ipaddress.IPv4Network
 
 
@@ -176,7 +177,9 @@ def _domain_models(conn: Connection, *, include_config: bool) -> Iterator[tuple[
 
 def _uses_network(domain: Domain, name: str, bridge: str | None) -> bool:
     for iface in domain.devices.interfaces:
-        if iface.type == "network" and iface.source_network == name:
+        # a running VM's live XML turns type 'network' into the type it resolved to, but keeps
+        # the source network's name
+        if iface.source_network == name:
             return True
         if bridge and iface.type == "bridge" and iface.source_bridge == bridge:
             return True
@@ -271,8 +274,9 @@ def _loose_network(text: str) -> str | None:
         return None
 
 
-def _daemon_route_file(conn: Connection) -> Path | None:
-    """The daemon's own routing table: ``/proc/PID/net/route`` sees the daemon's namespace."""
+def _daemon_proc_net(conn: Connection, table: str) -> Path | None:
+    """A /proc/net table (``route``, ``arp``) as the *daemon* sees it: ``/proc/PID/net/TABLE``
+    shows the daemon's network namespace.  None for a remote daemon (or the test driver)."""
     if not is_local(conn.uri) or conn.is_test_driver:
         return None
     for pid_file in _DAEMON_PID_FILES:
@@ -280,11 +284,11 @@ def _daemon_route_file(conn: Connection) -> Path | None:
             pid = int(Path(pid_file).read_text().strip())
         except (OSError, ValueError):
             continue
-        route_file = Path(f"/proc/{pid}/net/route")
-        if route_file.exists():
-            return route_file
-    route_file = Path("/proc/net/route")
-    return route_file if route_file.exists() else None
+        path = Path(f"/proc/{pid}/net/{table}")
+        if path.exists():
+            return path
+    path = Path(f"/proc/net/{table}")
+    return path if path.exists() else None
 
 
 def parse_route_table(text: str) -> list[tuple[Subnet, str]]:
@@ -335,7 +339,7 @@ def used_subnets(conn: Connection, *, ignore: str | None = None) -> list[tuple[S
         if ip is not None:
             used.append((_subnet_of(ip), f"libvirt network {net.name()!r}"))
     used.extend(_host_interface_subnets(conn))
-    route_file = _daemon_route_file(conn)
+    route_file = _daemon_proc_net(conn, "route")
     if route_file is not None:
         for subnet, iface in parse_route_table(route_file.read_text()):
             used.append((subnet, f"a host route via {iface}"))
@@ -627,7 +631,7 @@ def _vm_mac(conn: Connection, vm: str, network: str) -> str:
     macs = [
         iface.mac
         for iface in domain.devices.interfaces
-        if iface.type == "network" and iface.source_network == network and iface.mac
+        if iface.source_network == network and iface.mac
     ]
     if not macs:
         raise InvalidInput(
@@ -799,7 +803,8 @@ def discover_ips(conn: Connection, domain: libvirt.virDomain | str) -> list[tupl
     """A running VM's addresses as ``(mac, ip, source)``, from the first source that answers.
 
     Sources in order: libvirt's DHCP leases (networks it runs dnsmasq for), the guest agent, the
-    daemon's ARP table (bridged guests that sent traffic).  Loopback and IPv6 link-local addresses
+    daemon's ARP table (bridged guests that sent traffic) through libvirt or, when libvirt's ARP
+    source fails, read from the local daemon's namespace.  Loopback and IPv6 link-local addresses
     are left out.  A VM that is not running has no addresses: the answer is an empty list.
     """
     dom = _domain(conn, domain)
@@ -814,7 +819,31 @@ def discover_ips(conn: Connection, domain: libvirt.virDomain | str) -> list[tupl
         found = _addresses(answer, source_name)
         if found:
             return found
-    return []
+    # libvirt's own ARP source can fail (libvirt 9.0 answers "wrong nlmsg len" on some hosts):
+    # for a local daemon, read the ARP table of its namespace directly
+    return _arp_from_daemon_table(conn, dom)
+
+
+def parse_arp_table(text: str) -> list[tuple[str, str]]:
+    """``/proc/net/arp`` -> [(mac, ip)] of complete entries."""
+    entries = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 6 or int(fields[2], 16) & _ATF_COMPLETE == 0:
+            continue
+        entries.append((fields[3].lower(), fields[0]))
+    return entries
+
+
+def _arp_from_daemon_table(conn: Connection, dom: libvirt.virDomain) -> list[tuple[str, str, str]]:
+    table = _daemon_proc_net(conn, "arp")
+    if table is None:
+        return []
+    with libvirt_errors(f"reading VM {dom.name()}"):
+        domain = Domain.from_xml(dom.XMLDesc(0))
+    macs = {iface.mac.lower() for iface in domain.devices.interfaces if iface.mac}
+    found = {(mac, ip, "arp") for mac, ip in parse_arp_table(table.read_text()) if mac in macs}
+    return sorted(found, key=lambda item: (item[0], ipaddress.ip_address(item[1])))
 
 
 def _domain(conn: Connection, domain: libvirt.virDomain | str) -> libvirt.virDomain:

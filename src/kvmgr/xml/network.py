@@ -32,7 +32,9 @@ class Network(XMLObject):
     TAG = "network"
     name = XMLProperty("./name", str)
     uuid = XMLProperty("./uuid", str)
-    forward_mode = XMLProperty("./forward/@mode", str, doc="nat, route, bridge, open; none = isolated")
+    forward_mode = XMLProperty(
+        "./forward/@mode", str, doc="nat, route, bridge, open; none = isolated"
+    )
     forward_dev = XMLProperty("./forward/@dev", str)
     bridge_name = XMLProperty("./bridge/@name", str)
     bridge_stp = XMLProperty("./bridge/@stp", bool)
