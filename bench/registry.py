@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bench import api, boot, cli_startup, inventory, provision, snapshot, vmstats
+from bench import api, boot, cli_startup, clone, inventory, provision, snapshot, vmstats
 from bench.core import Context, Line
 
 Benchmark = Callable[[Context], Iterator[Line]]
@@ -17,5 +17,6 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("provision", provision.run),
     ("snapshot", snapshot.run),
     ("events", api.run_events),
+    ("clone", clone.run),
     ("boot", boot.run),
 ]
