@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kvmgr.cli.common import report_errors
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object, emit_rows
-from kvmgr.store.db import Store
+
+if TYPE_CHECKING:  # SQLAlchemy takes ~0.4 s to import: only 'kvmgr user' commands pay for it
+    from kvmgr.store.db import Store
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -26,6 +28,7 @@ PasswordOption = typer.Option(
 
 def _store() -> Store:
     from kvmgr.api.settings import Settings
+    from kvmgr.store.db import Store
 
     return Store(Settings().database_url)
 
