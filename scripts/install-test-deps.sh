@@ -4,9 +4,11 @@
 # start a throw-away cluster themselves) and the web UI's npm libraries.  Idempotent.
 set -eu
 missing=""
-for pkg in chromium postgresql nodejs npm; do
+for pkg in chromium postgresql; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
+# node/npm may come from elsewhere than Debian (e.g. NodeSource); any working npm will do.
+command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
 if [ -n "$missing" ]; then
     apt-get update
     # shellcheck disable=SC2086 - word splitting of the package list is intended

@@ -27,12 +27,13 @@ from kvmgr.api.routes import (
     isos,
     metrics,
     networks,
+    snapshots,
     storage,
     tasks,
     users,
     vms,
 )
-from kvmgr.api.routes import pages as pages
+from kvmgr.api.routes import pages as web_pages
 from kvmgr.api.settings import Settings
 from kvmgr.errors import KvmgrError
 
@@ -64,7 +65,20 @@ SECURITY_HEADERS = {
 
 
 def _routers() -> list[object]:
-    routers = [auth, users, audit, tasks, events, host, vms, console, networks, storage, isos]
+    routers = [
+        auth,
+        users,
+        audit,
+        tasks,
+        events,
+        host,
+        snapshots,
+        vms,
+        console,
+        networks,
+        storage,
+        isos,
+    ]
     return [module.router for module in routers]
 
 
@@ -95,7 +109,7 @@ def create_app(settings: Settings, *, context: AppContext | None = None) -> Fast
         if router is not console.router:
             app.include_router(router)  # type: ignore[arg-type]
     app.include_router(metrics.router)
-    app.include_router(pages.router)
+    app.include_router(web_pages.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static", check_dir=False), "static")
     _install_handlers(app)
     return app

@@ -26,7 +26,7 @@ Action = Literal["start", "shutdown", "reboot", "reset", "off", "pause", "resume
 
 
 class VMCreate(BaseModel):
-    """Like ``kvmgr vm create``: sizes as text (``2G``), disks and networks as the CLI takes them."""
+    """Like ``kvmgr vm create``: sizes as text (``2G``), disks and NICs as the CLI takes them."""
 
     name: str = Field(min_length=1, max_length=64)
     iso: str | None = Field(default=None, max_length=4096)
