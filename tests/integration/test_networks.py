@@ -26,7 +26,7 @@ import libvirt
 import pytest
 
 from kvmgr.connect import Connection, open_connection
-from kvmgr.errors import InvalidState
+from kvmgr.errors import AlreadyExists, InvalidState
 from kvmgr.services import networks
 from kvmgr.services.networks import NetworkSpec
 from kvmgr.xml.domain import Interface
@@ -237,6 +237,13 @@ def test_guest_on_a_host_bridge_gets_lan_dhcp_and_is_found_by_arp(
         leases = undo.enter_context(_host_bridge_with_dhcp(tmp_path))
         undo.callback(_drop_network, conn, BR)
         undo.callback(_drop_vm, conn, BRVM)
+        # the bridge's subnet is known to no libvirt network, only to the daemon's routes
+        with pytest.raises(AlreadyExists, match=f"host route via {BRIDGE}"):
+            networks.create_network(conn, NetworkSpec("t-net-clash", subnet="10.240.12.0/24"))
+        assert "t-net-clash" not in conn.virconn.listNetworks()
+        assert str(networks.pick_free_subnet(conn, "10.240.12.0/24,10.240.13.0/24")) == (
+            "10.240.13.0/24"
+        )
         info = networks.create_network(conn, NetworkSpec(BR, mode="bridge", bridge=BRIDGE))
         assert (info.mode, info.bridge, info.subnet) == ("bridge", BRIDGE, None)
         _define_vm(conn, iso, BRVM, [(BR, BRVM_MAC)])
