@@ -74,3 +74,7 @@ def run() -> None:
         app()
     finally:
         state.close()
+
+
+if __name__ == "__main__":
+    run()
