@@ -26,7 +26,14 @@ import libvirt
 
 from kvmgr import __version__
 from kvmgr.connect import Connection
-from kvmgr.errors import AlreadyExists, InvalidState, KvmgrError, Unsupported, libvirt_errors
+from kvmgr.errors import (
+    AlreadyExists,
+    InvalidState,
+    KvmgrError,
+    NotFound,
+    Unsupported,
+    libvirt_errors,
+)
 from kvmgr.names import validate_name
 from kvmgr.services import vms
 from kvmgr.services.locks import vm_lock
@@ -242,7 +249,10 @@ def linked_clones(conn: Connection, name: str) -> list[str]:
     with libvirt_errors("listing VMs"):
         domains = conn.virconn.listAllDomains(0)
     for dom in domains:
-        meta = vms.definition(dom, inactive=True).kvmgr_metadata()
+        try:
+            meta = vms.definition(dom, inactive=True).kvmgr_metadata()
+        except NotFound:
+            continue  # deleted while we looked: it is nobody's clone any more
         if meta is not None and meta.linked_base == name:
             found.append(dom.name())
     return sorted(found)
