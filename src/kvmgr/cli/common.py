@@ -11,6 +11,8 @@ from typing import ParamSpec, TypeVar
 import typer
 
 from kvmgr.cli.output import err_console
+
+__all__ = ["CLIState", "conn", "err_console", "progress", "report_errors", "state"]
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import KvmgrError
 

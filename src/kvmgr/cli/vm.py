@@ -82,9 +82,7 @@ def create(
     from kvmgr.services.create import VMSpec, create_vm, parse_disk_option, parse_network_option
 
     disks = [parsed for text in (disk or []) if (parsed := parse_disk_option(text)) is not None]
-    nics = [
-        parsed for text in (network or []) if (parsed := parse_network_option(text)) is not None
-    ]
+    nics = [nic for text in (network or []) if (nic := parse_network_option(text)) is not None]
     spec = VMSpec(
         name=name,
         iso=iso,

@@ -8,6 +8,7 @@ in reverse order, so a failed create leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -28,6 +29,7 @@ from kvmgr.errors import (
     libvirt_errors,
 )
 from kvmgr.names import validate_name
+from kvmgr.osinfo import OSProfile
 from kvmgr.services import vms
 from kvmgr.services.storage import DEFAULT_POOL, VolumeRef, create_volume, delete_volume_by_path
 from kvmgr.units import GIB, MIB, format_size, parse_size
@@ -314,7 +316,7 @@ def _resolve_iso(conn: Connection, ref: str) -> str:
     return resolve_iso(conn, ref)
 
 
-def _choose_profile(os_id: str, iso_path: str | None):  # type: ignore[no-untyped-def]
+def _choose_profile(os_id: str, iso_path: str | None) -> OSProfile:
     from kvmgr.osinfo import detect_iso, generic_profile, get_profile
 
     if os_id != "auto":
@@ -375,7 +377,7 @@ def _create_volumes(
         volume = create_volume(conn, request.pool, vol_name, request.size, request.format)
         undo.push(
             f"deleting volume {volume.path}",
-            lambda path=volume.path: delete_volume_by_path(conn, path),
+            functools.partial(delete_volume_by_path, conn, volume.path),
         )
         volumes.append(volume)
     return volumes
@@ -391,7 +393,7 @@ def _undefine(dom: libvirt.virDomain) -> None:
 def build_domain(
     conn: Connection,
     spec: VMSpec,
-    profile,  # type: ignore[no-untyped-def]
+    profile: OSProfile,
     domain_type: str,
     memory: int,
     vcpus: int,
@@ -470,7 +472,7 @@ def _require_uefi(conn: Connection, domain_type: str) -> None:
 
 def _add_disks(
     domain: Domain,
-    profile,  # type: ignore[no-untyped-def]
+    profile: OSProfile,
     q35: bool,
     iso_path: str | None,
     disks: list[DiskRequest],
@@ -520,7 +522,7 @@ def _guess_format(path: str) -> str:
         return "qcow2" if path.endswith(".qcow2") else "raw"
 
 
-def _add_nics(domain: Domain, profile, nics: list[NicRequest]) -> None:  # type: ignore[no-untyped-def]
+def _add_nics(domain: Domain, profile: OSProfile, nics: list[NicRequest]) -> None:
     for request in nics:
         nic = Interface()
         if request.kind == "bridge":
@@ -547,7 +549,7 @@ def _add_consoles(domain: Domain) -> None:
     domain.devices.channels.append(agent)
 
 
-def _add_graphics(domain: Domain, profile, mode: str) -> None:  # type: ignore[no-untyped-def]
+def _add_graphics(domain: Domain, profile: OSProfile, mode: str) -> None:
     video = Video()
     if mode == "none":
         video.model_type = "none"

@@ -120,13 +120,12 @@ def _prune_empty(element: Element, steps: list[str]) -> None:
 class XMLProperty(Generic[T]):
     """One value at an XPath: element text or attribute, typed by a converter."""
 
-    def __init__(
-        self,
-        xpath: str,
-        kind: type[T] | Converter[T] = str,
-        *,
-        doc: str = "",  # type: ignore[assignment]
-    ) -> None:
+    @overload
+    def __init__(self: XMLProperty[str], xpath: str, *, doc: str = "") -> None: ...
+    @overload
+    def __init__(self, xpath: str, kind: type[T] | Converter[T], *, doc: str = "") -> None: ...
+    def __init__(self, xpath: str, kind: Any = str, *, doc: str = "") -> None:
+        """A str field unless ``kind`` says int or bool, or gives a converter."""
         self.xpath = xpath
         self.steps, self.attribute = _split_path(xpath)
         self.converter: Converter[T] = kind if isinstance(kind, Converter) else _CONVERTERS[kind]
@@ -170,7 +169,8 @@ class XMLProperty(Generic[T]):
         if node is None:
             return
         if self.attribute:
-            node.attrib.pop(self.attribute, None)
+            if self.attribute in node.attrib:
+                del node.attrib[self.attribute]
         else:
             node.text = None
         _prune_empty(obj.element, self.steps)
