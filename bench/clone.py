@@ -96,7 +96,9 @@ def _make_source(
 ) -> None:
     path = f"{IMAGES}/{name}.qcow2"
     run_command(["qemu-img", "create", "-q", "-f", "qcow2", path, f"{virtual}G"])
-    run_command(["qemu-io", "-f", "qcow2", "-c", f"write -q -P 0xab 0 {data}G", path], timeout=1800)
+    # qemu-io writes at most 2 GiB per request: one request per GiB
+    writes = [arg for gib in range(data) for arg in ("-c", f"write -q -P 0xab {gib}G 1G")]
+    run_command(["qemu-io", "-f", "qcow2", *writes, path], timeout=1800)
     _refresh_pool(conn)
     conn.defineXML(raw_provision.domain_xml(name, path, "qemu").decode())
 
