@@ -4,22 +4,60 @@ arguments in, a service call, output out."""
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer import _click as click  # Typer vendors click; its groups take these types
+from typer.core import TyperGroup
 
 from kvmgr import __version__
 from kvmgr.cli.common import state
 
+
+class _LazyGroups(TyperGroup):
+    """Imports a command group only when it is used.
+
+    ``kvmgr vm list`` then pays for the ``vm`` group alone, not for the API server, the snapshot
+    engine and every other group: CLI start-up is most of the cost of a short command.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [
+            *super().list_commands(ctx),
+            *(n for _m, n, _h in _GROUPS if n not in self.commands),
+        ]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            command = _load_group(cmd_name)
+            if command is not None:
+                self.add_command(command, cmd_name)
+        return command
+
+
+def _load_group(name: str) -> click.Command | None:
+    for module_name, group, help_text in _GROUPS:
+        if group == name:
+            module: Any = importlib.import_module(module_name)
+            command = typer.main.get_command(module.app)
+            command.name = name
+            command.help = command.help or help_text
+            command.short_help = help_text
+            return command
+    return None
+
+
 app = typer.Typer(
     name="kvmgr",
+    cls=_LazyGroups,
     help="Take a bare Linux host to running KVM virtual machines, and manage them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# (module, group name, help).  Groups are imported at start-up; keep their imports light.
+# (module, group name, help).  A group's module is imported only when that group is used.
 _GROUPS = [
     ("kvmgr.cli.vm", "vm", "Create, run, change and inspect virtual machines."),
     ("kvmgr.cli.host", "host", "Check and set up this host: KVM, libvirt, daemons, bridges."),
@@ -32,17 +70,6 @@ _GROUPS = [
     ("kvmgr.cli.user", "user", "Users and roles of the REST API and web UI."),
     ("kvmgr.cli.serve", "serve", "Run the REST API and web UI."),
 ]
-
-
-def _register_groups() -> None:
-    for module_name, name, help_text in _GROUPS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue  # a group not written yet
-            raise
-        app.add_typer(module.app, name=name, help=help_text)
 
 
 def _version(value: bool) -> None:
@@ -64,9 +91,6 @@ def root(
     ] = False,
 ) -> None:
     state.uri = connect
-
-
-_register_groups()
 
 
 def run() -> None:
