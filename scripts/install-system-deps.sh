@@ -8,6 +8,7 @@
 #   libvirt-clients                 virsh, for people debugging by hand (kvmgr itself never calls it)
 #   libvirt-dev pkg-config          building the libvirt-python binding in the venv
 #   python3-venv                    the venv kvmgr runs in
+#   gcc python3-dev                 compiling libvirt-python (PyPI ships it as source only)
 #   dnsmasq-base iptables iproute2  DHCP/DNS and NAT of libvirt networks; `ip netns` for daemons
 #   xorriso isolinux syslinux-common  building the bootable demo/test ISO
 #   busybox-static linux-image-amd64  userland and kernel (plus virtio modules) of the demo ISO
@@ -18,7 +19,7 @@ set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 dnsmasq-base iptables iproute2 xorriso isolinux syslinux-common busybox-static linux-image-amd64
-cpio osinfo-db ovmf python3-venv"
+cpio osinfo-db ovmf python3-venv gcc python3-dev"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: run as root (it installs Debian packages)" >&2
