@@ -507,7 +507,15 @@ def _add_disks(
         cdrom.driver_name, cdrom.driver_type = "qemu", "raw"
         cdrom.source_file = iso_path
         cdrom_bus = "sata" if q35 else "ide"
-        cdrom.target_dev = "sdz" if cdrom_bus == "sata" else "hdc"
+        # The next free name on that bus: a far one (sdz) would make libvirt add a controller
+        # per six units, and every extra device costs boot time.
+        used = {disk.target_dev for disk in domain.devices.disks}
+        names = (
+            (f"sd{c}" for c in "abcdefghijklmnopqrstuvwxyz")
+            if cdrom_bus == "sata"
+            else (f"hd{c}" for c in "cdab")
+        )
+        cdrom.target_dev = next(name for name in names if name not in used)
         cdrom.target_bus = cdrom_bus
         cdrom.readonly = True
         cdrom.boot_order = boot_order
