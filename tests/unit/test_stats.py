@@ -181,3 +181,13 @@ def test_rates_for_all_vms_sleep_once(counted: tuple[Connection, Counter[str]]) 
     assert sleeps == [0.5]
     assert log == {"getAllDomainStats": 2}
     assert {"t-cfg-s0", "t-cfg-s1", "t-cfg-s2"} <= {item.name for item in result}
+
+
+def test_devices_beyond_the_precomputed_key_table_are_summed() -> None:
+    record: dict[str, Any] = {"state.state": 1, "block.count": 40, "net.count": 0}
+    for index in range(40):
+        record[f"block.{index}.rd.bytes"] = 10
+    counters = stats.counters_from_record("t-cfg-many", record)
+    assert counters.disk_read_bytes == 400
+    assert counters.disk_write_bytes is None  # no device reported it
+    assert (counters.net_rx_bytes, counters.net_tx_bytes) == (0, 0)  # no NICs: zero, known

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import libvirt
@@ -93,8 +94,10 @@ def collect(
         else:
             records = conn.virconn.getAllDomainStats(STATS_GROUPS, 0)
         taken_at = clock()
-        counters = [counters_from_record(dom.name(), stats) for dom, stats in records]
-    return StatsSample(taken_at=taken_at, vms={item.name: item for item in counters})
+        convert = counters_from_record
+        # the key is evaluated before the value, so each name is asked of libvirt once
+        counters = {(name := dom.name()): convert(name, stats) for dom, stats in records}
+    return StatsSample(taken_at=taken_at, vms=counters)
 
 
 def _domains(conn: Connection, names: list[str]) -> list[libvirt.virDomain]:
@@ -112,36 +115,93 @@ def _domains(conn: Connection, names: list[str]) -> list[libvirt.virDomain]:
 
 
 def counters_from_record(name: str, stats: Mapping[str, Any]) -> VMCounters:
-    """Turn one record of libvirt's bulk stats (KiB, per-device keys) into :class:`VMCounters`."""
-    state = stats.get("state.state", libvirt.VIR_DOMAIN_NOSTATE)
-    return VMCounters(
-        name=name,
-        state=STATE_NAMES.get(state, "unknown"),
-        vcpus=stats.get("vcpu.current"),
-        cpu_time_ns=stats.get("cpu.time"),
-        memory_current=_kib(stats.get("balloon.current")),
-        memory_available=_kib(stats.get("balloon.available")),
-        memory_usable=_kib(stats.get("balloon.usable")),
-        memory_unused=_kib(stats.get("balloon.unused")),
-        disk_read_bytes=_device_sum(stats, "block", "rd.bytes"),
-        disk_write_bytes=_device_sum(stats, "block", "wr.bytes"),
-        net_rx_bytes=_device_sum(stats, "net", "rx.bytes"),
-        net_tx_bytes=_device_sum(stats, "net", "tx.bytes"),
-    )
+    """Turn one record of libvirt's bulk stats (KiB, per-device keys) into :class:`VMCounters`.
+
+    Called once per VM per sample (5,000 times at 5,000 VMs), so it is written for speed: a
+    group's keys are only looked at when the group is in the record (a shut-off VM has only
+    ``state.*``), per-device keys come from a precomputed table instead of f-strings, and the
+    frozen dataclass is filled in one step (its ``__init__`` pays ``object.__setattr__`` per
+    field, which was most of the cost; measured with bench ``stats``).
+    """
+    get = stats.get
+    empty = _EMPTY_BY_STATE.get(get("state.state", libvirt.VIR_DOMAIN_NOSTATE), _EMPTY_UNKNOWN)
+    fields = empty.copy()
+    fields["name"] = name
+    if "vcpu.current" in stats:
+        fields["vcpus"] = stats["vcpu.current"]
+    if "cpu.time" in stats:
+        fields["cpu_time_ns"] = stats["cpu.time"]
+    if "balloon.current" in stats or "balloon.available" in stats:
+        for key, field_name in _BALLOON_FIELDS:
+            fields[field_name] = _kib(get(key))
+    if "block.count" in stats:
+        reads, writes = _device_sums(stats, stats["block.count"], _BLOCK_KEYS)
+        fields["disk_read_bytes"], fields["disk_write_bytes"] = reads, writes
+    if "net.count" in stats:
+        rx, tx = _device_sums(stats, stats["net.count"], _NET_KEYS)
+        fields["net_rx_bytes"], fields["net_tx_bytes"] = rx, tx
+    counters = _new_counters(VMCounters)
+    _set_attribute(counters, "__dict__", fields)
+    return counters
+
+
+_new_counters = object.__new__
+_set_attribute = object.__setattr__
+_EMPTY_COUNTERS: dict[str, Any] = {item.name: item.default for item in dataclass_fields(VMCounters)}
+# the empty counters of a VM in each state, so a record costs one dict copy
+_EMPTY_BY_STATE = {code: {**_EMPTY_COUNTERS, "state": label} for code, label in STATE_NAMES.items()}
+_EMPTY_UNKNOWN = {**_EMPTY_COUNTERS, "state": "unknown"}
+_BALLOON_FIELDS = (
+    ("balloon.current", "memory_current"),
+    ("balloon.available", "memory_available"),
+    ("balloon.usable", "memory_usable"),
+    ("balloon.unused", "memory_unused"),
+)
+
+
+class _DeviceKeys:
+    """``(group.N.a, group.N.b)`` key pairs for device N, built once and grown on demand."""
+
+    def __init__(self, group: str, first: str, second: str) -> None:
+        self._pattern = (f"{group}.{{}}.{first}", f"{group}.{{}}.{second}")
+        self.pairs: list[tuple[str, str]] = []
+        self.grow(16)
+
+    def grow(self, count: int) -> list[tuple[str, str]]:
+        first, second = self._pattern
+        for index in range(len(self.pairs), count):
+            self.pairs.append((first.format(index), second.format(index)))
+        return self.pairs
+
+
+_BLOCK_KEYS = _DeviceKeys("block", "rd.bytes", "wr.bytes")
+_NET_KEYS = _DeviceKeys("net", "rx.bytes", "tx.bytes")
 
 
 def _kib(value: int | None) -> int | None:
     return None if value is None else int(value) * 1024
 
 
-def _device_sum(stats: Mapping[str, Any], group: str, counter: str) -> int | None:
-    """Sum a counter over ``block.N`` or ``net.N`` devices; None when the group is absent."""
-    count = stats.get(f"{group}.count")
-    if count is None:
-        return None
-    values = [stats.get(f"{group}.{index}.{counter}") for index in range(int(count))]
-    known = [int(value) for value in values if value is not None]
-    return sum(known) if known or count == 0 else None
+def _device_sums(
+    stats: Mapping[str, Any], count: int, keys: _DeviceKeys
+) -> tuple[int | None, int | None]:
+    """Two counters summed over ``block.N`` or ``net.N`` devices; None where no device has it
+    (a group with no devices sums to 0)."""
+    count = int(count)
+    pairs = keys.pairs if count <= len(keys.pairs) else keys.grow(count)
+    first_sum = second_sum = 0
+    first_seen = second_seen = count == 0
+    get = stats.get
+    for first_key, second_key in pairs[:count]:
+        first = get(first_key)
+        if first is not None:
+            first_sum += int(first)
+            first_seen = True
+        second = get(second_key)
+        if second is not None:
+            second_sum += int(second)
+            second_seen = True
+    return (first_sum if first_seen else None), (second_sum if second_seen else None)
 
 
 # ------------------------------------------------------------------------------------ rates
