@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -89,14 +91,33 @@ app.add_typer(bridge_app, name="bridge", help="Host bridges: move an uplink onto
 NetnsOption = typer.Option("--netns", help="work inside this named network namespace")
 DryRunOption = typer.Option("--dry-run", help="print the exact commands, change nothing")
 YesOption = typer.Option("--yes", help="allow touching the interface with the default route")
+RootOption = typer.Option(
+    "--root", help="read and write configuration files under this directory (staging, tests)"
+)
+
+
+class BridgeBackend(str, Enum):
+    auto = "auto"
+    nmcli = "nmcli"
+    ifcfg = "ifcfg"
+    netplan = "netplan"
+    iproute2 = "iproute2"
 
 
 def _emit_bridge_result(data: dict[str, object], output: OutputFormat) -> None:
     if output is not OutputFormat.table:
         emit_object(data, output)
         return
-    verb = "would run" if data["dry_run"] else "ran"
-    console.print(f"{verb}:", highlight=False)
+    files: dict[str, str | None] = data.get("files") or {}  # type: ignore[assignment]
+    verb = "would" if data["dry_run"] else "did"
+    console.print(f"backend: {data.get('backend', 'iproute2')}", highlight=False)
+    for path, content in files.items():
+        if content is None:
+            console.print(f"{verb} remove {path}", highlight=False, markup=False)
+            continue
+        console.print(f"{verb} write {path}:", highlight=False, markup=False)
+        console.print(content, end="", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"{verb} run:", highlight=False)
     for command in data["commands"]:  # type: ignore[attr-defined]
         console.print(f"  {command}", highlight=False, markup=False)
     for note in data["notes"]:  # type: ignore[attr-defined]
@@ -115,12 +136,30 @@ def bridge_create(
         str | None,
         typer.Option("--ping", help="address (e.g. the gateway) that must answer afterwards"),
     ] = None,
+    backend: Annotated[
+        BridgeBackend,
+        typer.Option(
+            "--backend",
+            help="how to make the change; auto: what configures the uplink (netplan, "
+            "NetworkManager, ifcfg files), else iproute2 (runtime only)",
+        ),
+    ] = BridgeBackend.auto,
+    root: Annotated[Path, RootOption] = Path("/"),
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create a bridge over UPLINK and move its addresses and routes; roll back on failure."""
     from kvmgr.host.bridge import create_bridge
 
-    result = create_bridge(name, uplink, netns=netns, yes=yes, dry_run=dry_run, ping=ping)
+    result = create_bridge(
+        name,
+        uplink,
+        netns=netns,
+        yes=yes,
+        dry_run=dry_run,
+        ping=ping,
+        backend=backend.value,
+        root=root,
+    )
     _emit_bridge_result(result.as_dict(), output)
 
 
@@ -131,12 +170,13 @@ def bridge_delete(
     netns: Annotated[str | None, NetnsOption] = None,
     dry_run: Annotated[bool, DryRunOption] = False,
     yes: Annotated[bool, YesOption] = False,
+    root: Annotated[Path, RootOption] = Path("/"),
     output: OutputFormat = OutputOption,
 ) -> None:
     """Move a kvmgr bridge's addresses back to its uplink and delete the bridge."""
     from kvmgr.host.bridge import delete_bridge
 
-    result = delete_bridge(name, netns=netns, yes=yes, dry_run=dry_run)
+    result = delete_bridge(name, netns=netns, yes=yes, dry_run=dry_run, root=root)
     _emit_bridge_result(result.as_dict(), output)
 
 

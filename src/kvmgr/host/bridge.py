@@ -5,7 +5,9 @@ Four backends, chosen by what the host uses to configure its network:
 * **iproute2** (runtime, no persistence): the one carried out here, by ``ip`` commands, optionally
   inside a named network namespace.  Reading state uses ``ip -j`` (JSON), so no parsing of text.
 * **nmcli** (NetworkManager: EL 8/9), **ifcfg** (network-scripts: CentOS 7), **netplan** (Ubuntu):
-  plan generators producing the files and commands that make the bridge persistent.
+  the change made through the host's own network configuration, so it persists; detection,
+  plans from the host's files and their executors live in :mod:`kvmgr.host.bridge_backends`
+  (``backend="auto"`` picks the one the host uses).
 
 Safety: before changing anything kvmgr records the uplink's addresses and routes
 (:class:`LinkState`).  After the move it checks the bridge holds every address and the default
@@ -21,13 +23,16 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from kvmgr.errors import AlreadyExists, HostError, InvalidInput, InvalidState, NotFound
 from kvmgr.host.run import run
 from kvmgr.names import validate_name
+
+if TYPE_CHECKING:
+    from kvmgr.host.bridge_backends import Runner, Settle
 
 IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
 ALIAS_PREFIX = "kvmgr-bridge uplink="
@@ -286,6 +291,8 @@ class BridgeResult:
     dry_run: bool
     moved: LinkState | None = None
     notes: list[str] = field(default_factory=list)
+    backend: str = "iproute2"
+    files: dict[str, str | None] = field(default_factory=dict)  # path: content (None: removed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -293,6 +300,8 @@ class BridgeResult:
             "uplink": self.uplink,
             "netns": self.netns,
             "dry_run": self.dry_run,
+            "backend": self.backend,
+            "files": self.files,
             "commands": self.commands,
             "moved": self.moved.as_dict() if self.moved else None,
             "notes": self.notes,
@@ -308,20 +317,57 @@ def create_bridge(
     dry_run: bool = False,
     ping: str | None = None,
     ping_timeout: float = 3.0,
+    backend: str = "auto",
+    root: Path = Path("/"),
+    runner: Runner | None = None,
+    settle: Settle | None = None,
 ) -> BridgeResult:
     """Create ``bridge`` with ``uplink`` as its port and move the uplink's addresses onto it.
 
     Refuses an uplink carrying the default route unless ``yes``.  After the move, the bridge must
     hold every address and route the uplink had, and ``ping`` (if given) must answer; otherwise
-    the uplink is restored exactly and :class:`HostError` says why.
+    the uplink (and every configuration file) is restored exactly and :class:`HostError` says why.
+    ``backend`` is ``auto`` (what the host uses), ``iproute2``, ``nmcli``, ``ifcfg`` or
+    ``netplan``; files are read and written under ``root``, commands run through ``runner``.
     """
+    from kvmgr.host import bridge_backends as persistent
+
     validate_ifname(bridge, what="bridge name")
     validate_ifname(uplink, what="uplink")
     ip = Ip(netns)
+    runner = runner or persistent.Runner()
     # A dry run changes nothing, so it may show the plan for the default-route interface too.
     before = _check_create(ip, bridge, uplink, yes=yes or dry_run)
+    chosen, plan, reason = persistent.plan_for(backend, before, bridge, root=root, runner=runner)
+    if plan is not None:
+        result = BridgeResult(
+            bridge,
+            uplink,
+            netns,
+            [shlex.join(c) for c in plan.commands],
+            dry_run,
+            notes=[reason, *plan.notes],
+            backend=chosen,
+            files=dict(plan.files),
+        )
+        if before.default_route is not None:
+            result.notes.append(f"{uplink} carries the default route: needs --yes")
+        if not dry_run:
+            persistent.apply_plan(
+                plan,
+                before,
+                root=root,
+                runner=runner,
+                ip=ip,
+                ping=ping,
+                ping_timeout=ping_timeout,
+                settle=settle,
+            )
+            result.moved = ip.read(bridge)
+        return result
     steps = plan_create(before, bridge)
     result = BridgeResult(bridge, uplink, netns, [shlex.join(ip.argv(s)) for s in steps], dry_run)
+    result.notes.append(reason)
     if before.default_route is not None:
         result.notes.append(f"{uplink} carries the default route: needs --yes")
     if dry_run:
@@ -329,7 +375,7 @@ def create_bridge(
     try:
         for step in steps:
             ip.run(step)
-        _verify(ip, before, bridge, ping, ping_timeout)
+        verify_moved(ip, before, bridge, ping, ping_timeout)
     except HostError as err:
         _rollback_create(ip, before, bridge, err)
     result.moved = ip.read(bridge)
@@ -357,7 +403,8 @@ def _check_create(ip: Ip, bridge: str, uplink: str, *, yes: bool) -> LinkState:
     return state
 
 
-def _verify(ip: Ip, before: LinkState, bridge: str, ping: str | None, timeout: float) -> None:
+def verify_moved(ip: Ip, before: LinkState, bridge: str, ping: str | None, timeout: float) -> None:
+    """The check every backend passes: ``bridge`` holds the uplink's addresses and routes."""
     after = ip.read(bridge)
     missing = {a.cidr for a in before.addresses} - {a.cidr for a in after.addresses}
     if missing:
@@ -396,11 +443,34 @@ def _rollback_create(ip: Ip, before: LinkState, bridge: str, cause: HostError) -
 
 
 def delete_bridge(
-    bridge: str, *, netns: str | None = None, yes: bool = False, dry_run: bool = False
+    bridge: str,
+    *,
+    netns: str | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    root: Path = Path("/"),
+    runner: Runner | None = None,
+    settle: Settle | None = None,
 ) -> BridgeResult:
-    """Move a kvmgr-made bridge's addresses back to its uplink and delete it."""
+    """Move a kvmgr-made bridge's addresses back to its uplink and delete it.
+
+    A bridge made through a persistent backend is removed by restoring the configuration files
+    kvmgr backed up when it made the bridge (or deleting the connections it added).
+    """
+    from kvmgr.host import bridge_backends as persistent
+
     validate_ifname(bridge, what="bridge name")
     ip = Ip(netns)
+    if persistent.Backup.load(root, bridge) is not None:
+        return persistent.delete_persistent(
+            bridge,
+            ip=ip,
+            yes=yes,
+            dry_run=dry_run,
+            root=root,
+            runner=runner or persistent.Runner(),
+            settle=settle,
+        )
     before = ip.read(bridge)
     uplink = _kvmgr_uplink(before)
     if before.default_route is not None and not yes:
