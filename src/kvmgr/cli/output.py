@@ -3,17 +3,54 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
-import yaml
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A Rich console made on first use.
+
+    Importing rich costs ~35 ms, a quarter of a short command's start-up; ``-o json``, ``--version``
+    and most commands without an error never print through Rich, so they should not pay for it.
+    """
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def _real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Rich's Live/Progress set attributes on the console they are given: pass them through
+        if name in ("_stderr", "_console"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._real(), name, value)
+
+    # Rich's Live uses ``with console:`` (buffering); special methods are not found by __getattr__
+    def __enter__(self) -> Console:
+        return self._real().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._real().__exit__(*exc)
+
+
+console = cast("Console", _LazyConsole(stderr=False))
+err_console = cast("Console", _LazyConsole(stderr=True))
 
 
 class OutputFormat(str, Enum):
@@ -38,6 +75,70 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json(data: Any) -> str:
+    """``json.dumps(_plain(data), indent=2)``, the same text, ~4x faster.
+
+    json's indenting encoder is pure Python (only the compact one is in C) and was a quarter of
+    ``kvmgr vm list -o json`` at 5,000 VMs; here strings go through json's C escaper and the
+    structure is written in one pass, with no intermediate copy.
+    """
+    out: list[str] = []
+    _write_json(data, "\n", out)
+    return "".join(out)
+
+
+def _write_json(value: Any, newline: str, out: list[str]) -> None:
+    leaf = _JSON_LEAVES.get(type(value))
+    if leaf is not None:
+        out.append(leaf(value))
+    elif isinstance(value, Enum):
+        _write_json(value.value, newline, out)
+    elif isinstance(value, Mapping):
+        if not value:
+            out.append("{}")
+            return
+        inner = newline + "  "
+        separator = "{" + inner
+        for key, item in value.items():
+            out.append(separator)
+            out.append(_json_string(str(key)))
+            out.append(": ")
+            leaf = _JSON_LEAVES.get(type(item))  # most values: no recursion
+            if leaf is not None:
+                out.append(leaf(item))
+            else:
+                _write_json(item, inner, out)
+            separator = "," + inner
+        out.append(newline + "}")
+    elif isinstance(value, list | tuple):
+        if not value:
+            out.append("[]")
+            return
+        inner = newline + "  "
+        separator = "[" + inner
+        for item in value:
+            out.append(separator)
+            _write_json(item, inner, out)
+            separator = "," + inner
+        out.append(newline + "]")
+    else:
+        out.append(json.dumps(value))  # str/int subclasses; anything else raises as json would
+
+
+_json_string: Callable[[str], str] = (
+    getattr(json.encoder, "c_encode_basestring_ascii", None)
+    or json.encoder.py_encode_basestring_ascii
+)
+# exact types only: a str or int subclass (an Enum) takes the slow path, as json would
+_JSON_LEAVES: dict[type, Callable[[Any], str]] = {
+    str: _json_string,
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _value: "null",
+    float: json.dumps,
+}
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -57,10 +158,12 @@ def emit_rows(
 ) -> None:
     """Print ``rows``: a table of ``columns`` for people, every key for json/yaml."""
     if fmt is OutputFormat.json:
-        typer.echo(json.dumps(_plain(list(rows)), indent=2))
+        typer.echo(_json(list(rows)))
     elif fmt is OutputFormat.yaml:
-        typer.echo(yaml.safe_dump(_plain(list(rows)), sort_keys=False), nl=False)
+        typer.echo(_yaml(_plain(list(rows))), nl=False)
     else:
+        from rich.table import Table
+
         table = Table(title=title, header_style="bold")
         for column in columns:
             table.add_column(column.upper().replace("_", " "))
@@ -72,10 +175,12 @@ def emit_rows(
 def emit_object(data: Mapping[str, Any], fmt: OutputFormat) -> None:
     """Print one object: key/value lines for people, the whole structure for json/yaml."""
     if fmt is OutputFormat.json:
-        typer.echo(json.dumps(_plain(data), indent=2))
+        typer.echo(_json(data))
     elif fmt is OutputFormat.yaml:
-        typer.echo(yaml.safe_dump(_plain(data), sort_keys=False), nl=False)
+        typer.echo(_yaml(_plain(data)), nl=False)
     else:
+        from rich.table import Table
+
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_column(style="bold")
         table.add_column()
@@ -88,3 +193,9 @@ def emit_object(data: Mapping[str, Any], fmt: OutputFormat) -> None:
                 rendered = _cell(value)
             table.add_row(key, rendered)
         console.print(table)
+
+
+def _yaml(data: Any) -> str:
+    import yaml  # ~10 ms to import; only -o yaml needs it
+
+    return yaml.safe_dump(data, sort_keys=False)

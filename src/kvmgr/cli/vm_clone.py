@@ -8,7 +8,6 @@ import typer
 
 from kvmgr.cli.common import conn, report_errors
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object
-from kvmgr.services import clones
 
 
 @report_errors
@@ -25,6 +24,8 @@ def clone(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Copy a VM: new name, UUID and MACs; disks copied (or linked), ISOs shared."""
+    from kvmgr.services import clones  # the clone engine is only imported by its commands
+
     result = clones.clone_vm(conn(), source, name, linked=linked, start=start, snapshot=snapshot)
     emit_object(result.as_dict(), output)
 
@@ -38,6 +39,8 @@ def template(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Mark a VM as a template: never started, disks frozen, base for linked clones."""
+    from kvmgr.services import clones
+
     emit_object(clones.mark_template(conn(), name, template=not unset), output)
 
 

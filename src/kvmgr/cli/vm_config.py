@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from kvmgr.cli.common import conn, report_errors
@@ -247,6 +246,8 @@ def _read_file(file: Path) -> str:
 @report_errors
 def edit_cmd(name: NameArg) -> None:
     """Edit the VM's definition in $EDITOR; an invalid result is refused, the old one kept."""
+    import click  # only the editor command needs it
+
     from kvmgr.services.definitions import editable_xml, replace_definition
 
     text = editable_xml(conn(), name)
