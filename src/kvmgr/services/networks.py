@@ -799,18 +799,23 @@ IP_SOURCES = (
 )
 
 
-def discover_ips(conn: Connection, domain: libvirt.virDomain | str) -> list[tuple[str, str, str]]:
+def discover_ips(
+    conn: Connection, domain: libvirt.virDomain | str, *, known_running: bool = False
+) -> list[tuple[str, str, str]]:
     """A running VM's addresses as ``(mac, ip, source)``, from the first source that answers.
 
     Sources in order: libvirt's DHCP leases (networks it runs dnsmasq for), the guest agent, the
     daemon's ARP table (bridged guests that sent traffic) through libvirt or, when libvirt's ARP
     source fails, read from the local daemon's namespace.  Loopback and IPv6 link-local addresses
     are left out.  A VM that is not running has no addresses: the answer is an empty list.
+    ``known_running`` skips asking for the state when the caller has just read it (a listing
+    read it in bulk: one round trip less per running VM).
     """
     dom = _domain(conn, domain)
-    with libvirt_errors(f"reading the state of VM {dom.name()}"):
-        if not dom.isActive():
-            return []
+    if not known_running:
+        with libvirt_errors(f"reading the state of VM {dom.name()}"):
+            if not dom.isActive():
+                return []
     for source_name, source in IP_SOURCES:
         try:
             answer = dom.interfaceAddresses(source, 0)

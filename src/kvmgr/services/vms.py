@@ -121,7 +121,11 @@ def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
     """Every VM, from one bulk stats call plus one call for the autostart set.
 
     The number of libvirt calls does not grow with the number of VMs.  ``with_ips`` adds the
-    address discovery, which costs one call per running VM.
+    address discovery: one call per running VM where libvirt's DHCP leases answer (NAT and
+    isolated networks), up to three where they do not.  It cannot be one call per network:
+    matching leases to VMs needs each VM's MACs, and libvirt has no bulk call that returns them
+    (the bulk stats name the host's tap devices, not MACs), so one XMLDesc per VM would cost
+    as much as the per-VM lease lookup it replaces.
     """
     with libvirt_errors("listing VMs"):
         records = conn.virconn.getAllDomainStats(_LIST_STATS, 0)
@@ -135,7 +139,8 @@ def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
 
         for row, (dom, _stats) in zip(rows, records, strict=True):
             if row.state == "running":
-                row.ips = [ip for _mac, ip, _source in discover_ips(conn, dom)]
+                found = discover_ips(conn, dom, known_running=True)  # state read just above
+                row.ips = [ip for _mac, ip, _source in found]
     rows.sort(key=lambda row: row.name)
     return rows
 
