@@ -405,6 +405,8 @@ def _check_create(ip: Ip, bridge: str, uplink: str, *, yes: bool) -> LinkState:
 
 def verify_moved(ip: Ip, before: LinkState, bridge: str, ping: str | None, timeout: float) -> None:
     """The check every backend passes: ``bridge`` holds the uplink's addresses and routes."""
+    if not ip.link_exists(bridge):  # e.g. the network service did not create it
+        raise HostError(f"{bridge} does not exist after the change")
     after = ip.read(bridge)
     missing = {a.cidr for a in before.addresses} - {a.cidr for a in after.addresses}
     if missing:
