@@ -73,8 +73,7 @@ def clone_vm(
     validate_name(name, what="VM name")
     if vms.exists(conn, name):
         raise AlreadyExists(f"a VM named {name!r} already exists", hint="choose another name")
-    with vm_lock(conn, source, f"clone to {name}", wait=False):
-        dom = vms.lookup(conn, source)
+    with vm_lock(conn, source, f"clone to {name}", wait=False) as dom:
         spec = vms.definition(dom, inactive=True)
         images = _source_images(conn, dom, spec, snapshot)
         is_template = _is_template(spec)
@@ -193,8 +192,11 @@ def _make_disk(
         )
     with libvirt_errors(f"reading volume {base.name()}"):
         pool = base.storagePoolLookupByVolume()
-        capacity = base.info()[1]
-        fmt = StorageVolume.from_xml(base.XMLDesc(0)).target_format or "raw"
+        described = StorageVolume.from_xml(base.XMLDesc(0))
+        fmt = described.target_format or "raw"
+        capacity = described.capacity
+        if capacity is None or described.capacity_unit not in (None, "bytes", "B"):
+            capacity = base.info()[1]  # (libvirt writes bytes; one more call if it ever does not)
     suffix = "" if index == 0 else f"-{index}"
     spec = StorageVolume()
     spec.capacity, spec.capacity_unit, spec.allocation = capacity, "bytes", 0

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
+
 from kvmgr.connect import Connection
 from kvmgr.errors import Busy, libvirt_errors
 
@@ -140,11 +142,12 @@ def vm_lock(
     *,
     wait: bool = False,
     timeout: float | None = None,
-) -> Iterator[None]:
+) -> Iterator[libvirt.virDomain]:
     """Serialise ``operation`` with every other locked operation on VM ``name``.
 
     Keyed by the VM's UUID, so a rename cannot dodge the lock and two hosts' VMs of the same
     name never share one.  Raises ``Busy("VM is busy: <their operation>")`` unless ``wait``.
+    Yields the locked domain, so the caller need not look it up again.
     """
     from kvmgr.services.vms import lookup
 
@@ -152,4 +155,4 @@ def vm_lock(
     with libvirt_errors(f"reading the UUID of VM {name}"):
         uuid = dom.UUIDString()
     with file_lock(vm_lock_path(uuid), operation, wait=wait, timeout=timeout, what="VM"):
-        yield
+        yield dom
