@@ -29,7 +29,15 @@ from typer.testing import CliRunner
 
 from kvmgr.cli.main import app
 from kvmgr.errors import HostError
-from kvmgr.host.bridge import Ip, LinkState, create_bridge, delete_bridge, plan_create, plan_restore
+from kvmgr.host.bridge import (
+    Ip,
+    LinkState,
+    create_bridge,
+    delete_bridge,
+    list_bridges,
+    plan_create,
+    plan_restore,
+)
 from kvmgr.host.bridge_backends import STATE_DIR, Runner, Settle, under
 
 pytestmark = pytest.mark.integration
@@ -164,6 +172,9 @@ def test_create_writes_golden_files_with_backups_and_delete_restores_bytes(
     assert changed
     for path in changed:  # every file changed has an exact copy of what it was
         assert filecmp.cmp(under(backups, path), under(pristine, path), shallow=False)
+    assert [(r["name"], r["kvmgr"]) for r in list_bridges(netns=lab.netns, root=lab.root)] == [
+        (BRIDGE, True)  # no alias from netplan/ifup: kvmgr's record says it made the bridge
+    ]
     bridge = lab.ip.read(BRIDGE)
     assert {a.cidr for a in bridge.addresses} == {a.cidr for a in before.addresses}
     assert service.calls[-1] == (("netplan", "apply") if backend == "netplan" else ("ifup", BRIDGE))

@@ -183,12 +183,18 @@ def bridge_delete(
 @bridge_app.command("list")
 @report_errors
 def bridge_list(
-    netns: Annotated[str | None, NetnsOption] = None, output: OutputFormat = OutputOption
+    netns: Annotated[str | None, NetnsOption] = None,
+    root: Annotated[Path, RootOption] = Path("/"),
+    output: OutputFormat = OutputOption,
 ) -> None:
     """List bridges with their ports and addresses."""
     from kvmgr.host.bridge import list_bridges
 
-    emit_rows(list_bridges(netns=netns), output, ["name", "state", "ports", "addresses", "kvmgr"])
+    emit_rows(
+        list_bridges(netns=netns, root=root),
+        output,
+        ["name", "state", "ports", "addresses", "kvmgr"],
+    )
 
 
 @app.command("info")

@@ -531,8 +531,14 @@ def _kvmgr_uplink(state: LinkState) -> str:
     return (state.alias or "")[len(ALIAS_PREFIX) :]
 
 
-def list_bridges(*, netns: str | None = None) -> list[dict[str, Any]]:
-    """Every bridge: its ports, addresses, state and whether kvmgr made it."""
+def list_bridges(*, netns: str | None = None, root: Path = Path("/")) -> list[dict[str, Any]]:
+    """Every bridge: its ports, addresses, state and whether kvmgr made it.
+
+    kvmgr made it when it carries kvmgr's alias (iproute2) or kvmgr recorded it under ``root``
+    (persistent backends, whose tools do not keep an alias).
+    """
+    from kvmgr.host.bridge_backends import Backup
+
     ip = Ip(netns)
     rows = []
     for link in ip.bridges():
@@ -545,7 +551,8 @@ def list_bridges(*, netns: str | None = None) -> list[dict[str, Any]]:
                 "mac": state.mac,
                 "ports": ip.ports(name),
                 "addresses": [a.cidr for a in state.addresses],
-                "kvmgr": (state.alias or "").startswith(ALIAS_PREFIX),
+                "kvmgr": (state.alias or "").startswith(ALIAS_PREFIX)
+                or Backup.load(root, name) is not None,
             }
         )
     return rows
