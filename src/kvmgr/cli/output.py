@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
@@ -47,6 +48,27 @@ class _LazyConsole:
 
     def __exit__(self, *exc: Any) -> None:
         self._real().__exit__(*exc)
+
+
+class _QuietStatus:
+    """What ``err_console.status`` gives when stderr is not a terminal (Rich shows nothing then
+    either): the same ``update`` method, without importing Rich."""
+
+    def __enter__(self) -> _QuietStatus:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+def status(message: str) -> Any:
+    """A spinner on stderr for a long step, with ``update(text)``; nothing when not a terminal."""
+    if not sys.stderr.isatty():
+        return _QuietStatus()
+    return err_console.status(message)
 
 
 console = cast("Console", _LazyConsole(stderr=False))

@@ -7,8 +7,15 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, err_console, report_errors
-from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
+from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.output import (
+    OutputFormat,
+    OutputOption,
+    console,
+    emit_object,
+    emit_rows,
+    status,
+)
 from kvmgr.services import vms
 from kvmgr.units import format_size, parse_size
 
@@ -103,11 +110,9 @@ def create(
         spec.disks = disks
     if network is not None:
         spec.nics = nics
-    with err_console.status(f"creating {name}") as status:
-        result = create_vm(conn(), spec, progress=status.update)
-    err_console.print(
-        f"domain type: {result.domain_type} ({result.domain_type_reason})", highlight=False
-    )
+    with status(f"creating {name}") as spinner:
+        result = create_vm(conn(), spec, progress=spinner.update)
+    typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)
     data = result.__dict__.copy()
     if output is OutputFormat.table:
         data["memory"] = format_size(result.memory)
