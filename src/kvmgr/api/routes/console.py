@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
@@ -86,14 +87,29 @@ async def serial_console(
 
 
 async def _bridge_serial(websocket: WebSocket, session: ConsoleSession) -> None:
+    # One libvirt stream must not be read and written from two threads at once (the stream then
+    # fails with an I/O error): every call on it holds this lock.  Reads are short slices, so a
+    # keystroke waits at most one slice.
+    lock = threading.Lock()
+
+    def read() -> bytes:
+        with lock:
+            return session.read(_READ_SLICE)
+
+    def write(payload: bytes) -> None:
+        with lock:
+            session.write(payload)
+
     async def guest_to_browser() -> None:
         while True:
             try:
-                data = await run_in_threadpool(session.read, _READ_SLICE)
-            except InvalidState:
-                return  # the VM stopped
+                data = await run_in_threadpool(read)
+            except KvmgrError:
+                return  # the VM stopped, or the console was taken over
             if data:
                 await websocket.send_bytes(data)
+            else:
+                await asyncio.sleep(0)  # let the writer take the lock between empty reads
 
     async def browser_to_guest() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -103,10 +119,10 @@ async def _bridge_serial(websocket: WebSocket, session: ConsoleSession) -> None:
                     return
                 payload = message.get("bytes") or (message.get("text") or "").encode()
                 if payload:
-                    await run_in_threadpool(session.write, payload)
+                    await run_in_threadpool(write, payload)
 
     await _until_first_ends(guest_to_browser(), browser_to_guest())
-    with contextlib.suppress(RuntimeError):
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close()
 
 
@@ -174,5 +190,5 @@ async def vnc_console(
         await _until_first_ends(vnc_to_browser(), browser_to_vnc())
     finally:
         writer.close()
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await websocket.close()

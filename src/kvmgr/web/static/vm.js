@@ -127,6 +127,7 @@ document.addEventListener("DOMContentLoaded", () => {
       socket.onmessage = (message) => term.write(new Uint8Array(message.data));
       socket.onclose = (event) => term.write(`\r\n[console closed${event.reason ? ": " + event.reason : ""}]\r\n`);
       term.onData((data) => socket.readyState === WebSocket.OPEN && socket.send(new TextEncoder().encode(data)));
+      socket.onopen = () => term.focus();
       window.kvmgrConsole = { term, socket };
     } catch (err) { kvmgr.flash(err.message); }
   });

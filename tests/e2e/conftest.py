@@ -1,0 +1,93 @@
+"""End-to-end fixtures: kvmgr serve on a loopback port against qemu:///system, and Debian's
+headless Chromium driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from kvmgr.api.app import create_app
+from kvmgr.api.settings import Settings
+from kvmgr.store import users
+from kvmgr.store.models import Role
+from tests.integration.conftest import demo_iso  # noqa: F401 - the shared demo ISO fixture
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+PASSWORD = "e2e-password-1"
+
+
+@dataclass
+class Served:
+    url: str
+    admin_token: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("e2e"),
+        uri=os.environ.get("KVMGR_URI", "qemu:///system"),
+        secret_key="e" * 40,
+        console_token_seconds=30,
+    )
+    app = create_app(settings)
+    with app.state.ctx.store.session() as session:
+        users.create_user(session, "admin", PASSWORD, Role.admin)
+        users.create_user(session, "viewer", PASSWORD, Role.viewer)
+        token = users.create_token(session, "admin", "e2e")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert time.monotonic() < deadline, "kvmgr serve did not start"
+            time.sleep(0.05)
+        yield Served(f"http://127.0.0.1:{port}", token)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed: run scripts/install-test-deps.sh")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def screenshot(page: object, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
