@@ -19,6 +19,7 @@ from typing import Any
 import libvirt
 
 from kvmgr.connect import Connection, open_connection
+from kvmgr.connect.events import ensure_event_loop
 from kvmgr.errors import KvmgrError, libvirt_errors
 
 log = logging.getLogger(__name__)
@@ -80,31 +81,6 @@ def _offer(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
     queue.put_nowait(event)
 
 
-_loop_lock = threading.Lock()
-_loop_started = False
-
-
-def ensure_event_loop() -> None:
-    """Register libvirt's default event implementation once per process and run it."""
-    global _loop_started  # noqa: PLW0603 - libvirt's event loop is process-wide by design
-    with _loop_lock:
-        if _loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        thread = threading.Thread(target=_run_loop, name="libvirt-events", daemon=True)
-        thread.start()
-        _loop_started = True
-
-
-def _run_loop() -> None:
-    while True:
-        try:
-            libvirt.virEventRunDefaultImpl()
-        except libvirt.libvirtError:
-            log.exception("libvirt event loop iteration failed")
-            time.sleep(0.5)
-
-
 class LifecycleEvents:
     """Subscribes to domain lifecycle events of ``uri`` and publishes them on ``bus``."""
 
@@ -115,7 +91,7 @@ class LifecycleEvents:
         self._callback_id: int | None = None
 
     def start(self) -> None:
-        ensure_event_loop()
+        ensure_event_loop()  # the process-wide loop from kvmgr.connect, never a second one
         self._conn = open_connection(self._uri, readonly=True)
         with libvirt_errors("subscribing to VM lifecycle events"):
             self._callback_id = self._conn.virconn.domainEventRegisterAny(
