@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import libvirt
 
 from kvmgr.connect import Connection
 from kvmgr.errors import Busy, libvirt_errors
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: How often a waiting caller retries a held lock.
 _POLL_SECONDS = 0.1
@@ -156,3 +161,25 @@ def vm_lock(
         uuid = dom.UUIDString()
     with file_lock(vm_lock_path(uuid), operation, wait=wait, timeout=timeout, what="VM"):
         yield dom
+
+
+VMChange = Callable[Concatenate[Connection, str, P], R]
+
+
+def locked(operation: str) -> Callable[[VMChange[P, R]], VMChange[P, R]]:
+    """Decorator for a service function ``f(conn, name, ...)`` that changes VM ``name``.
+
+    The change runs under :func:`vm_lock`, so a live change never interleaves with a snapshot,
+    clone or delete of the same VM (it fails with ``Busy`` naming what holds the VM).
+    """
+
+    def decorate(func: VMChange[P, R]) -> VMChange[P, R]:
+        @functools.wraps(func)
+        def wrapper(conn: Connection, name: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            with vm_lock(conn, name, operation):
+                result: R = func(conn, name, *args, **kwargs)
+            return result
+
+        return wrapper
+
+    return decorate
