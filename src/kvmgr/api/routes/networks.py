@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from kvmgr.api.deps import Admin, Ctx, Viewer
+from kvmgr.connect import Connection
 from kvmgr.services import networks as net_service
 
 router = APIRouter(prefix="/api/v1/networks", tags=["networks"])
@@ -26,6 +27,15 @@ class NetworkCreate(BaseModel):
 
 class Autostart(BaseModel):
     enabled: bool
+
+
+class ReservationCreate(BaseModel):
+    """A fixed DHCP address for a MAC, or for a VM's NIC on this network (exactly one)."""
+
+    ip: str = Field(min_length=1, max_length=64)
+    mac: str | None = Field(default=None, max_length=17)
+    vm: str | None = Field(default=None, max_length=64)
+    hostname: str | None = Field(default=None, max_length=63)
 
 
 @router.get("", summary="Every network with subnet, DHCP range, bridge and VMs using it")
@@ -76,6 +86,25 @@ def network_autostart(name: str, body: Autostart, who: Admin, ctx: Ctx) -> dict[
         name,
         lambda conn: net_service.set_autostart(conn, name, body.enabled).as_dict(),
     )
+
+
+@router.post("/{name}/reservations", status_code=201, summary="Reserve a DHCP address")
+def reserve(name: str, body: ReservationCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        found = net_service.reserve(
+            conn, name, body.ip, mac=body.mac, vm=body.vm, hostname=body.hostname
+        )
+        return asdict(found)
+
+    return ctx.act(who, "net.reserve", f"{name}/{body.ip}", work)
+
+
+@router.delete("/{name}/reservations/{ip}", summary="Remove the DHCP reservation of an address")
+def unreserve(name: str, ip: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        return asdict(net_service.unreserve(conn, name, ip=ip))
+
+    return ctx.act(who, "net.unreserve", f"{name}/{ip}", work)
 
 
 @router.delete("/{name}", summary="Delete a network (refused while VMs use it)")

@@ -56,6 +56,10 @@ class DiskAdd(BaseModel):
     bus: Literal["virtio", "scsi", "sata", "usb"] = "virtio"
 
 
+class DiskResize(BaseModel):
+    size: str = Field(min_length=1, max_length=32, examples=["20G"])
+
+
 class NicAdd(BaseModel):
     network: str | None = Field(default=None, max_length=64)
     bridge: str | None = Field(default=None, max_length=15)
@@ -159,25 +163,6 @@ def _do_action(conn: Connection, name: str, action: Action, force: bool, timeout
     return vms_service.state(conn, name)
 
 
-@router.post("/{name}/{action}", summary="Power action: start, shutdown, reboot, reset, off, …")
-def vm_action(
-    name: str,
-    action: Action,
-    who: Operator,
-    ctx: Ctx,
-    force: Annotated[bool, Query(description="shutdown: power off after the timeout")] = False,
-    timeout: Annotated[float, Query(ge=0, le=600)] = 120.0,
-) -> dict[str, str]:
-    state = ctx.act(
-        who,
-        f"vm.{action}",
-        name,
-        lambda conn: _do_action(conn, name, action, force, timeout),
-        vm=name,
-    )
-    return {"name": name, "state": state}
-
-
 @router.put("/{name}/autostart", summary="Start the VM with the host, or not")
 def vm_autostart(name: str, body: Autostart, who: Operator, ctx: Ctx) -> dict[str, Any]:
     ctx.act(
@@ -232,6 +217,18 @@ def vm_remove_disk(
     return ctx.act(who, "vm.disk.remove", f"{name}/{target}", work, vm=name)
 
 
+@router.patch("/{name}/disks/{target}", summary="Grow a disk (live when the VM runs)")
+def vm_resize_disk(
+    name: str, target: str, body: DiskResize, who: Operator, ctx: Ctx
+) -> dict[str, Any]:
+    size = parse_size(body.size, what="disk size", default_unit="G")
+
+    def work(conn: Connection) -> dict[str, Any]:
+        return asdict(resources_service.resize_disk(conn, name, target, size))
+
+    return ctx.act(who, "vm.disk.resize", f"{name}/{target}", work, vm=name)
+
+
 @router.post("/{name}/nics", status_code=201, summary="Add a NIC on a network or bridge")
 def vm_add_nic(name: str, body: NicAdd, who: Operator, ctx: Ctx) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
@@ -269,3 +266,23 @@ def vm_delete(
 
     removed = ctx.act(who, "vm.delete", name, work, vm=name)
     return {"name": name, "deleted_volumes": removed}
+
+
+# Registered last: "/{name}/{action}" would otherwise take POST /{name}/disks and /{name}/nics.
+@router.post("/{name}/{action}", summary="Power action: start, shutdown, reboot, reset, off, …")
+def vm_action(
+    name: str,
+    action: Action,
+    who: Operator,
+    ctx: Ctx,
+    force: Annotated[bool, Query(description="shutdown: power off after the timeout")] = False,
+    timeout: Annotated[float, Query(ge=0, le=600)] = 120.0,
+) -> dict[str, str]:
+    state = ctx.act(
+        who,
+        f"vm.{action}",
+        name,
+        lambda conn: _do_action(conn, name, action, force, timeout),
+        vm=name,
+    )
+    return {"name": name, "state": state}
