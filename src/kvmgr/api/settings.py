@@ -46,7 +46,9 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        return self.db_url or f"sqlite:///{self.state_dir / 'kvmgr.db'}"
+        # A directory of its own: the state dir also holds the ISO pool, which QEMU must be able
+        # to traverse, so only the database's directory can be closed to everyone but us (0700).
+        return self.db_url or f"sqlite:///{self.state_dir / 'db' / 'kvmgr.db'}"
 
     @property
     def tls(self) -> bool:

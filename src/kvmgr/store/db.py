@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from kvmgr.errors import InvalidInput, OperationFailed
 from kvmgr.store.models import Base
+
+log = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -54,8 +58,7 @@ def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
         if not memory:
-            path = url.split("///", 1)[-1]
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(url.split("///", 1)[-1]))
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False},
@@ -67,9 +70,35 @@ def _engine(url: str) -> Engine:
     if "://" not in url:
         raise InvalidInput(
             f"database URL {url!r} is not a URL",
-            hint="use sqlite:////var/lib/kvmgr/kvmgr.db or postgresql+psycopg://user@host/db",
+            hint="use sqlite:////var/lib/kvmgr/db/kvmgr.db or postgresql+psycopg://user@host/db",
         )
     return create_engine(url, pool_pre_ping=True)
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Make the SQLite file 0600 before SQLite opens it, in a 0700 directory when we make one.
+
+    The file holds password hashes, session and API token hashes and the audit log: nobody but
+    kvmgr's user reads it.  SQLite gives its -wal and -shm files the database file's mode.  A
+    directory that already exists is left as it is (it may be shared); the file is kvmgr's own,
+    so a too-open one is tightened.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+        path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise OperationFailed(
+            f"cannot create the database file {path}: {err.strerror}",
+            hint="check KVMGR_STATE_DIR / KVMGR_DB_URL and the directory's permissions",
+        ) from err
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            log.warning("database file %s was readable by others; setting mode 0600", path)
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _redacted(url: str) -> str:
