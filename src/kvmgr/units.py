@@ -14,6 +14,9 @@ KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
 TIB = 1024**4
+#: Largest size accepted: libvirt keeps sizes in 64-bit integers (and KiB for memory), and
+#: larger numbers come back from it as "malformed capacity element".
+MAX_SIZE = 1024**6
 
 _MULTIPLIERS = {
     "": 1,
@@ -53,6 +56,8 @@ def parse_size(text: str | int, *, what: str = "size", default_unit: str = "") -
     value = int(float(match["num"]) * _MULTIPLIERS[unit])
     if value <= 0:
         raise InvalidInput(f"{what} must be greater than zero, got {text!r}")
+    if value > MAX_SIZE:
+        raise InvalidInput(f"{what} {text!r} is too large", hint="give at most 1048576T (1 EiB)")
     return value
 
 

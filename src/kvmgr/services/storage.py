@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -657,9 +658,14 @@ def upload_volume(
 
 def _source_size(source: str) -> int:
     try:
-        size = os.stat(source).st_size
+        info = os.stat(source)
     except OSError as err:
         raise InvalidInput(f"cannot read {source}: {err.strerror}") from err
+    if stat.S_ISDIR(info.st_mode):
+        raise InvalidInput(f"{source} is a directory", hint="give the path of a file to upload")
+    if not os.access(source, os.R_OK):
+        raise InvalidInput(f"cannot read {source}: permission denied")
+    size = info.st_size
     if size == 0:
         raise InvalidInput(f"{source} is empty", hint="a volume needs at least one byte")
     return size
@@ -711,12 +717,14 @@ def download_volume(
     a failed download leaves nothing behind and never half-overwrites an existing file.
     """
     vol = _lookup_volume(conn, pool_name, name)
-    if os.path.exists(target) and not overwrite:
-        raise AlreadyExists(f"{target} exists", hint="choose another file or add --force")
+    _check_target(target, overwrite)
     with libvirt_errors(f"reading volume {name}"):
         capacity = vol.info()[1]
     directory = os.path.dirname(os.path.abspath(target))
-    fd, partial = tempfile.mkstemp(prefix=".kvmgr-download-", dir=directory)
+    try:
+        fd, partial = tempfile.mkstemp(prefix=".kvmgr-download-", dir=directory)
+    except OSError as err:
+        raise InvalidInput(f"cannot write in {directory}: {err.strerror}") from err
     try:
         try:
             _receive(conn, vol, fd, capacity, progress)
@@ -728,6 +736,19 @@ def download_volume(
             os.unlink(partial)
         raise
     return os.stat(target).st_size
+
+
+def _check_target(target: str, overwrite: bool) -> None:
+    """Refuse a download target that cannot become the file, before any data moves."""
+    if os.path.isdir(target):
+        raise InvalidInput(f"{target} is a directory", hint="give the path of the file to write")
+    if os.path.exists(target) and not overwrite:
+        raise AlreadyExists(f"{target} exists", hint="choose another file or add --force")
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise InvalidInput(
+            f"directory {directory} does not exist", hint="create it first or choose another path"
+        )
 
 
 def _receive(
