@@ -161,11 +161,24 @@ def parse_network_option(text: str) -> NicRequest | None:
     request.model = extra.get("model")
     request.mac = extra.get("mac")
     validate_name(request.source, what="network" if request.kind == "network" else "bridge")
+    _check_nic_model(request.model)
     if request.mac and not _MAC_RE.fullmatch(request.mac):
         raise InvalidInput(
             f"MAC address {request.mac!r} is not valid", hint="use e.g. 52:54:00:12:34:56"
         )
     return request
+
+
+def _check_nic_model(model: str | None) -> None:
+    # libvirt defines any model string; QEMU refuses an unknown one only when the VM first starts
+    if model is None:
+        return
+    from kvmgr.services.resources import NIC_MODELS  # ~13 ms; only when a model is given
+
+    if model not in NIC_MODELS:
+        raise InvalidInput(
+            f"NIC model {model!r} is not supported", hint=f"use {', '.join(NIC_MODELS)}"
+        )
 
 
 def _key_values(text: str, *, allowed: set[str], what: str) -> dict[str, str]:
@@ -265,6 +278,10 @@ def _validate_request(conn: Connection, spec: VMSpec) -> None:
         raise InvalidInput(f"--graphics {spec.graphics!r} is not known", hint="use vnc or none")
     if spec.firmware not in FIRMWARES:
         raise InvalidInput(f"--firmware {spec.firmware!r} is not known", hint="use bios or uefi")
+    if spec.wait_timeout <= 0:
+        raise InvalidInput(
+            f"--wait-timeout {spec.wait_timeout:g} must be greater than zero", hint="e.g. 300"
+        )
     if spec.wait != "none" and not spec.start:
         raise InvalidInput(
             "--wait needs the VM to start", hint="drop --no-start or use --wait none"
@@ -275,6 +292,7 @@ def _validate_request(conn: Connection, spec: VMSpec) -> None:
             hint="choose another name or delete it first",
         )
     for nic in spec.nics:
+        _check_nic_model(nic.model)
         if nic.kind == "network":
             _require_network(conn, nic.source)
     for disk in spec.disks:

@@ -15,7 +15,7 @@ from typing import Any
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.errors import InvalidState, NotFound, libvirt_errors, translate
+from kvmgr.errors import InvalidInput, InvalidState, NotFound, libvirt_errors, translate
 from kvmgr.names import validate_name
 from kvmgr.xml.domain import Domain
 
@@ -274,6 +274,8 @@ def shutdown(
 
     Returns how it ended: ``"shut off"`` or ``"forced off"``.
     """
+    if timeout < 0:
+        raise InvalidInput(f"timeout {timeout:g} must not be negative", hint="e.g. --timeout 120")
     dom = lookup(conn, name)
     if not is_active_state(state_of(dom)):
         raise InvalidState(f"VM {name!r} is not running")
