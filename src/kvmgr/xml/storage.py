@@ -36,3 +36,4 @@ class StorageVolume(XMLObject):
     backing_path = XMLProperty("./backingStore/path", str)
     backing_format = XMLProperty("./backingStore/format/@type", str)
     lazy_refcounts = XMLProperty("./target/features/lazy_refcounts", str)
+    compat = XMLProperty("./target/compat", str, doc="qcow2 version: 0.10 (v2) or 1.1 (v3)")
