@@ -12,6 +12,13 @@ from kvmgr.cli.output import OutputFormat, OutputOption, emit_object
 app = typer.Typer(no_args_is_help=True)
 
 
+@app.callback()
+def image() -> None:
+    """Build bootable images (the demo/test ISO)."""
+    # A callback keeps 'image' a group: with one command alone Typer would collapse it into
+    # 'kvmgr image PATH', and 'kvmgr image build-demo-iso PATH' (scripts/demo.sh) would fail.
+
+
 @app.command("build-demo-iso")
 @report_errors
 def build_demo_iso_command(

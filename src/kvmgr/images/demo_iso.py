@@ -319,7 +319,13 @@ def build_demo_iso(path: str | Path, *, force: bool = False) -> DemoIso:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
+    try:
+        handle = path.open("a")
+    except OSError as err:
+        raise InvalidInput(
+            f"cannot write {path}: {err.strerror}", hint="choose a writable directory"
+        ) from err
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
