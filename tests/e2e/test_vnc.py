@@ -110,6 +110,13 @@ def test_the_vnc_page_establishes_an_rfb_session(browser: Any, served: Served, v
         assert box is not None and box["width"] > 0 and box["height"] > 0
         page.wait_for_timeout(1500)  # let the firmware's first frame arrive for the picture
         screenshot(page, "vm-vnc")
+
+        # The dashboard's CPU column comes from the pushed bulk samples (two make a rate).
+        page.goto(f"{served.url}/")
+        row = page.locator(f"#vm-table tr:has(a[href='/vms/{vnc_vm}'])")
+        expect(row.locator("td").nth(3)).to_have_text(re.compile(r"^\d+ %$"), timeout=15_000)
+        expect(page.locator("#events-status")).to_have_text("events: live")
+        screenshot(page, "dashboard-live-stats")
     finally:
         context.close()
     with _api(served) as api:

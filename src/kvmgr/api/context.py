@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import libvirt
 
-from kvmgr.api.events import EventBus, LifecycleEvents
+from kvmgr.api.events import EventBus, LifecycleEvents, StatsPublisher
 from kvmgr.api.security import ConsoleTokens, LoginLimiter
 from kvmgr.api.settings import Settings
 from kvmgr.connect import Connection, open_connection
@@ -57,12 +57,15 @@ class AppContext:
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
         self._events: LifecycleEvents | None = None
+        self.stats = StatsPublisher(self.conn, self.bus, settings.stats_interval)
 
     # ---------------------------------------------------------------- lifetime
     def start(self) -> None:
         interrupted = self.runner.mark_interrupted()
         if interrupted:
             log.warning("%d task(s) of a previous run marked interrupted", interrupted)
+        if self.settings.stats_interval > 0:
+            self.stats.start()
         if self.settings.events:
             self._events = LifecycleEvents(self.settings.uri, self.bus)
             try:
@@ -73,6 +76,7 @@ class AppContext:
                 self._events = None
 
     def stop(self) -> None:
+        self.stats.stop()
         if self._events is not None:
             self._events.stop()
         self.runner.shutdown()

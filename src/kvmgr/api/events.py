@@ -1,5 +1,6 @@
 """Live events for the UI: libvirt lifecycle events (also from changes made outside kvmgr) and task
-updates, fanned out to every subscribed client.
+updates, fanned out to every subscribed client; and the VMs' CPU and memory, sampled once per
+interval for all clients (:class:`StatsPublisher`).
 
 libvirt delivers events only to a process that runs an event loop implementation: we register
 libvirt's default one and run it in a daemon thread, on a connection of its own.  Callbacks come
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import libvirt
@@ -21,6 +22,8 @@ import libvirt
 from kvmgr.connect import Connection, open_connection
 from kvmgr.connect.events import ensure_event_loop
 from kvmgr.errors import KvmgrError, libvirt_errors
+from kvmgr.services import stats
+from kvmgr.services.stats import StatsSample
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +127,51 @@ class LifecycleEvents:
                 "uuid": dom.UUIDString(),
             }
         )
+
+
+class StatsPublisher:
+    """CPU and memory of every VM pushed to every subscriber: one bulk libvirt stats call per
+    interval, whatever the number of open dashboards, and none while nobody listens.
+
+    Each ``stats`` event carries the rates between this sample and the previous one (none for a
+    VM's first sample) and a sequence number, so clients see the same sample, never their own.
+    """
+
+    def __init__(self, conn: Callable[[], Connection], bus: EventBus, interval: float) -> None:
+        self._conn = conn
+        self._bus = bus
+        self.interval = interval
+        self.samples = 0  # bulk calls made: read by tests and useful when debugging load
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="kvmgr-stats", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 5)
+            self._thread = None
+
+    def _run(self) -> None:
+        previous: StatsSample | None = None
+        while not self._stop.wait(self.interval):
+            if self._bus.subscriber_count == 0:
+                previous = None  # stale by the time someone subscribes again
+                continue
+            try:
+                sample = stats.collect(self._conn())
+            except KvmgrError as err:
+                log.warning("VM statistics unavailable: %s", err)
+                previous = None
+                continue
+            self.samples += 1
+            before = previous or StatsSample(taken_at=sample.taken_at - self.interval)
+            rows = [row.as_dict() for row in stats.rates(before, sample)]
+            self._bus.publish(
+                {"type": "stats", "seq": self.samples, "interval": self.interval, "vms": rows}
+            )
+            previous = sample

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     login_attempts: int = 5  # failed logins per user+address within login_window seconds
     login_window: float = 60.0
     console_token_seconds: float = 30.0
+    #: Seconds between the bulk stats samples pushed to dashboards (0: no live stats).
+    stats_interval: float = 2.0
     #: Subscribe to libvirt's lifecycle events (off in unit tests that open many apps).
     events: bool = True
 

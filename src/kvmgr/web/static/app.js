@@ -60,11 +60,11 @@ const kvmgr = (() => {
     return a;
   }
 
-  function events(onEvent, onStatus) {
+  function events(onEvent, onStatus, types = ["vm", "task"]) {
     const source = new EventSource("/api/v1/events");
     source.onopen = () => onStatus && onStatus("live");
     source.onerror = () => onStatus && onStatus("reconnecting…");
-    for (const type of ["vm", "task"]) {
+    for (const type of types) {
       source.addEventListener(type, (message) => onEvent(JSON.parse(message.data)));
     }
     return source;
@@ -103,32 +103,48 @@ const pages = {
   },
 
   dashboard() {
-    let previousCpu = new Map(), previousAt = 0;
-    const refresh = async () => {
-      const rows = await kvmgr.api("GET", "/api/v1/vms");
-      const now = performance.now();
-      const seconds = (now - previousAt) / 1000;
+    // The VM list comes from /api/v1/vms when something changes (a lifecycle or task event, or a
+    // stats sample whose VMs or states differ from the table); CPU and memory come pushed in the
+    // server's "stats" events: one bulk libvirt call per interval for all open dashboards.
+    let rows = [], live = new Map();
+    const cpu = (vm) => {
+      const rate = live.get(vm.name);
+      if (!rate || rate.state !== "running" || rate.cpu_percent == null) return "–";
+      return `${rate.cpu_percent.toFixed(0)} %`;
+    };
+    const memory = (vm) => {
+      const rate = live.get(vm.name);
+      if (rate && rate.memory_used != null) {
+        return `${kvmgr.bytes(rate.memory_used)} used of ${kvmgr.bytes(rate.memory_total)}`;
+      }
+      return `${kvmgr.bytes(vm.memory)} / ${kvmgr.bytes(vm.max_memory)}`;
+    };
+    const render = () => {
       document.getElementById("vm-count").textContent = rows.length;
       kvmgr.fillTable("vm-table", rows, [
         (vm) => kvmgr.link(`/vms/${encodeURIComponent(vm.name)}`, vm.name),
         (vm) => vm.state,
         (vm) => vm.vcpus ?? "–",
-        (vm) => {
-          const before = previousCpu.get(vm.uuid);
-          if (before === undefined || vm.cpu_time_ns == null || !previousAt) return "–";
-          return `${(((vm.cpu_time_ns - before) / 1e9 / seconds) * 100).toFixed(0)} %`;
-        },
-        (vm) => `${kvmgr.bytes(vm.memory)} / ${kvmgr.bytes(vm.max_memory)}`,
+        cpu,
+        memory,
         (vm) => vm.owner ?? "–",
       ]);
-      previousCpu = new Map(rows.map((vm) => [vm.uuid, vm.cpu_time_ns]));
-      previousAt = now;
+    };
+    const refresh = async () => { rows = await kvmgr.api("GET", "/api/v1/vms"); render(); };
+    const onStats = (event) => {
+      live = new Map(event.vms.map((rate) => [rate.name, rate]));
+      const changed = rows.length !== live.size ||
+        rows.some((vm) => !live.has(vm.name) || live.get(vm.name).state !== vm.state);
+      if (changed) refresh(); else render();
     };
     const refreshTasks = async () => renderTasks(await kvmgr.api("GET", "/api/v1/tasks?limit=10"));
     refresh(); refreshTasks();
-    setInterval(refresh, 2000);
-    kvmgr.events((event) => (event.type === "vm" ? refresh() : refreshTasks()),
-      (status) => { document.getElementById("events-status").textContent = `events: ${status}`; });
+    kvmgr.events(
+      (event) => (event.type === "stats" ? onStats(event)
+        : event.type === "vm" ? refresh() : refreshTasks()),
+      (status) => { document.getElementById("events-status").textContent = `events: ${status}`; },
+      ["vm", "task", "stats"],
+    );
   },
 
   async create() {
