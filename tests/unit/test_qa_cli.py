@@ -4,6 +4,7 @@ bad input answered with one clear line and exit status 1, never a traceback."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -39,3 +40,24 @@ def test_image_into_an_unwritable_place_is_a_clean_error() -> None:
     code, output = _kvmgr("image", "build-demo-iso", "/proc/t-qa-demo.iso")
     assert code == 1, output
     assert "Traceback" not in output and "error:" in output, output
+
+
+def test_serve_with_a_missing_tls_certificate_is_a_clean_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    code, output = _kvmgr(
+        "-c", "test:///default", "serve", "--listen", "127.0.0.1:1",
+        "--tls-cert", missing, "--tls-key", missing,
+    )  # fmt: skip
+    assert code == 1, output
+    assert "missing.pem" in output, output
+
+
+def test_serve_with_a_certificate_that_is_not_pem_is_a_clean_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    code, output = _kvmgr(
+        "-c", "test:///default", "serve", "--listen", "127.0.0.1:1",
+        "--tls-cert", str(junk), "--tls-key", str(junk),
+    )  # fmt: skip
+    assert code == 1, output
+    assert "TLS" in output, output

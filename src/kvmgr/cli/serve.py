@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from kvmgr.cli.common import report_errors, state
+from kvmgr.errors import InvalidInput
 
 app = typer.Typer(invoke_without_command=True)
 
@@ -39,6 +40,8 @@ def serve(
         overrides["uri"] = state.uri
     settings = check_serving(Settings(**overrides))  # type: ignore[arg-type]
     host, port = split_listen(settings.listen)
+    if settings.tls_cert or settings.tls_key:
+        _check_tls(settings.tls_cert, settings.tls_key)
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -48,3 +51,21 @@ def serve(
         proxy_headers=False,
         log_level="info",
     )
+
+
+def _check_tls(cert: Path | None, key: Path | None) -> None:
+    """Load the certificate and key once, so a bad pair is one line, not uvicorn's traceback."""
+    import ssl
+
+    if cert is None or key is None:
+        raise InvalidInput("TLS needs both --tls-cert and --tls-key")
+    for path in (cert, key):
+        if not path.is_file():
+            raise InvalidInput(f"TLS file {path} does not exist or is not a file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as err:
+        raise InvalidInput(
+            f"cannot load the TLS certificate {cert} with key {key}: {err}",
+            hint="give a PEM certificate and its matching unencrypted PEM private key",
+        ) from err
