@@ -104,3 +104,16 @@ def test_short_passwords_and_bad_names_are_refused(app: FastAPI) -> None:
             users.create_user(session, "shorty", "short", Role.viewer)
         with pytest.raises(InvalidInput):
             users.create_user(session, "<script>", PASSWORD, Role.viewer)
+
+
+def test_the_session_cookie_is_secure_behind_a_tls_proxy(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, listen="0.0.0.0:8443", insecure=True))
+    with app.state.ctx.store.session() as session:
+        users.create_user(session, "alice", PASSWORD, Role.viewer)
+    with TestClient(app) as browser:
+        answer = browser.post("/api/v1/auth/login", json={"name": "alice", "password": PASSWORD})
+        cookie = answer.headers["set-cookie"].lower()
+    assert answer.status_code == 200
+    assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    loopback = make_settings(tmp_path, listen="127.0.0.1:8080")
+    assert not loopback.cookie_secure  # plain http on loopback must still log in

@@ -139,3 +139,21 @@ def test_static_mount_only_serves_files(app: FastAPI, client: TestClient) -> Non
     assert [mount.path for mount in mounts] == ["/static"]
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/../api/app.py").status_code == 404
+
+
+def test_every_mutating_route_needs_the_csrf_token_with_a_cookie(app: FastAPI) -> None:
+    """A logged-in browser (session cookie, admin) without X-CSRF-Token changes nothing."""
+    from tests.api.conftest import PASSWORD
+
+    checked = 0
+    with TestClient(app) as browser:
+        answer = browser.post("/api/v1/auth/login", json={"name": "admin", "password": PASSWORD})
+        assert answer.status_code == 200
+        for method, path, _route in http_routes(app):
+            if method in ("GET", "HEAD", "OPTIONS") or (method, path) in PUBLIC:
+                continue
+            response = browser.request(method, concrete(path), json={})
+            assert response.status_code == 403, (method, path, response.status_code)
+            assert "CSRF" in response.json()["error"], (method, path)
+            checked += 1
+    assert checked > 25

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     def tls(self) -> bool:
         return self.tls_cert is not None and self.tls_key is not None
 
+    @property
+    def cookie_secure(self) -> bool:
+        """Mark the session cookie Secure: with our own TLS, and behind the TLS proxy that
+        ``--insecure`` on a public address stands for (the browser speaks https to the proxy)."""
+        host = self.listen.rpartition(":")[0].strip("[]")
+        return self.tls or (self.insecure and not is_loopback(host))
+
 
 def split_listen(listen: str) -> tuple[str, int]:
     """``127.0.0.1:8080`` / ``[::1]:8080`` -> (host, port), with a clear error when malformed."""

@@ -71,7 +71,7 @@ async def login(
         max_age=int(ctx.settings.session_hours * 3600),
         httponly=True,
         samesite="strict",
-        secure=ctx.settings.tls,
+        secure=ctx.settings.cookie_secure,
         path="/",
     )
     return _me(Principal(who.id, who.name, who.role, who.group, csrf))
