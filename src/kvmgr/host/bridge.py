@@ -334,6 +334,8 @@ def create_bridge(
 
     validate_ifname(bridge, what="bridge name")
     validate_ifname(uplink, what="uplink")
+    if ping is not None:
+        _check_address(ping)  # now: after the move, a bad one would end the run half made
     ip = Ip(netns)
     runner = runner or persistent.Runner()
     # A dry run changes nothing, so it may show the plan for the default-route interface too.
@@ -383,6 +385,11 @@ def create_bridge(
 
 
 def _check_create(ip: Ip, bridge: str, uplink: str, *, yes: bool) -> LinkState:
+    if uplink == "lo":
+        raise InvalidInput(
+            "the loopback interface lo cannot be a bridge port",
+            hint="give the interface that connects to the network, e.g. eth0",
+        )
     state = ip.read(uplink)
     if ip.link_exists(bridge):
         raise AlreadyExists(f"interface {bridge!r} exists already", hint="choose another name")
@@ -559,14 +566,20 @@ def list_bridges(*, netns: str | None = None, root: Path = Path("/")) -> list[di
 
 
 # ----------------------------------------------------------------------------------- reachability
-def reachable(address: str, *, netns: str | None = None, timeout: float = 3.0) -> bool:
-    """True when ``address`` answers an ICMP echo (sent from ``netns`` when given)."""
+def _check_address(address: str) -> None:
     from ipaddress import ip_address
 
     try:
         ip_address(address)
     except ValueError as err:
-        raise InvalidInput(f"{address!r} is not an IP address") from err
+        raise InvalidInput(
+            f"{address!r} is not an IP address", hint="e.g. --ping 192.168.1.1 (the gateway)"
+        ) from err
+
+
+def reachable(address: str, *, netns: str | None = None, timeout: float = 3.0) -> bool:
+    """True when ``address`` answers an ICMP echo (sent from ``netns`` when given)."""
+    _check_address(address)
     probe = (sys.executable, "-m", "kvmgr.host.reach", address, str(timeout))
     argv = ("ip", "netns", "exec", netns, *probe) if netns else probe
     return run(argv, timeout=timeout + 10, check=False).returncode == 0
