@@ -61,3 +61,17 @@ def test_serve_with_a_certificate_that_is_not_pem_is_a_clean_error(tmp_path: Pat
     )  # fmt: skip
     assert code == 1, output
     assert "TLS" in output, output
+
+
+def test_clone_table_shows_seconds_rounded_like_vm_create() -> None:
+    uri = ("-c", "test:///default")
+    code, output = _kvmgr(*uri, "vm", "create", "t-qa-src", "--disk", "none", "--no-start")
+    assert code == 0, output
+    try:
+        code, output = _kvmgr(*uri, "vm", "clone", "t-qa-src", "t-qa-copy")
+        assert code == 0, output
+        seconds = output.split("seconds ")[1].split()[0]
+        assert len(seconds.partition(".")[2]) <= 2, output  # not 0.02739870199957295
+    finally:
+        for name in ("t-qa-copy", "t-qa-src"):
+            _kvmgr(*uri, "vm", "delete", name, "--force")

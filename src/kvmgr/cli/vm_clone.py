@@ -27,7 +27,10 @@ def clone(
     from kvmgr.services import clones  # the clone engine is only imported by its commands
 
     result = clones.clone_vm(conn(), source, name, linked=linked, start=start, snapshot=snapshot)
-    emit_object(result.as_dict(), output)
+    data = result.as_dict()
+    if output is OutputFormat.table:  # scripts get the exact number, people a readable one
+        data["seconds"] = f"{result.seconds:.2f}"
+    emit_object(data, output)
 
 
 @report_errors
