@@ -14,7 +14,13 @@ from kvmgr.units import format_size
 
 app = typer.Typer(no_args_is_help=True)
 
-PoolOption = Annotated[str, typer.Option("--pool", help="storage pool of the ISO library")]
+PoolOption = Annotated[
+    str,
+    typer.Option(
+        "--pool",
+        help="storage pool of the ISO library; import creates a missing one under /var/lib/kvmgr",
+    ),
+]
 _DEFAULT_POOL = "kvmgr-isos"  # kvmgr.services.isos.ISO_POOL, kept literal to import lazily
 
 
