@@ -117,6 +117,14 @@ def test_the_vnc_page_establishes_an_rfb_session(browser: Any, served: Served, v
         expect(row.locator("td").nth(3)).to_have_text(re.compile(r"^\d+ %$"), timeout=15_000)
         expect(page.locator("#events-status")).to_have_text("events: live")
         screenshot(page, "dashboard-live-stats")
+
+        page.goto(f"{served.url}/vms/{vnc_vm}")
+        page.wait_for_selector("#vm")
+        screenshot(page, "vm-page")
+        for name in ("networks", "storage", "audit", "users", "tasks"):
+            page.goto(f"{served.url}/{name}")
+            page.wait_for_load_state("networkidle")
+            screenshot(page, name)
     finally:
         context.close()
     with _api(served) as api:

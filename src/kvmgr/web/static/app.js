@@ -47,6 +47,14 @@ const kvmgr = (() => {
   function fillTable(id, rows, columns) {
     const body = document.querySelector(`#${id} tbody`);
     body.replaceChildren();
+    if (!rows.length) {
+      // An empty table says so, rather than looking like it is still loading.
+      const tr = document.createElement("tr");
+      const td = document.createElement("td");
+      td.colSpan = columns.length; td.className = "empty"; td.textContent = "none";
+      tr.appendChild(td); body.appendChild(tr);
+      return;
+    }
     for (const item of rows) {
       const tr = document.createElement("tr");
       for (const column of columns) cell(tr, column(item));
@@ -243,7 +251,7 @@ const pages = {
 
   async audit() {
     kvmgr.fillTable("audit-table", await kvmgr.api("GET", "/api/v1/audit"), [
-      (a) => a.at, (a) => a.user, (a) => a.action, (a) => a.target, (a) => a.result, (a) => a.detail,
+      (a) => (a.at || "").replace("T", " ").slice(0, 19), (a) => a.user, (a) => a.action, (a) => a.target, (a) => a.result, (a) => a.detail,
     ]);
   },
 };
