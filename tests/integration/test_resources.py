@@ -162,8 +162,9 @@ def test_disk_add_resize_and_remove_are_seen_in_the_guest(
 
 
 def test_a_disk_kvmgr_did_not_make_is_never_deleted(conn: Connection, guest: GuestShell) -> None:
+    cdrom = next(d["target"] for d in vms.vm_info(conn, VM)["disks"] if d["device"] == "cdrom")
     with pytest.raises(InvalidInput, match="not created by kvmgr"):
-        resources.remove_disk(conn, VM, "sdz", delete_volume=True)  # the demo ISO
+        resources.remove_disk(conn, VM, cdrom, delete_volume=True)  # the demo ISO
 
 
 # ----------------------------------------------------------------------------- NICs
