@@ -6,8 +6,10 @@ The clock runs from the command's start to ``KVMGR-READY`` on the guest's serial
 * ``virt-install`` with the same resources (``--noautoconsole``), then the bench attaches to the
   serial console through libvirt-python and waits for the marker (printed seconds after start,
   so attaching after virt-install returns misses nothing);
-* bare ``qemu-system-x86_64 -machine q35 -accel tcg -m 256 -smp 1`` with the ISO, the serial port
-  on stdio and no NIC, no video (as kvmgr's VM: ``--network none --graphics none``).
+* bare ``qemu-system-x86_64`` with the machine, CPU and devices libvirt starts for kvmgr's VM
+  (its command line in /var/log/libvirt/qemu/<vm>.log: q35, ``-nodefaults``, the PCIe root
+  ports, qemu-xhci, virtio-serial with the guest agent port, the CD on SATA, virtio-balloon),
+  with the serial port on stdio.  What is left between the two is kvmgr + libvirt, not devices.
 
 All guests: 256 MiB, 1 vCPU, q35, no disk, no NIC, TCG.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import subprocess
 import threading
 import time
@@ -151,12 +154,46 @@ def wait_for_console_marker(
         raise BenchError(f"{name} printed no {marker.decode()} within {timeout:g} s")
 
 
-def _bare_qemu_boot(iso: Path) -> float:
+def bare_qemu_argv(iso: Path) -> list[str]:
+    """QEMU as libvirt 9.0 starts kvmgr's VM (``--disk none --network none --graphics none``),
+    minus what only libvirt needs (QMP monitor, -S, sandbox) and with the serial port on stdio."""
+    from kvmgr.services.create import HOTPLUG_PORTS
+
     argv = [
-        *("qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "256", "-smp", "1"),
-        *("-cdrom", str(iso), "-display", "none", "-vga", "none", "-monitor", "none"),
-        *("-serial", "stdio", "-nic", "none", "-device", "virtio-balloon-pci"),
+        *("qemu-system-x86_64", "-machine", "q35,usb=off,dump-guest-core=off", "-accel", "tcg"),
+        *("-cpu", "qemu64", "-m", "256", "-smp", "1,maxcpus=2,sockets=2,cores=1,threads=1"),
+        *("-display", "none", "-no-user-config", "-nodefaults", "-rtc", "base=utc"),
+        *("-no-shutdown", "-boot", "strict=on", "-audiodev", "none,id=audio1"),
     ]
+    # kvmgr's VM here has three PCIe devices (USB, virtio-serial, balloon) and the free ports
+    for index in range(1, 3 + HOTPLUG_PORTS + 1):  # libvirt packs eight functions per slot
+        slot, function = divmod(index - 1, 8)
+        port: dict[str, object] = {"driver": "pcie-root-port", "port": 7 + index}
+        port |= {"chassis": index, "id": f"pci.{index}", "bus": "pcie.0"}
+        port["addr"] = f"{slot + 1:#x}" + (f".{function:#x}" if function else "")
+        if function == 0:
+            port["multifunction"] = True
+        argv += ["-device", json.dumps(port)]
+    devices: list[dict[str, object]] = [
+        {"driver": "qemu-xhci", "id": "usb", "bus": "pci.1", "addr": "0x0"},
+        {"driver": "virtio-serial-pci", "id": "virtio-serial0", "bus": "pci.2", "addr": "0x0"},
+        {"driver": "ide-cd", "bus": "ide.0", "drive": "cd", "id": "sata0-0-0", "bootindex": 1},
+        {"driver": "isa-serial", "chardev": "serial", "id": "serial0", "index": 0},
+        {"driver": "virtserialport", "bus": "virtio-serial0.0", "nr": 1, "chardev": "agent"},
+        {"driver": "virtio-balloon-pci", "id": "balloon0", "bus": "pci.3", "addr": "0x0"},
+    ]
+    iso_node = {"driver": "file", "filename": str(iso), "node-name": "iso", "read-only": True}
+    argv += ["-blockdev", json.dumps(iso_node)]
+    argv += ["-blockdev", json.dumps({"driver": "raw", "file": "iso", "node-name": "cd"})]
+    argv += ["-chardev", "stdio,id=serial", "-chardev", "null,id=agent"]
+    devices[4]["name"] = "org.qemu.guest_agent.0"
+    for device in devices:
+        argv += ["-device", json.dumps(device)]
+    return argv
+
+
+def _bare_qemu_boot(iso: Path) -> float:
+    argv = bare_qemu_argv(iso)
     began = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:

@@ -54,8 +54,10 @@ FIRMWARES = ("bios", "uefi")
 READY_MARKER = "KVMGR-READY"
 _MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 # PCIe root ports on q35: every PCIe device takes one, and hot-plugging a disk or NIC later needs a
-# free one, so (like virt-install) the VM gets 14 up front; libvirt fills them in order.
-_ROOT_PORTS = 14
+# free one.  virt-install gives 14 whatever the VM has; each port costs ~30 ms of boot under TCG
+# (14 -> 4 ports: ~0.3 s of ~6.9 s of guest CPU, docs/BENCHMARKS.md), so the VM gets the ports its
+# devices take plus HOTPLUG_PORTS free ones; libvirt fills them in order.
+HOTPLUG_PORTS = 4
 _MIN_MEMORY = 64 * MIB
 
 
@@ -452,20 +454,31 @@ def build_domain(
     _add_nics(domain, profile, spec.nics)
     _add_consoles(domain)
     _add_graphics(domain, profile, spec.graphics)
-    if q35:
-        _add_root_ports(domain)
     balloon = domain.devices.memballoon
     balloon.model = "virtio" if profile.virtio else "none"
     if profile.virtio:
         balloon.stats_period = 5  # so 'kvmgr vm stats' sees guest memory use
+    if q35:
+        _add_root_ports(domain)
     return domain
+
+
+def root_ports_needed(domain: Domain) -> int:
+    """Ports for the PCIe devices libvirt will place, plus HOTPLUG_PORTS free ones."""
+    devices = domain.devices
+    taken = sum(1 for disk in devices.disks if disk.target_bus == "virtio")
+    taken += len(devices.interfaces) + len(devices.rngs)  # q35 NICs are PCIe (virtio, e1000e)
+    taken += 1 if devices.memballoon.model == "virtio" else 0
+    taken += 1 if devices.channels else 0  # the agent channel's virtio-serial controller
+    taken += 1  # the USB controller (qemu-xhci) libvirt adds to every q35 VM
+    return taken + HOTPLUG_PORTS
 
 
 def _add_root_ports(domain: Domain) -> None:
     root = Controller()
     root.type, root.index, root.model = "pci", 0, "pcie-root"
     domain.devices.controllers.append(root)
-    for index in range(1, _ROOT_PORTS + 1):
+    for index in range(1, root_ports_needed(domain) + 1):
         port = Controller()
         port.type, port.index, port.model = "pci", index, "pcie-root-port"
         domain.devices.controllers.append(port)
