@@ -87,7 +87,66 @@ const kvmgr = (() => {
     }
   }
 
-  return { api, flash, bytes, fillTable, link, events, waitForTask };
+  // A destructive action asks for the thing's name to be typed, like the VM page does; the
+  // Delete button stays disabled until it matches, so a stray Enter deletes nothing.
+  function confirmByName(question, expected) {
+    const dialog = document.getElementById("confirm-dialog");
+    const input = document.getElementById("confirm-name");
+    const ok = document.getElementById("confirm-ok");
+    document.getElementById("confirm-question").textContent = question;
+    document.getElementById("confirm-expected").textContent = expected;
+    input.value = "";
+    ok.disabled = true;
+    input.oninput = () => { ok.disabled = input.value !== expected; };
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok" && input.value === expected), { once: true });
+      dialog.returnValue = "";
+      dialog.showModal();
+      input.focus();
+    });
+  }
+
+  function button(text, onClick, className = "") {
+    const b = document.createElement("button");
+    b.type = "button"; b.textContent = text; b.className = className;
+    if (onClick) b.addEventListener("click", onClick);
+    return b;
+  }
+
+  // Several controls in one table cell.
+  function group(...nodes) {
+    const span = document.createElement("span");
+    span.className = "row-actions";
+    for (const node of nodes) if (node) span.append(node);
+    return span;
+  }
+
+  // Errors of a form go next to it, in words, and stay until the next try.
+  function showError(element, err) {
+    element.textContent = err ? (err.message || String(err)) : "";
+    element.hidden = !err;
+  }
+
+  // Runs an action for a form: clears its error line, shows a failure there, refreshes on success.
+  async function attempt(errorElement, action, refresh) {
+    showError(errorElement, null);
+    try {
+      const result = await action();
+      if (refresh) await refresh();
+      return result;
+    } catch (err) {
+      showError(errorElement, err);
+      return undefined;
+    }
+  }
+
+  // Audit and task times are stored in UTC: say so rather than let them pass for local time.
+  function utc(iso) {
+    if (!iso) return "–";
+    return `${iso.replace("T", " ").slice(0, 19)} UTC`;
+  }
+
+  return { api, flash, bytes, fillTable, link, events, waitForTask, confirmByName, button, group, showError, attempt, utc };
 })();
 
 // ---------------------------------------------------------------------------------- pages
@@ -251,7 +310,7 @@ const pages = {
 
   async audit() {
     kvmgr.fillTable("audit-table", await kvmgr.api("GET", "/api/v1/audit"), [
-      (a) => (a.at || "").replace("T", " ").slice(0, 19), (a) => a.user, (a) => a.action, (a) => a.target, (a) => a.result, (a) => a.detail,
+      (a) => kvmgr.utc(a.at), (a) => a.user, (a) => a.action, (a) => a.target, (a) => a.result, (a) => a.detail,
     ]);
   },
 };
