@@ -6,7 +6,9 @@ with its task's progress shown and deleted), and a viewer who sees none of the c
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ from playwright.sync_api import expect
 
 from kvmgr.connect import open_connection
 from tests.e2e.conftest import PASSWORD, Served, screenshot
+from tests.integration.conftest import remove_vm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -25,6 +28,7 @@ POOL = "t-web-pool"
 VOL = "t-web-vol.qcow2"
 ISO = "t-web-demo.iso"
 USER = "t-web-user"
+VM = "t-web-vm"
 
 
 def _api(served: Served) -> httpx.Client:
@@ -36,12 +40,14 @@ def _api(served: Served) -> httpx.Client:
 def _remove_leftovers(served: Served) -> None:
     """Whatever a failed run left: through the API first, then libvirt directly."""
     with _api(served) as api:
+        api.delete(f"/api/v1/vms/{VM}", params={"force": "true"})
         api.delete(f"/api/v1/pools/{POOL}/volumes/{VOL}")
         api.delete(f"/api/v1/pools/{POOL}", params={"force": "true"})
         api.delete(f"/api/v1/networks/{NET}", params={"force": "true"})
         api.delete(f"/api/v1/isos/{ISO}")
         api.delete(f"/api/v1/users/{USER}")
     with open_connection() as conn:
+        remove_vm(conn, VM)
         with contextlib.suppress(libvirt.libvirtError):
             net = conn.virconn.networkLookupByName(NET)
             if net.isActive():
@@ -154,3 +160,85 @@ def test_networks_page_creates_reserves_stops_and_deletes(admin_page: Any, serve
     expect(row).to_have_count(0)
     with open_connection() as conn:
         assert NET not in conn.virconn.listNetworks() + conn.virconn.listDefinedNetworks()
+
+
+def _wait_task(api: httpx.Client, task: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while task["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        task = api.get(f"/api/v1/tasks/{task['id']}").json()
+    return task
+
+
+def _define_vm_on_pool(served: Served) -> str:
+    """A VM (never started) with a disk kvmgr makes in the pool: the volume a VM uses."""
+    with _api(served) as api:
+        body = {
+            "name": VM,
+            "memory": "128M",
+            "disks": [f"pool={POOL},size=16M"],
+            "networks": ["none"],
+            "graphics": "none",
+            "start": False,
+        }
+        task = _wait_task(api, api.post("/api/v1/vms", json=body).json())
+        assert task["state"] == "done", task
+        disks = api.get(f"/api/v1/vms/{VM}").json()["disks"]
+    return str(Path(disks[0]["source"]).name)
+
+
+def test_storage_page_pool_and_volumes(admin_page: Any, served: Served, tmp_path: Path) -> None:
+    page = admin_page
+    directory = tmp_path / "t-web-pool"
+    page.goto(f"{served.url}/storage")
+    expect(page.locator("header nav a.current")).to_have_text("Storage")
+
+    page.fill("#pool-name", POOL)
+    page.fill("#pool-path", "relative/dir")  # refused by the API, said next to the form
+    page.click("#pool-create")
+    expect(page.locator("#pool-form-error")).to_be_visible()
+    expect(page.locator("#pool-form-error")).not_to_be_empty()
+    page.fill("#pool-path", str(directory))
+    page.click("#pool-create")
+    pool_row = _row(page, "pool-table", POOL)
+    expect(pool_row).to_have_count(1)
+    expect(pool_row.locator("td").nth(3)).to_have_text("yes")
+    expect(page.locator("#vol-pool")).to_have_text(POOL)
+
+    page.fill("#vol-name", VOL)
+    page.fill("#vol-size", "64M")
+    page.select_option("#vol-format", "qcow2")
+    page.click("#vol-create")
+    vol_row = _row(page, "vol-table", VOL)
+    expect(vol_row.locator("td").nth(2)).to_have_text("64 MiB")
+    vol_row.locator("input.vol-new-size").fill("96M")
+    vol_row.get_by_role("button", name="resize", exact=True).click()
+    expect(vol_row.locator("td").nth(2)).to_have_text("96 MiB")
+    vol_row.locator("input.vol-new-size").fill("32M")  # shrinking is refused: said in words
+    vol_row.get_by_role("button", name="resize", exact=True).click()
+    expect(page.locator("#vol-error")).to_contain_text("shrink")
+    expect(vol_row.locator("td").nth(2)).to_have_text("96 MiB")
+
+    vm_disk = _define_vm_on_pool(served)
+    pool_row.get_by_role("button", name="refresh", exact=True).click()
+    used_row = _row(page, "vol-table", vm_disk)
+    expect(used_row.locator("td").nth(4)).to_have_text(f"VM {VM}")
+    expect(used_row.get_by_role("button", name="delete…")).to_be_disabled()
+    expect(used_row.locator(".reason")).to_have_text(f"in use by VM {VM}")
+    screenshot(page, "web-storage")
+    pool_row.get_by_role("button", name="delete…").click()  # refused: a VM uses a volume
+    _confirm_delete(page, POOL)
+    expect(page.locator("#pool-error")).to_contain_text(VM)
+    with _api(served) as api:
+        assert api.delete(f"/api/v1/vms/{VM}", params={"force": "true"}).status_code == 200
+
+    pool_row.get_by_role("button", name="refresh", exact=True).click()
+    expect(used_row).to_have_count(0)
+    vol_row.get_by_role("button", name="delete…").click()
+    _confirm_delete(page, VOL)
+    expect(vol_row).to_have_count(0)
+    pool_row.get_by_role("button", name="delete…").click()
+    _confirm_delete(page, POOL)
+    expect(pool_row).to_have_count(0)
+    expect(page.locator("#vol-detail")).to_be_hidden()
+    assert not directory.exists()

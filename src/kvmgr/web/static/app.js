@@ -34,7 +34,7 @@ const kvmgr = (() => {
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let n = Number(value), i = 0;
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return `${n.toFixed(n < 10 && i ? 1 : 0)} ${units[i]}`;
+    return `${n.toFixed(n < 10 && i ? 1 : 0)}\u00a0${units[i]}`;  // no-break space: "24 GiB" never splits
   }
 
   function cell(row, text) {
