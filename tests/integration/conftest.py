@@ -207,3 +207,9 @@ def module_cleanup(conn: Connection) -> Iterator[Cleanup]:
         yield registry
     finally:
         registry.run()
+
+
+@pytest.fixture(scope="session")
+def iso(demo_iso: Path) -> str:
+    """The demo ISO's path as a string, the form ``VMSpec.iso`` takes."""
+    return str(demo_iso)

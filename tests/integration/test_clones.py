@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvmgr.connect import Connection, open_connection
+from kvmgr.connect import Connection
 from kvmgr.errors import InvalidState, KvmgrError
 from kvmgr.services import clones, vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
@@ -28,23 +28,6 @@ pytestmark = pytest.mark.integration
 
 SOURCE = "t-snap-src"
 FULL, LINKED, SECOND = "t-snap-full", "t-snap-linked", "t-snap-c2c"
-DEMO_ISO_PATH = "/var/lib/kvmgr/demo/kvmgr-demo.iso"
-
-
-@pytest.fixture(scope="module")
-def conn() -> Iterator[Connection]:
-    connection = open_connection("qemu:///system")
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def iso(request: pytest.FixtureRequest) -> str:
-    with contextlib.suppress(pytest.FixtureLookupError):
-        return str(request.getfixturevalue("demo_iso"))
-    from kvmgr.images.demo_iso import build_demo_iso
-
-    return str(build_demo_iso(DEMO_ISO_PATH).path)
 
 
 def _drop(conn: Connection, *names: str) -> None:

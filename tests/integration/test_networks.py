@@ -25,7 +25,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from kvmgr.connect import Connection, open_connection
+from kvmgr.connect import Connection
 from kvmgr.errors import AlreadyExists, InvalidState
 from kvmgr.services import networks
 from kvmgr.services.networks import NetworkSpec
@@ -43,24 +43,6 @@ WEB_ISO_IP, DB_IP = "10.240.11.10", "10.240.11.20"
 NAT_GATEWAY = "10.240.10.1"
 BRIDGE, BRIDGE_ADDR = "kvt-br0", "10.240.12.1"
 BRIDGE_RANGE = ("10.240.12.100", "10.240.12.150")
-DEMO_ISO_PATH = "/var/lib/kvmgr/demo/kvmgr-demo.iso"
-
-
-@pytest.fixture(scope="module")
-def conn() -> Iterator[Connection]:
-    connection = open_connection("qemu:///system")
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def iso(request: pytest.FixtureRequest) -> str:
-    """The demo ISO: the shared ``demo_iso`` fixture when conftest offers it, else built here."""
-    with contextlib.suppress(pytest.FixtureLookupError):
-        return str(request.getfixturevalue("demo_iso"))
-    from kvmgr.images.demo_iso import build_demo_iso
-
-    return str(build_demo_iso(DEMO_ISO_PATH).path)
 
 
 def _drop_vm(conn: Connection, name: str) -> None:

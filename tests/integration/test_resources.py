@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kvmgr.connect import Connection, open_connection
+from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, KvmgrError
 from kvmgr.services import resources, stats, vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
@@ -26,24 +26,6 @@ from tests.integration.guest import GuestShell
 pytestmark = pytest.mark.integration
 
 VM = "t-cfg-live"
-DEMO_ISO_PATH = "/var/lib/kvmgr/demo/kvmgr-demo.iso"
-
-
-@pytest.fixture(scope="module")
-def conn() -> Iterator[Connection]:
-    connection = open_connection("qemu:///system")
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def iso(request: pytest.FixtureRequest) -> str:
-    """The shared ``demo_iso`` fixture when conftest offers it, else the cached build."""
-    with contextlib.suppress(pytest.FixtureLookupError):
-        return str(request.getfixturevalue("demo_iso"))
-    from kvmgr.images.demo_iso import build_demo_iso
-
-    return str(build_demo_iso(DEMO_ISO_PATH).path)
 
 
 def _remove_vm(conn: Connection, name: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from kvmgr.connect import Connection, open_connection
+from kvmgr.connect import Connection
 from kvmgr.errors import InvalidState, KvmgrError
 from kvmgr.services import snapshots, vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
@@ -27,24 +27,6 @@ pytestmark = pytest.mark.integration
 
 GUEST = "t-snap-guest"
 OFFLINE = "t-snap-tree"
-DEMO_ISO_PATH = "/var/lib/kvmgr/demo/kvmgr-demo.iso"
-
-
-@pytest.fixture(scope="module")
-def conn() -> Iterator[Connection]:
-    connection = open_connection("qemu:///system")
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def iso(request: pytest.FixtureRequest) -> str:
-    """The demo ISO: the shared ``demo_iso`` fixture when conftest offers it, else built here."""
-    with contextlib.suppress(pytest.FixtureLookupError):
-        return str(request.getfixturevalue("demo_iso"))
-    from kvmgr.images.demo_iso import build_demo_iso
-
-    return str(build_demo_iso(DEMO_ISO_PATH).path)
 
 
 def _drop(conn: Connection, name: str) -> None:
