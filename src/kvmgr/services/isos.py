@@ -333,10 +333,16 @@ def list_isos(conn: Connection, pool: str = ISO_POOL) -> list[IsoInfo]:
 
 # ----------------------------------------------------------------------------------- delete
 def _domain_xmls(dom: libvirt.virDomain) -> list[str]:
-    """The live definition, and the persistent one too when they can differ."""
-    xmls = [dom.XMLDesc(0)]
-    if dom.isActive() and dom.isPersistent():
-        xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    """The live definition, and the persistent one too when they can differ; none for a domain
+    that vanished since it was listed (a transient guest stopping meanwhile uses nothing)."""
+    try:
+        xmls = [dom.XMLDesc(0)]
+        if dom.isActive() and dom.isPersistent():
+            xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return []
+        raise
     return xmls
 
 
