@@ -242,3 +242,44 @@ def test_storage_page_pool_and_volumes(admin_page: Any, served: Served, tmp_path
     expect(pool_row).to_have_count(0)
     expect(page.locator("#vol-detail")).to_be_hidden()
     assert not directory.exists()
+
+
+def test_iso_library_imports_refuses_in_use_and_deletes(
+    admin_page: Any, served: Served, demo_iso: Path
+) -> None:
+    page = admin_page
+    page.goto(f"{served.url}/isos")
+    expect(page.locator("header nav a.current")).to_have_text("ISO library")
+
+    page.fill("#iso-path", "/nonexistent/t-web.iso")
+    page.click("#iso-import")
+    expect(page.locator("#iso-form-error")).to_contain_text("/nonexistent/t-web.iso")
+
+    page.fill("#iso-path", str(demo_iso))
+    page.fill("#iso-name", ISO)
+    page.click("#iso-import")
+    expect(page.locator("#iso-task")).to_be_visible()
+    expect(page.locator("#iso-message")).to_contain_text(f"imported {ISO}", timeout=120_000)
+    expect(page.locator("#iso-progress")).to_have_attribute("value", "100")
+    row = _row(page, "iso-table", ISO)
+    expect(row).to_have_count(1)
+    os_cell = row.locator("td").nth(1).inner_text()
+    with _api(served) as api:
+        listed = {iso["name"]: iso for iso in api.get("/api/v1/isos").json()}
+        assert listed[ISO]["os_name"] in os_cell
+        # A VM (never started) that has the ISO in its CD drive: the ISO is in use.
+        body = {"name": VM, "iso": ISO, "memory": "128M", "disks": [], "networks": ["none"]}
+        body |= {"graphics": "none", "start": False}
+        assert _wait_task(api, api.post("/api/v1/vms", json=body).json())["state"] == "done"
+    screenshot(page, "web-isos")
+
+    row.get_by_role("button", name="delete…").click()
+    _confirm_delete(page, ISO)
+    expect(page.locator("#iso-error")).to_contain_text(VM)
+    expect(row).to_have_count(1)
+    with _api(served) as api:
+        assert api.delete(f"/api/v1/vms/{VM}", params={"force": "true"}).status_code == 200
+    row.get_by_role("button", name="delete…").click()
+    _confirm_delete(page, ISO)
+    expect(row).to_have_count(0)
+    expect(page.locator("#iso-error")).to_be_hidden()

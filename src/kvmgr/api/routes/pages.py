@@ -90,6 +90,11 @@ def storage_page(request: Request, who: Viewer) -> Response:
     return render(request, who, "storage.html")
 
 
+@router.get("/isos", response_class=HTMLResponse)
+def isos_page(request: Request, who: Viewer) -> Response:
+    return render(request, who, "isos.html")
+
+
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks_page(request: Request, who: Viewer) -> Response:
     return render(request, who, "tasks.html")

@@ -260,29 +260,7 @@ const pages = {
     });
   },
 
-  async networks() {
-    const rows = await kvmgr.api("GET", "/api/v1/networks");
-    kvmgr.fillTable("net-table", rows, [
-      (n) => n.name, (n) => n.mode, (n) => n.subnet ?? "–",
-      (n) => (n.dhcp_start ? `${n.dhcp_start} – ${n.dhcp_end}` : "–"),
-      (n) => n.bridge ?? "–", (n) => (n.active ? "yes" : "no"), (n) => (n.autostart ? "yes" : "no"),
-      (n) => n.vms.join(", "),
-    ]);
-  },
-
-  async storage() {
-    const pools = await kvmgr.api("GET", "/api/v1/pools");
-    kvmgr.fillTable("pool-table", pools, [
-      (p) => p.name, (p) => p.type, (p) => p.path, (p) => (p.active ? "yes" : "no"),
-      (p) => kvmgr.bytes(p.capacity), (p) => kvmgr.bytes(p.allocation), (p) => kvmgr.bytes(p.available),
-      (p) => p.volumes,
-    ]);
-    const isos = await kvmgr.api("GET", "/api/v1/isos").catch(() => []);
-    kvmgr.fillTable("iso-table", isos, [
-      (i) => i.name, (i) => i.os_name, (i) => kvmgr.bytes(i.size),
-      (i) => `${kvmgr.bytes(i.recommended.memory)}, ${i.recommended.vcpus} vCPU`,
-    ]);
-  },
+  // networks, storage and isos: their own files (networks.js, storage.js, isos.js).
 
   async tasks() {
     const refresh = async () => renderTasks(await kvmgr.api("GET", "/api/v1/tasks"));
