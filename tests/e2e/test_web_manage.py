@@ -6,6 +6,7 @@ with its task's progress shown and deleted), and a viewer who sees none of the c
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,3 +284,91 @@ def test_iso_library_imports_refuses_in_use_and_deletes(
     _confirm_delete(page, ISO)
     expect(row).to_have_count(0)
     expect(page.locator("#iso-error")).to_be_hidden()
+
+
+def test_users_page_creates_changes_role_deletes_and_audit_says_utc(
+    admin_page: Any, served: Served
+) -> None:
+    page = admin_page
+    page.goto(f"{served.url}/users")
+    expect(page.locator("header nav a.current")).to_have_text("Users")
+    page.fill("#user-name", USER)
+    page.fill("#user-password", "short")
+    page.click("#user-create")
+    expect(page.locator("#user-form-error")).to_be_visible()
+    expect(page.locator("#user-form-error")).not_to_be_empty()
+    page.fill("#user-password", "t-web-password-1")
+    page.select_option("#user-role", "viewer")
+    page.click("#user-create")
+    row = _row(page, "user-table", USER)
+    expect(row.locator("select.user-role")).to_have_value("viewer")
+    expect(row.locator("td").nth(3)).to_contain_text("UTC")
+    row.locator("select.user-role").select_option("operator")
+    with _api(served) as api:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            roles = {u["name"]: u["role"] for u in api.get("/api/v1/users").json()}
+            if roles.get(USER) == "operator":
+                break
+            time.sleep(0.2)
+        assert roles.get(USER) == "operator"
+    me = page.locator("#user-table tbody tr:has(td:first-child:text-is('admin'))")
+    expect(me.locator("select.user-role")).to_be_disabled()
+    screenshot(page, "web-users")
+    row.get_by_role("button", name="delete…").click()
+    _confirm_delete(page, USER)
+    expect(row).to_have_count(0)
+
+    page.goto(f"{served.url}/audit")
+    expect(page.locator("header nav a.current")).to_have_text("Audit log")
+    first = page.locator("#audit-table tbody tr").first.locator("td").first
+    expect(first).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
+    expect(page.locator("#audit-table")).to_contain_text("user.delete")
+    screenshot(page, "web-audit")
+
+
+def test_viewer_sees_no_controls_and_the_api_refuses(
+    browser: Any, served: Served, clean: None
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        _login(page, served, "viewer")
+        forms = {
+            "networks": "#net-form",
+            "storage": "#pool-form",
+            "isos": "#iso-form",
+        }
+        for path, form in forms.items():
+            page.goto(f"{served.url}/{path}")
+            expect(
+                page.locator(f"#{path}-table, #net-table, #pool-table, #iso-table").first
+            ).to_be_visible()
+            expect(page.locator("tbody td").first).not_to_have_text("")
+            assert page.locator(form).count() == 0
+            assert page.locator("tbody button:not(.link-dark), .row-actions").count() == 0
+            assert page.locator("nav a.current").inner_text() in {
+                "Networks",
+                "Storage",
+                "ISO library",
+            }
+        page.goto(f"{served.url}/networks")
+        page.locator("#net-table button.link-dark", has_text="default").click()
+        expect(page.locator("#net-detail-name")).to_have_text("default")
+        assert page.locator("#res-form").count() == 0
+        screenshot(page, "web-viewer-networks")
+        assert page.locator("nav a[href='/users']").count() == 0
+        csrf = page.get_attribute("meta[name='csrf-token']", "content") or ""
+        refused = page.request.post(
+            f"{served.url}/api/v1/networks",
+            headers={"X-CSRF-Token": csrf},
+            data={"name": NET, "mode": "isolated", "subnet": SUBNET},
+        )
+        assert refused.status == 403
+        refused = page.request.delete(
+            f"{served.url}/api/v1/isos/{ISO}", headers={"X-CSRF-Token": csrf}
+        )
+        assert refused.status == 403
+        assert page.goto(f"{served.url}/users").status == 403
+    finally:
+        context.close()

@@ -269,20 +269,40 @@ const pages = {
   },
 
   async users() {
+    // Admin only (the server refuses this page to anyone else).  Role changes and deletes of
+    // one's own account are left to another admin, so nobody locks themselves out by a click.
+    const me = document.getElementById("users").dataset.me;
+    const tableError = document.getElementById("user-error");
+    const base = (name) => `/api/v1/users/${encodeURIComponent(name)}`;
+    const roleControl = (u) => {
+      const select = document.createElement("select");
+      select.className = "user-role";
+      for (const role of ["viewer", "operator", "admin"]) select.add(new Option(role, role, false, role === u.role));
+      select.disabled = u.name === me;
+      select.addEventListener("change", () => kvmgr.attempt(tableError,
+        () => kvmgr.api("PATCH", base(u.name), { role: select.value }), refresh));
+      return select;
+    };
+    const actions = (u) => {
+      if (u.name === me) return "(you)";
+      return kvmgr.button("delete…", async () => {
+        if (!await kvmgr.confirmByName(`Delete user ${u.name}? Their VMs stay.`, u.name)) return;
+        await kvmgr.attempt(tableError, () => kvmgr.api("DELETE", base(u.name)), refresh);
+      }, "danger");
+    };
     const refresh = async () => kvmgr.fillTable("user-table", await kvmgr.api("GET", "/api/v1/users"),
-      [(u) => u.name, (u) => u.role, (u) => u.group ?? "–", (u) => u.created]);
+      [(u) => u.name, roleControl, (u) => u.group ?? "–", (u) => kvmgr.utc(u.created), actions]);
     await refresh();
     document.getElementById("user-form").addEventListener("submit", async (event) => {
       event.preventDefault();
-      try {
-        await kvmgr.api("POST", "/api/v1/users", {
+      const made = await kvmgr.attempt(document.getElementById("user-form-error"), () =>
+        kvmgr.api("POST", "/api/v1/users", {
           name: document.getElementById("user-name").value,
           password: document.getElementById("user-password").value,
           role: document.getElementById("user-role").value,
           group: document.getElementById("user-group").value || null,
-        });
-        await refresh();
-      } catch (err) { kvmgr.flash(err.message); }
+        }), refresh);
+      if (made) event.target.reset();
     });
   },
 
