@@ -3,6 +3,8 @@ bad input answered with one clear line and exit status 1, never a traceback."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,26 @@ def test_clone_table_shows_seconds_rounded_like_vm_create() -> None:
     finally:
         for name in ("t-qa-copy", "t-qa-src"):
             _kvmgr(*uri, "vm", "delete", name, "--force")
+
+
+@pytest.mark.parametrize("editor", ["false", "/nonexistent/t-qa-editor"])
+def test_vm_edit_with_a_failing_editor_is_a_clean_error(
+    editor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDITOR", editor)
+    monkeypatch.delenv("VISUAL", raising=False)
+    code, output = _kvmgr("-c", "test:///default", "vm", "edit", "test")
+    assert code == 1, output
+    assert "editor" in output and editor in output, output
+
+
+def test_vm_console_of_a_missing_vm_says_so_like_every_other_command() -> None:
+    # a real process: the console wants a terminal's file descriptors, which CliRunner lacks
+    argv = ["-c", "test:///default", "vm", "console", "t-qa-nope"]
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmgr.cli.main", *argv],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
+    )  # fmt: skip
+    output = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in output, output
+    assert "VM 't-qa-nope' does not exist" in output, output

@@ -252,7 +252,13 @@ def edit_cmd(name: NameArg) -> None:
 
     text = editable_xml(conn(), name)
     while True:
-        edited = click.edit(text, extension=".xml", require_save=True)
+        try:
+            edited = click.edit(text, extension=".xml", require_save=True)
+        except click.ClickException as err:  # click's own, which Typer does not report
+            raise InvalidInput(
+                f"the editor failed: {err.format_message()}",
+                hint="set $EDITOR (or $VISUAL) to an editor that exits 0 after saving",
+            ) from err
         if edited is None or edited == text:
             console.print(f"{name}: unchanged")
             return

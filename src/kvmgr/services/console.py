@@ -45,8 +45,9 @@ class ConsoleSession:
     def __init__(self, conn: Connection, name: str, *, device: str | None = None) -> None:
         validate_name(name, what="VM name")
         self.name = name
-        with libvirt_errors(f"looking up VM {name}"):
-            self._dom = conn.virconn.lookupByName(name)
+        from kvmgr.services.vms import lookup  # the one "VM 'x' does not exist" message
+
+        self._dom = lookup(conn, name)
         if not self._dom.isActive():
             raise InvalidState(f"VM {name} is not running", hint=f"start it: kvmgr vm start {name}")
         with libvirt_errors(f"opening the console of VM {name}"):
