@@ -434,7 +434,8 @@ def build_domain(
     max_memory = spec.max_memory or memory
     domain.memory_bytes = max_memory
     domain.current_memory_bytes = memory
-    max_vcpus = spec.max_vcpus or max(vcpus, _host_cpus(conn))
+    # A modern guest can take hot-plugged vCPUs up to the host's count; an old one cannot.
+    max_vcpus = spec.max_vcpus or (max(vcpus, _host_cpus(conn)) if q35 else vcpus)
     domain.vcpus = max_vcpus
     if max_vcpus != vcpus:
         domain.vcpus_current = vcpus
@@ -448,11 +449,13 @@ def build_domain(
     domain.features.apic = True
     if domain_type == "kvm":
         domain.cpu.mode = "host-passthrough"
+        if profile.family == "winnt":
+            _add_hyperv_enlightenments(domain)
     domain.clock_offset = "localtime" if profile.family == "winnt" else "utc"
     domain.on_poweroff, domain.on_reboot, domain.on_crash = "destroy", "restart", "destroy"
     _add_disks(domain, profile, q35, iso_path, disks, volumes)
     _add_nics(domain, profile, spec.nics)
-    _add_consoles(domain)
+    _add_consoles(domain, agent_channel=profile.virtio or q35)
     _add_graphics(domain, profile, spec.graphics)
     balloon = domain.devices.memballoon
     balloon.model = "virtio" if profile.virtio else "none"
@@ -570,12 +573,32 @@ def _add_nics(domain: Domain, profile: OSProfile, nics: list[NicRequest]) -> Non
             nic.type, nic.source_network = "network", request.source
         if request.mac:
             nic.mac = request.mac.lower()
-        nic.model = request.model or ("virtio" if profile.virtio else "e1000e")
+        nic.model = request.model or _nic_model(profile)
         domain.devices.interfaces.append(nic)
 
 
-def _add_consoles(domain: Domain) -> None:
-    """A serial port with a console on it always, and the guest agent's channel."""
+def _nic_model(profile: OSProfile) -> str:
+    """virtio where the OS has the driver; else an Intel NIC its installer knows: the PCIe
+    e1000e for OSes that run on q35, the older e1000 for legacy ones (Windows XP, RHEL 5)."""
+    if profile.virtio:
+        return "virtio"
+    return "e1000e" if profile.q35 else "e1000"
+
+
+def _add_hyperv_enlightenments(domain: Domain) -> None:
+    """What virt-install and virt-manager give Windows on KVM: without them Windows spins on
+    locks and polls the APIC, and runs markedly slower."""
+    features = domain.features
+    features.hyperv_mode = "custom"
+    features.hyperv_relaxed = True
+    features.hyperv_vapic = True
+    features.hyperv_spinlocks = True
+    features.hyperv_spinlock_retries = 8191
+
+
+def _add_consoles(domain: Domain, *, agent_channel: bool) -> None:
+    """A serial port with a console on it always; the guest agent's channel where the guest
+    can have virtio-serial (the agent is how kvmgr learns IPs on bridged networks)."""
     serial = Serial()
     serial.type = "pty"
     serial.target_port = 0
@@ -583,9 +606,11 @@ def _add_consoles(domain: Domain) -> None:
     console = Console()
     console.type, console.target_type, console.target_port = "pty", "serial", 0
     domain.devices.consoles.append(console)
-    agent = Channel()
-    agent.type, agent.target_type, agent.target_name = "unix", "virtio", "org.qemu.guest_agent.0"
-    domain.devices.channels.append(agent)
+    if agent_channel:
+        agent = Channel()
+        agent.type, agent.target_type = "unix", "virtio"
+        agent.target_name = "org.qemu.guest_agent.0"
+        domain.devices.channels.append(agent)
 
 
 def _add_graphics(domain: Domain, profile: OSProfile, mode: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from kvmgr.xml.base import XMLChild, XMLChildList, XMLFlag, XMLObject, XMLProperty
+from kvmgr.xml.base import ON_OFF, XMLChild, XMLChildList, XMLFlag, XMLObject, XMLProperty
 
 # libvirt memory units -> bytes.  libvirt itself always writes KiB, but hand-written files and
 # virt-install may use others.
@@ -82,6 +82,11 @@ class Features(XMLObject):
     pae = XMLFlag("./pae")
     vmport_state = XMLProperty("./vmport/@state")
     smm_state = XMLProperty("./smm/@state")
+    hyperv_mode = XMLProperty("./hyperv/@mode", doc="custom or passthrough")
+    hyperv_relaxed = XMLProperty("./hyperv/relaxed/@state", ON_OFF)
+    hyperv_vapic = XMLProperty("./hyperv/vapic/@state", ON_OFF)
+    hyperv_spinlocks = XMLProperty("./hyperv/spinlocks/@state", ON_OFF)
+    hyperv_spinlock_retries = XMLProperty("./hyperv/spinlocks/@retries", int)
 
 
 class CPU(XMLObject):
