@@ -250,3 +250,13 @@ def test_every_mapped_field_writes_and_reads_back(cls: type[xmlbase.XMLObject]) 
             assert getattr(cls(etree.fromstring(obj.to_xml().encode())), name) is True
             setattr(obj, name, False)
             assert getattr(obj, name) is False
+
+
+LIBVIRT_SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
+
+
+@pytest.mark.skipif(not LIBVIRT_SCHEMA.exists(), reason="libvirt's schemas are not installed")
+def test_samples_are_valid_libvirt_definitions(sample: str) -> None:
+    """The samples are real definitions (libvirt's RelaxNG schema), not just well-formed XML."""
+    schema = etree.RelaxNG(etree.parse(str(LIBVIRT_SCHEMA)))
+    assert schema.validate(etree.fromstring(sample.encode())), schema.error_log.last_error
