@@ -53,7 +53,9 @@ class AppContext:
         self.bus = EventBus()
         self.runner = TaskRunner(self.store, listener=self._task_changed)
         self.console_tokens = ConsoleTokens(settings.console_token_seconds)
-        self.limiter = LoginLimiter(settings.login_attempts, settings.login_window)
+        self.limiter = LoginLimiter(
+            settings.login_attempts, settings.login_window, settings.login_address_attempts
+        )
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
         self._events: LifecycleEvents | None = None

@@ -58,25 +58,38 @@ def _key(token: str) -> str:
 
 
 class LoginLimiter:
-    """At most ``attempts`` failed logins per (user, address) within ``window`` seconds."""
+    """At most ``attempts`` failed logins per (user, address), and ``address_attempts`` per
+    address whatever the user names, within ``window`` seconds.
 
-    def __init__(self, attempts: int, window: float) -> None:
+    The per-address budget stops one host from spraying a common password over many user names;
+    a successful login clears only its own (user, address) count, so an attacker holding one
+    valid account cannot reset the address budget between sprays.
+    """
+
+    def __init__(self, attempts: int, window: float, address_attempts: int | None = None) -> None:
         self.attempts = attempts
+        self.address_attempts = address_attempts if address_attempts is not None else 4 * attempts
         self.window = window
         self._lock = threading.Lock()
         self._failures: dict[tuple[str, str], collections.deque[float]] = {}
 
-    def retry_after(self, user: str, address: str) -> float:
-        """Seconds until the next attempt is allowed; 0 when it is allowed now."""
+    def retry_after(self, user: str, address: str) -> tuple[float, str]:
+        """(seconds until the next attempt is allowed, what is limited); 0 when allowed now."""
         with self._lock:
-            failures = self._recent((user, address))
-            if len(failures) < self.attempts:
-                return 0.0
-            return max(failures[0] + self.window - time.monotonic(), 0.1)
+            for key, limit, what in (
+                ((_ANY_USER, address), self.address_attempts, "from this address"),
+                ((user, address), self.attempts, f"for {user!r}"),
+            ):
+                failures = self._recent(key)
+                if len(failures) >= limit:
+                    return max(failures[0] + self.window - time.monotonic(), 0.1), what
+            return 0.0, ""
 
     def failed(self, user: str, address: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._recent((user, address)).append(time.monotonic())
+            self._recent((user, address)).append(now)
+            self._recent((_ANY_USER, address)).append(now)
 
     def succeeded(self, user: str, address: str) -> None:
         with self._lock:
@@ -88,3 +101,7 @@ class LoginLimiter:
         while failures and failures[0] < cutoff:
             failures.popleft()
         return failures
+
+
+#: Key of the per-address count; no user name can equal it (names are validated).
+_ANY_USER = "\x00any"

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     #: Bearer token that may read /metrics without a user (for Prometheus); None: users only.
     metrics_token: str | None = None
     login_attempts: int = 5  # failed logins per user+address within login_window seconds
+    #: Failed logins per address, whatever the user names: stops spraying many names from one host.
+    login_address_attempts: int = 20
     login_window: float = 60.0
     console_token_seconds: float = 30.0
     #: Seconds between the bulk stats samples pushed to dashboards (0: no live stats).

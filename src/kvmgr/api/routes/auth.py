@@ -35,11 +35,13 @@ def _me(who: Principal) -> dict[str, Any]:
     }
 
 
-def _login(ctx: AppContext, body: Login, address: str) -> tuple[Principal, str, str]:
-    wait = ctx.limiter.retry_after(body.name, address)
+def _login(
+    ctx: AppContext, body: Login, address: str, old_cookie: str | None
+) -> tuple[Principal, str, str]:
+    wait, what = ctx.limiter.retry_after(body.name, address)
     if wait:
         raise TooManyAttempts(
-            f"too many failed logins for {body.name!r}", hint=f"try again in {wait:.0f} s"
+            f"too many failed logins {what}", hint=f"try again in {max(wait, 1):.0f} s"
         )
     with ctx.store.session() as session:
         who = users_store.authenticate(session, body.name, body.password)
@@ -47,6 +49,9 @@ def _login(ctx: AppContext, body: Login, address: str) -> tuple[Principal, str, 
             ctx.limiter.failed(body.name, address)
         else:
             ctx.limiter.succeeded(body.name, address)
+            if old_cookie:
+                # The session the browser had (perhaps planted by someone else) ends here.
+                users_store.close_web_session(session, old_cookie)
             lifetime = timedelta(hours=ctx.settings.session_hours)
             cookie, csrf = users_store.open_web_session(session, who, lifetime)
     if who is None:
@@ -64,7 +69,9 @@ async def login(
     ctx: Annotated[AppContext, Depends(get_ctx)],
 ) -> dict[str, Any]:
     address = request.client.host if request.client else "unknown"
-    who, cookie, csrf = await run_in_threadpool(_login, ctx, body, address)
+    who, cookie, csrf = await run_in_threadpool(
+        _login, ctx, body, address, request.cookies.get(SESSION_COOKIE)
+    )
     response.set_cookie(
         SESSION_COOKIE,
         cookie,
