@@ -10,10 +10,12 @@ import typer
 from kvmgr.cli.common import report_errors, state
 from kvmgr.errors import InvalidInput
 
-app = typer.Typer(invoke_without_command=True)
+# One command, not a group: its help then reads 'kvmgr serve [OPTIONS]', and shell completion is
+# installed through 'kvmgr' itself, not through each command.
+app = typer.Typer(add_completion=False)
 
 
-@app.callback()
+@app.command()
 @report_errors
 def serve(
     listen: Annotated[

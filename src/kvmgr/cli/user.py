@@ -12,7 +12,7 @@ from kvmgr.cli.output import OutputFormat, OutputOption, emit_object, emit_rows
 if TYPE_CHECKING:  # SQLAlchemy takes ~0.4 s to import: only 'kvmgr user' commands pay for it
     from kvmgr.store.db import Store
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, add_completion=False)  # completion is kvmgr's own
 
 RoleOption = typer.Option("--role", "-r", help="admin, operator or viewer")
 PasswordOption = typer.Option(
