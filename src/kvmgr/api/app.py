@@ -12,12 +12,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from kvmgr import __version__
 from kvmgr.api.context import AppContext, Unauthorized
+from kvmgr.api.deps import SAFE_METHODS, identify
 from kvmgr.api.routes import (
     audit,
     auth,
@@ -136,21 +138,34 @@ def _install_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=err.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, err: RequestValidationError) -> Response:
+    async def validation_error(request: Request, err: RequestValidationError) -> Response:
         problems = [
             {"where": ".".join(str(part) for part in item.get("loc", ())), "problem": item["msg"]}
             for item in err.errors()
         ]
         first = problems[0] if problems else {"where": "request", "problem": "invalid"}
+        message = f"{first['where']}: {first['problem']}"
+        await run_in_threadpool(_audit_refused_change, request, message)
         return JSONResponse(
             {
-                "error": f"{first['where']}: {first['problem']}",
+                "error": message,
                 "hint": "see /api/docs for the expected request",
                 "kind": "InvalidInput",
                 "problems": problems,
             },
             status_code=422,
         )
+
+
+def _audit_refused_change(request: Request, message: str) -> None:
+    """An audit row for a change refused for its shape.  Authentication and the role check ran
+    before the body was validated, so the caller is known (anonymous callers got a 401)."""
+    if request.method in SAFE_METHODS:
+        return
+    ctx: AppContext = request.app.state.ctx
+    who = identify(request, ctx)
+    if who is not None:
+        ctx.audit(who, f"{request.method} {request.url.path}", "", "error", message)
 
 
 def _wants_page(request: Request) -> bool:

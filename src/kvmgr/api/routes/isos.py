@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from kvmgr.api.deps import Admin, Ctx, Viewer
 from kvmgr.errors import KvmgrError
+from kvmgr.names import validate_name
 from kvmgr.services import isos as iso_service
 from kvmgr.store.tasks import Outcome, Report
 
@@ -19,6 +20,11 @@ router = APIRouter(prefix="/api/v1/isos", tags=["isos"])
 class IsoImport(BaseModel):
     path: str = Field(min_length=1, max_length=4096, description="path on the kvmgr host")
     name: str | None = Field(default=None, max_length=64)
+
+
+def _check_name(name: str | None) -> None:
+    if name is not None:
+        validate_name(name, what="ISO name")
 
 
 def _recommended(os_id: str) -> dict[str, Any]:
@@ -47,6 +53,9 @@ def list_isos(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
 @router.post("", status_code=202, summary="Import an ISO file from the host (a task)")
 def import_iso(body: IsoImport, who: Admin, ctx: Ctx) -> dict[str, Any]:
     label = body.name or body.path
+    if body.name is not None:
+        # Checked now, so a bad name is a 422 at once rather than a failed task later.
+        ctx.audited(who, "iso.import.request", label, lambda: _check_name(body.name))
 
     def work(report: Report) -> dict[str, Any]:
         def progress(done: int, total: int) -> None:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator, Viewer
+from kvmgr.names import validate_name
 from kvmgr.services import clones as clone_service
 from kvmgr.services import snapshots as snap_service
 from kvmgr.store import users as users_store
@@ -33,10 +34,24 @@ class CloneCreate(BaseModel):
 
 
 def _task(
-    ctx: AppContext, who: Principal, vm: str, action: str, target: str, work: Work
+    ctx: AppContext,
+    who: Principal,
+    vm: str,
+    action: str,
+    target: str,
+    work: Work,
+    names: tuple[tuple[str | None, str], ...] = (),
 ) -> dict[str, Any]:
-    """Check ownership now (a refusal is a 403, not a failed task), then run ``work`` as a task."""
-    ctx.audited(who, f"{action}.request", target, lambda: ctx.check_vm(ctx.conn(), who, vm))
+    """Check the new ``names`` (value, what) and ownership now, so a refusal is a 422 or 403 at
+    once rather than a failed task later; then run ``work`` as a task."""
+
+    def check() -> None:
+        for value, what in names:
+            if value is not None:
+                validate_name(value, what=what)
+        ctx.check_vm(ctx.conn(), who, vm)
+
+    ctx.audited(who, f"{action}.request", target, check)
 
     def done(outcome: Outcome) -> None:
         ctx.audit(who, action, target, "ok" if outcome.ok else "error", outcome.error or "")
@@ -67,7 +82,8 @@ def create_snapshot(name: str, body: SnapshotCreate, who: Operator, ctx: Ctx) ->
             disk_only=body.disk_only,
         ).as_dict()
 
-    return _task(ctx, who, name, "snapshot.create", f"{name}/{body.name}", work)
+    names = ((body.name, "snapshot name"),)
+    return _task(ctx, who, name, "snapshot.create", f"{name}/{body.name}", work, names)
 
 
 @router.post(
@@ -111,4 +127,5 @@ def clone_vm(name: str, body: CloneCreate, who: Operator, ctx: Ctx) -> dict[str,
             users_store.record_owner(session, result.uuid, result.name, who)
         return result.as_dict()
 
-    return _task(ctx, who, name, "vm.clone", f"{name}->{body.name}", work)
+    names = ((body.name, "VM name"), (body.snapshot, "snapshot name"))
+    return _task(ctx, who, name, "vm.clone", f"{name}->{body.name}", work, names)

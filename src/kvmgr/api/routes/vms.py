@@ -12,6 +12,7 @@ from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator, Viewer
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput
+from kvmgr.names import validate_name
 from kvmgr.services import create as create_service
 from kvmgr.services import resources as resources_service
 from kvmgr.services import vms as vms_service
@@ -105,6 +106,7 @@ def vm_resources(name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- create
 def _spec(body: VMCreate) -> create_service.VMSpec:
+    validate_name(body.name, what="VM name")
     disks = [create_service.parse_disk_option(text) for text in body.disks if text != "default"]
     nics = [create_service.parse_network_option(text) for text in body.networks]
     spec = create_service.VMSpec(
