@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
@@ -52,6 +53,20 @@ def console_token(
     }
 
 
+def same_origin(websocket: WebSocket) -> bool:
+    """False when a browser opens the socket from a page of another site.
+
+    Browsers send any page's Origin on a websocket handshake and CORS does not apply, so this is
+    the check that keeps another site's page off the console.  Clients that are not browsers
+    send no Origin and rely on the token alone.
+    """
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    host = websocket.headers.get("host", "")
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
 def _admit(ctx: AppContext, token: str, name: str, kind: str) -> Principal | None:
     """The token's user, if valid and (still) allowed to act on the VM."""
     who = ctx.console_tokens.redeem(token, name, kind)
@@ -70,7 +85,7 @@ async def serial_console(
 ) -> None:
     ctx: AppContext = websocket.app.state.ctx
     who = await run_in_threadpool(_admit, ctx, token, name, "serial")
-    if who is None:
+    if who is None or not same_origin(websocket):
         await websocket.close(code=CLOSE_REFUSED)  # before accept: the handshake gets 403
         return
     await websocket.accept()
@@ -159,7 +174,7 @@ async def vnc_console(
 ) -> None:
     ctx: AppContext = websocket.app.state.ctx
     who = await run_in_threadpool(_admit, ctx, token, name, "vnc")
-    if who is None:
+    if who is None or not same_origin(websocket):
         await websocket.close(code=CLOSE_REFUSED)
         return
     wants_binary = "binary" in websocket.scope.get("subprotocols", [])
