@@ -134,7 +134,8 @@ def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
             for dom in conn.virconn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
         }
     rows = [_summary(dom, stats, autostart) for dom, stats in records]
-    if with_ips:
+    if with_ips and any(row.state == "running" for row in rows):
+        # imported only when some VM can have an address: ~10 ms of a short command's start-up
         from kvmgr.services.networks import discover_ips
 
         for row, (dom, _stats) in zip(rows, records, strict=True):
