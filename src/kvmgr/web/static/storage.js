@@ -11,15 +11,24 @@ pages.storage = async () => {
   const volBase = (pool, name) => `${poolBase(pool)}/volumes/${encodeURIComponent(name)}`;
   let selected = null;
 
+  async function deletePool(p, force) {
+    const count = `${p.volumes} volume${p.volumes === 1 ? "" : "s"}`;
+    const question = force
+      ? `Delete storage pool ${p.name} and its ${count}? Their data is gone for good.`
+      : `Delete storage pool ${p.name}? Its directory goes too if empty; the pool must hold no volumes.`;
+    if (!await kvmgr.confirmByName(question, p.name)) return;
+    await kvmgr.attempt(poolError, async () => {
+      await kvmgr.api("DELETE", poolBase(p.name) + (force ? "?force=true" : ""));
+      if (selected === p.name) { selected = null; document.getElementById("vol-detail").hidden = true; }
+    }, refresh);
+  }
+
   const poolActions = (p) => kvmgr.group(
     kvmgr.button("refresh", () => kvmgr.attempt(poolError, () => kvmgr.api("POST", `${poolBase(p.name)}/refresh`), refresh), "secondary"),
-    kvmgr.button("delete…", async () => {
-      if (!await kvmgr.confirmByName(`Delete storage pool ${p.name}? Its directory goes too if empty; the pool must hold no volumes.`, p.name)) return;
-      await kvmgr.attempt(poolError, async () => {
-        await kvmgr.api("DELETE", poolBase(p.name));
-        if (selected === p.name) { selected = null; document.getElementById("vol-detail").hidden = true; }
-      }, refresh);
-    }, "danger"),
+    kvmgr.button("delete…", () => deletePool(p, false), "danger"),
+    // A pool that still holds volumes: the plain delete is refused, so offer the API's force,
+    // which deletes exactly the pool's volumes (and is still refused while a VM uses one).
+    p.volumes ? kvmgr.button("delete with its volumes…", () => deletePool(p, true), "danger") : null,
   );
 
   const poolColumns = [
