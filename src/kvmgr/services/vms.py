@@ -10,14 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, InvalidState, NotFound, libvirt_errors, translate
 from kvmgr.names import validate_name
-from kvmgr.xml.domain import Domain
+
+if TYPE_CHECKING:  # the XML model (lxml) is imported when a definition is read: 'vm list' never
+    from kvmgr.xml.domain import Domain
 
 STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -113,7 +115,10 @@ def definition(dom: libvirt.virDomain, *, inactive: bool = False) -> Domain:
     if inactive:
         flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
     with libvirt_errors(f"reading the definition of VM {dom.name()}"):
-        return Domain.from_xml(dom.XMLDesc(flags))
+        xml = dom.XMLDesc(flags)
+    from kvmgr.xml.domain import Domain
+
+    return Domain.from_xml(xml)
 
 
 # ------------------------------------------------------------------------------------ inventory
