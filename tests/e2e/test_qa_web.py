@@ -5,9 +5,11 @@ page deletes a pool that still holds volumes through the type-the-name dialog.""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import libvirt
@@ -141,3 +143,49 @@ def test_storage_page_deletes_a_pool_with_its_volumes(
     assert not pool_with_volumes.exists()
     with _api(served) as api:
         assert api.get(f"/api/v1/pools/{POOL}").status_code == 404
+
+
+@pytest.mark.parametrize("target", ["/\\127.0.0.2:9/", "/\t/127.0.0.2:9/", "//127.0.0.2:9/"])
+def test_login_never_redirects_to_another_origin(browser: Any, served: Served, target: str) -> None:
+    # Browsers read '/\host' (and '/<tab>/host') as '//host': the old prefix check let them out.
+    # The foreign origin is a loopback address, and every request off the served origin is
+    # aborted, so a failing run sends nothing anywhere.
+    context = browser.new_context()
+    left: list[str] = []
+
+    def keep_home(route: Any) -> None:
+        if route.request.url.startswith(served.url):
+            route.continue_()
+        else:
+            left.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", keep_home)
+    page = context.new_page()
+    try:
+        page.goto(f"{served.url}/login?next={quote(target, safe='')}")
+        page.fill("#login-name", "admin")
+        page.fill("#login-password", PASSWORD)
+        page.click("#login-submit")
+        deadline = time.monotonic() + 15
+        while not left and "/login" in page.url:  # until the page went somewhere
+            assert time.monotonic() < deadline, "the login did not navigate"
+            page.wait_for_timeout(50)
+        assert left == []
+        assert page.url.startswith(served.url + "/")
+    finally:
+        context.close()
+
+
+def test_login_still_returns_to_the_page_asked_for(browser: Any, served: Served) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{served.url}/storage")  # not logged in: sent to the login page
+        page.wait_for_url(f"{served.url}/login?next=/storage")
+        page.fill("#login-name", "admin")
+        page.fill("#login-password", PASSWORD)
+        page.click("#login-submit")
+        page.wait_for_url(f"{served.url}/storage")
+    finally:
+        context.close()

@@ -2,6 +2,15 @@
 // the page with textContent, never innerHTML, so a VM or user name cannot inject markup.
 "use strict";
 
+// Where to go after login: a path of this site only.  Resolved by the browser's own URL parser,
+// because browsers read '/\host' and '/<tab>/host' as '//host' (another site).
+function sameOriginPath(next) {
+  if (!next) return "/";
+  let target;
+  try { target = new URL(next, location.origin); } catch { return "/"; }
+  return target.origin === location.origin ? target.pathname + target.search + target.hash : "/";
+}
+
 const kvmgr = (() => {
   const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
 
@@ -160,8 +169,7 @@ const pages = {
           name: document.getElementById("login-name").value,
           password: document.getElementById("login-password").value,
         });
-        const next = new URLSearchParams(location.search).get("next");
-        location.href = next && next.startsWith("/") && !next.startsWith("//") ? next : "/";
+        location.href = sameOriginPath(new URLSearchParams(location.search).get("next"));
       } catch (err) {
         error.textContent = err.message;
         error.hidden = false;
