@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from kvmgr import __version__
 from kvmgr.api.context import AppContext, Unauthorized
 from kvmgr.api.deps import SAFE_METHODS, identify
+from kvmgr.api.limits import MAX_BODY_BYTES, BodyLimit
 from kvmgr.api.routes import (
     audit,
     auth,
@@ -114,6 +115,8 @@ def create_app(settings: Settings, *, context: AppContext | None = None) -> Fast
     app.include_router(web_pages.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static", check_dir=False), "static")
     _install_handlers(app)
+    # Outermost, so an oversized body is refused before anything reads it.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, headers=SECURITY_HEADERS)
     return app
 
 
@@ -139,17 +142,24 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> Response:
+        errors = err.errors()
         problems = [
             {"where": ".".join(str(part) for part in item.get("loc", ())), "problem": item["msg"]}
-            for item in err.errors()
+            for item in errors
         ]
         first = problems[0] if problems else {"where": "request", "problem": "invalid"}
         message = f"{first['where']}: {first['problem']}"
+        hint = "see /api/docs for the expected request"
+        if errors and errors[0].get("type") == "json_invalid":
+            # FastAPI names the place as 'body.<character offset>': say what it means.
+            at = errors[0].get("loc", ("body", "?"))[-1]
+            message = f"the request body is not valid JSON (at character {at})"
+            hint = "send a JSON object with the fields shown in /api/docs"
         await run_in_threadpool(_audit_refused_change, request, message)
         return JSONResponse(
             {
                 "error": message,
-                "hint": "see /api/docs for the expected request",
+                "hint": hint,
                 "kind": "InvalidInput",
                 "problems": problems,
             },
