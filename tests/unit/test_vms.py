@@ -311,3 +311,28 @@ def test_network_option(text: str, expected: NicRequest | None) -> None:
 def test_bad_network_option(text: str) -> None:
     with pytest.raises(InvalidInput):
         create_mod.parse_network_option(text)
+
+
+# ------------------------------------------------------------------------------ adopted names
+def test_a_vm_named_by_hand_stays_manageable(conn: Connection) -> None:
+    """virsh accepts names kvmgr would never give; such a VM must still be managed."""
+    from kvmgr.services import resources
+
+    odd = "web server #1 (Café)"
+    domain = Domain.from_xml((SAMPLES / "virt-install-centos7.xml").read_text())
+    domain.type, domain.name, domain.uuid = "test", odd, None
+    domain.element.attrib.pop("id", None)
+    conn.virconn.defineXML(domain.to_xml())
+    assert odd in {row.name for row in vms.list_vms(conn)}
+    assert vms.vm_info(conn, odd)["name"] == odd
+    vms.start(conn, odd)
+    resources.set_resources(conn, odd, memory=1024 * MIB)
+    vms.force_off(conn, odd)
+    vms.delete(conn, odd)
+    assert odd not in domain_names(conn)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "tab\there", "x" * 256])
+def test_names_no_libvirt_object_can_have_are_refused(conn: Connection, name: str) -> None:
+    with pytest.raises(InvalidInput):
+        vms.vm_info(conn, name)

@@ -26,7 +26,7 @@ import libvirt
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, InvalidState, OperationFailed, libvirt_errors
-from kvmgr.names import validate_name
+from kvmgr.names import validate_existing_name
 
 #: How long a read sleeps between polls of a stream with no data: low CPU, ~20 ms latency.
 POLL_INTERVAL = 0.02
@@ -43,7 +43,7 @@ class ConsoleSession:
     """An open serial console of one running VM."""
 
     def __init__(self, conn: Connection, name: str, *, device: str | None = None) -> None:
-        validate_name(name, what="VM name")
+        validate_existing_name(name, what="VM name")
         self.name = name
         from kvmgr.services.vms import lookup  # the one "VM 'x' does not exist" message
 

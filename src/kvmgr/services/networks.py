@@ -32,7 +32,7 @@ from kvmgr.errors import (
     Unsupported,
     libvirt_errors,
 )
-from kvmgr.names import validate_name
+from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.xml.base import XMLObject
 from kvmgr.xml.domain import Domain
 from kvmgr.xml.interface import HostInterface
@@ -110,7 +110,7 @@ class NetworkInfo:
 
 # ----------------------------------------------------------------------------------- lookups
 def _lookup(conn: Connection, name: str) -> libvirt.virNetwork:
-    validate_name(name, what="network name")
+    validate_existing_name(name, what="network name")
     try:
         return conn.virconn.networkLookupByName(name)
     except libvirt.libvirtError as err:
@@ -620,7 +620,7 @@ def normalize_mac(mac: str) -> str:
 
 
 def _vm_mac(conn: Connection, vm: str, network: str) -> str:
-    validate_name(vm, what="VM name")
+    validate_existing_name(vm, what="VM name")
     try:
         dom = conn.virconn.lookupByName(vm)
     except libvirt.libvirtError as err:
@@ -854,7 +854,7 @@ def _arp_from_daemon_table(conn: Connection, dom: libvirt.virDomain) -> list[tup
 def _domain(conn: Connection, domain: libvirt.virDomain | str) -> libvirt.virDomain:
     if not isinstance(domain, str):
         return domain
-    validate_name(domain, what="VM name")
+    validate_existing_name(domain, what="VM name")
     try:
         return conn.virconn.lookupByName(domain)
     except libvirt.libvirtError as err:

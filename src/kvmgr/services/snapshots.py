@@ -53,7 +53,7 @@ from kvmgr.errors import (
     libvirt_errors,
     translate,
 )
-from kvmgr.names import validate_name
+from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.services import vms
 from kvmgr.services.locks import vm_lock
 from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
@@ -90,7 +90,7 @@ class SnapshotInfo:
 
 # ============================================================================ reading
 def _lookup_snapshot(dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnapshot:
-    validate_name(name, what="snapshot name")
+    validate_existing_name(name, what="snapshot name")
     try:
         return dom.snapshotLookupByName(name, 0)
     except libvirt.libvirtError as err:

@@ -19,7 +19,7 @@ import libvirt
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, NotFound, libvirt_errors
-from kvmgr.names import validate_name
+from kvmgr.names import validate_existing_name
 from kvmgr.services.vms import STATE_NAMES
 
 STATS_GROUPS = (
@@ -103,7 +103,7 @@ def collect(
 def _domains(conn: Connection, names: list[str]) -> list[libvirt.virDomain]:
     """The named domains from one listing call (not one lookup per name)."""
     for name in names:
-        validate_name(name, what="VM name")
+        validate_existing_name(name, what="VM name")
     by_name = {dom.name(): dom for dom in conn.virconn.listAllDomains(0)}
     missing = [name for name in names if name not in by_name]
     if missing:

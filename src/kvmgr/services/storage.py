@@ -26,7 +26,7 @@ from kvmgr.errors import (
     libvirt_errors,
     translate,
 )
-from kvmgr.names import validate_name
+from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.units import format_size, parse_size
 from kvmgr.xml.domain import Disk, Domain
 from kvmgr.xml.storage import StoragePool, StorageVolume
@@ -214,7 +214,7 @@ class VolumeInfo:
 
 
 def _lookup_pool(conn: Connection, name: str) -> libvirt.virStoragePool:
-    validate_name(name, what="pool name")
+    validate_existing_name(name, what="pool name")
     try:
         return conn.virconn.storagePoolLookupByName(name)
     except libvirt.libvirtError as err:

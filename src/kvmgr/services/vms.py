@@ -16,7 +16,7 @@ import libvirt
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, InvalidState, NotFound, libvirt_errors, translate
-from kvmgr.names import validate_name
+from kvmgr.names import validate_existing_name
 
 if TYPE_CHECKING:  # the XML model (lxml) is imported when a definition is read: 'vm list' never
     from kvmgr.xml.domain import Domain
@@ -79,7 +79,7 @@ _SUMMARY_FIELDS = tuple(item.name for item in fields(VMSummary))
 # ------------------------------------------------------------------------------------ lookup
 def lookup(conn: Connection, name: str) -> libvirt.virDomain:
     """The domain called ``name``, or :class:`NotFound` saying how to list the others."""
-    validate_name(name, what="VM name")
+    validate_existing_name(name, what="VM name")
     try:
         return conn.virconn.lookupByName(name)
     except libvirt.libvirtError as err:
