@@ -152,11 +152,18 @@ def revoke_token(session: Session, user_name: str, token_id: int) -> None:
     session.delete(token)
 
 
+#: A token's ``last_used`` is rewritten at most this often: writing it on every request made each
+#: API call a database write and commit (~1 ms of a ~5 ms GET /api/v1/vms at 100 VMs).
+TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
 def principal_for_token(session: Session, token: str) -> Principal | None:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest(token)))
     if row is None:
         return None
-    row.last_used = utcnow()
+    now = utcnow()
+    if row.last_used is None or aware(row.last_used) <= now - TOKEN_TOUCH_INTERVAL:
+        row.last_used = now
     user = session.get(User, row.user_id)
     return _principal(user) if user else None
 
