@@ -7,9 +7,26 @@ document.addEventListener("DOMContentLoaded", () => {
   const base = `/api/v1/vms/${encodeURIComponent(name)}`;
   const stateBadge = document.getElementById("vm-state");
 
+  // Only the power actions that make sense in the VM's state are offered; the server refuses
+  // the others anyway, this just spares the click.
+  const allowed = {
+    "running": ["shutdown", "reboot", "off", "pause"],
+    "paused": ["resume", "off"],
+    "shut off": ["start"],
+    "crashed": ["start", "off"],
+  };
+  const showState = (state) => {
+    stateBadge.textContent = state;
+    const ok = allowed[state];
+    document.querySelectorAll("[data-action]").forEach((button) => {
+      button.disabled = ok !== undefined && !ok.includes(button.dataset.action);
+    });
+  };
+  showState(stateBadge.textContent.trim());
+
   const refreshState = async () => {
     const info = await kvmgr.api("GET", base).catch(() => null);
-    if (info) stateBadge.textContent = info.state;
+    if (info) showState(info.state);
   };
   kvmgr.events((event) => {
     if (event.type === "vm" && event.name === name) refreshState();
@@ -21,9 +38,11 @@ document.addEventListener("DOMContentLoaded", () => {
       try {
         const query = button.dataset.action === "shutdown" ? "?force=true&timeout=60" : "";
         const result = await kvmgr.api("POST", `${base}/${button.dataset.action}${query}`);
-        stateBadge.textContent = result.state;
-      } catch (err) { kvmgr.flash(err.message); }
-      button.disabled = false;
+        showState(result.state);
+      } catch (err) {
+        kvmgr.flash(err.message);
+        await refreshState();
+      }
     });
   });
 
