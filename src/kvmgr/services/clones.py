@@ -30,7 +30,6 @@ from kvmgr.errors import (
     AlreadyExists,
     InvalidState,
     KvmgrError,
-    NotFound,
     Unsupported,
     libvirt_errors,
 )
@@ -251,14 +250,9 @@ def _refuse_unmark(conn: Connection, name: str) -> None:
 
 def linked_clones(conn: Connection, name: str) -> list[str]:
     """VMs whose kvmgr metadata names ``name`` as their linked base."""
-    found = []
-    with libvirt_errors("listing VMs"):
-        domains = conn.virconn.listAllDomains(0)
-    for dom in domains:
-        try:
-            meta = vms.definition(dom, inactive=True).kvmgr_metadata()
-        except NotFound:
-            continue  # deleted while we looked: it is nobody's clone any more
+    found = set()
+    for dom, spec in vms.all_definitions(conn):
+        meta = spec.kvmgr_metadata()
         if meta is not None and meta.linked_base == name:
-            found.append(dom.name())
+            found.add(dom.name())
     return sorted(found)

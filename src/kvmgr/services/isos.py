@@ -40,6 +40,7 @@ from kvmgr.errors import (
 from kvmgr.names import validate_name
 from kvmgr.osinfo import Detection, IsoDescriptor, detect_descriptor, read_descriptor
 from kvmgr.osinfo.iso import SECTOR_SIZE, parse_descriptor_set
+from kvmgr.services import vms
 from kvmgr.xml.domain import Domain
 from kvmgr.xml.storage import StorageVolume
 
@@ -332,30 +333,13 @@ def list_isos(conn: Connection, pool: str = ISO_POOL) -> list[IsoInfo]:
 
 
 # ----------------------------------------------------------------------------------- delete
-def _domain_xmls(dom: libvirt.virDomain) -> list[str]:
-    """The live definition, and the persistent one too when they can differ; none for a domain
-    that vanished since it was listed (a transient guest stopping meanwhile uses nothing)."""
-    try:
-        xmls = [dom.XMLDesc(0)]
-        if dom.isActive() and dom.isPersistent():
-            xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return []
-        raise
-    return xmls
-
-
 def domains_using(conn: Connection, path: str, pool: str, name: str) -> list[str]:
     """Names of defined or running domains with a disk whose source is this volume."""
-    users: list[str] = []
-    with libvirt_errors("listing domains"):
-        domains = conn.virconn.listAllDomains(0)
-        for dom in domains:
-            for xml in _domain_xmls(dom):
-                if _uses_volume(Domain.from_xml(xml), path, pool, name):
-                    users.append(dom.name())
-                    break
+    users = {
+        dom.name()
+        for dom, domain in vms.all_definitions(conn)
+        if _uses_volume(domain, path, pool, name)
+    }
     return sorted(users)
 
 

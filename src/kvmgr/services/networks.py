@@ -157,24 +157,6 @@ def _subnet_of(ip: NetworkIP) -> Subnet:
 
 
 # ----------------------------------------------------------------------------------- VM usage
-def _domain_models(conn: Connection, *, include_config: bool) -> Iterator[tuple[str, Domain]]:
-    """Every domain's live XML and, with ``include_config``, its persistent XML as well.
-
-    One listAllDomains call and one XMLDesc per domain: libvirt has no bulk XML call.
-    """
-    with libvirt_errors("listing VMs"):
-        domains = conn.virconn.listAllDomains(0)
-    for dom in domains:
-        try:
-            yield dom.name(), Domain.from_xml(dom.XMLDesc(0))
-            if include_config and dom.isActive() and dom.isPersistent():
-                yield dom.name(), Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        except libvirt.libvirtError as err:
-            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise KvmgrError(f"reading VM {dom.name()} failed: {err}") from err
-            # the VM vanished while we listed: it uses nothing any more
-
-
 def _uses_network(domain: Domain, name: str, bridge: str | None) -> bool:
     for iface in domain.devices.interfaces:
         # a running VM's live XML turns type 'network' into the type it resolved to, but keeps
@@ -189,7 +171,10 @@ def _uses_network(domain: Domain, name: str, bridge: str | None) -> bool:
 def _vms_by_network(conn: Connection, models: dict[str, Network]) -> dict[str, list[str]]:
     """Network name -> sorted names of the VMs attached to it, from one pass over the VMs."""
     users: dict[str, set[str]] = {name: set() for name in models}
-    for vm, domain in _domain_models(conn, include_config=True):
+    from kvmgr.services.vms import all_definitions
+
+    for dom, domain in all_definitions(conn):
+        vm = dom.name()
         for name, model in models.items():
             # a host bridge in bridge mode is shared with non-libvirt users: match by network only
             bridge = None if model.mode == "bridge" else model.bridge_name

@@ -737,18 +737,11 @@ def _choose_mac(conn: Connection, mac: str | None) -> str:
 
 
 def _macs_in_use(conn: Connection) -> dict[str, str]:
-    with libvirt_errors("listing VMs"):
-        doms = conn.virconn.listAllDomains(0)
     used: dict[str, str] = {}
-    for other in doms:
-        for inactive in (False, True):
-            if inactive and not other.isPersistent():
-                continue
-            if not inactive and not other.isActive():
-                continue
-            for nic in vms.definition(other, inactive=inactive).devices.interfaces:
-                if nic.mac:
-                    used[nic.mac.lower()] = other.name()
+    for other, spec in vms.all_definitions(conn):
+        for nic in spec.devices.interfaces:
+            if nic.mac:
+                used[nic.mac.lower()] = other.name()
     return used
 
 

@@ -28,7 +28,7 @@ from kvmgr.errors import (
 )
 from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.units import format_size, parse_size
-from kvmgr.xml.domain import Disk, Domain
+from kvmgr.xml.domain import Disk
 from kvmgr.xml.storage import StoragePool, StorageVolume
 
 DEFAULT_POOL = "default"
@@ -387,26 +387,15 @@ def volume_users(conn: Connection) -> dict[str, list[str]]:
     One pass over all domains and pools; libvirt has no "who uses this file" call.
     """
     users: dict[str, set[str]] = {}
-    for vm, domain in _domain_models(conn):
+    from kvmgr.services.vms import all_definitions
+
+    for dom, domain in all_definitions(conn):
         for disk in domain.devices.disks:
             for path in _disk_paths(conn, disk):
-                users.setdefault(path, set()).add(f"VM {vm}")
+                users.setdefault(path, set()).add(f"VM {dom.name()}")
     for vol_name, backing in _volume_backings(conn):
         users.setdefault(backing, set()).add(f"volume {vol_name}")
     return {path: sorted(names) for path, names in users.items()}
-
-
-def _domain_models(conn: Connection) -> Iterator[tuple[str, Domain]]:
-    with libvirt_errors("listing VMs"):
-        domains = conn.virconn.listAllDomains(0)
-    for dom in domains:
-        try:
-            yield dom.name(), Domain.from_xml(dom.XMLDesc(0))
-            if dom.isActive() and dom.isPersistent():  # the saved definition may differ
-                yield dom.name(), Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        except libvirt.libvirtError as err:
-            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise translate(err, f"reading VM {dom.name()}") from err
 
 
 def _disk_paths(conn: Connection, disk: Disk) -> list[str]:

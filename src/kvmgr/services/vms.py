@@ -8,7 +8,7 @@ virsh or by hand as for VMs kvmgr made: kvmgr reads libvirt's definition, it kee
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +119,30 @@ def definition(dom: libvirt.virDomain, *, inactive: bool = False) -> Domain:
     from kvmgr.xml.domain import Domain
 
     return Domain.from_xml(xml)
+
+
+def all_definitions(
+    conn: Connection, *, include_config: bool = True
+) -> Iterator[tuple[libvirt.virDomain, Domain]]:
+    """Every VM's current definition and, with ``include_config``, a running persistent VM's
+    saved one too (a hot-plugged disk is only in the first, a pending change only in the second).
+
+    The one place that answers "which VMs use X": one listAllDomains call, then one XMLDesc per
+    definition (libvirt has no bulk XML call).  A VM removed while we read is skipped: it uses
+    nothing any more.
+    """
+    with libvirt_errors("listing VMs"):
+        domains = conn.virconn.listAllDomains(0)
+    for dom in domains:
+        try:
+            yield dom, definition(dom)
+            if include_config and dom.isActive() and dom.isPersistent():
+                yield dom, definition(dom, inactive=True)
+        except NotFound:
+            continue
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise translate(err, f"reading VM {dom.name()}") from err
 
 
 # ------------------------------------------------------------------------------------ inventory
@@ -427,20 +451,16 @@ def _refuse_if_others_need(conn: Connection, name: str, paths: list[str]) -> Non
     if not paths:
         return
     wanted = set(paths)
-    users: list[str] = []
-    with libvirt_errors("listing VMs"):
-        others = [dom for dom in conn.virconn.listAllDomains(0) if dom.name() != name]
-    for other in others:
-        try:
-            spec = definition(other, inactive=True)
-        except NotFound:
-            continue  # removed while we looked: it needs nothing any more
+    users: set[str] = set()
+    for other, spec in all_definitions(conn):
+        if other.name() == name:
+            continue
         meta = spec.kvmgr_metadata()
         uses_disk = any(
             disk.source_path in wanted or disk.backing_file in wanted for disk in spec.devices.disks
         )
         if uses_disk or (meta is not None and meta.linked_base == name):
-            users.append(other.name())
+            users.add(other.name())
     if users:
         raise InvalidState(
             f"VM {name!r} has disks that other VMs need: {', '.join(sorted(users))}",
