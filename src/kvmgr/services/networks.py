@@ -31,6 +31,7 @@ from kvmgr.errors import (
     NotFound,
     Unsupported,
     libvirt_errors,
+    translate,
 )
 from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.xml.base import XMLObject
@@ -116,16 +117,14 @@ def _lookup(conn: Connection, name: str) -> libvirt.virNetwork:
     except libvirt.libvirtError as err:
         if err.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
             raise NotFound(f"network {name!r} does not exist", hint="see 'kvmgr net list'") from err
-        raise KvmgrError(f"looking up network {name} failed: {err.get_error_message()}") from err
+        raise translate(err, f"looking up network {name}") from err
 
 
 def _exists(conn: Connection, name: str) -> bool:
     try:
-        conn.virconn.networkLookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-            return False
-        raise
+        _lookup(conn, name)
+    except NotFound:
+        return False
     return True
 
 
