@@ -210,12 +210,14 @@ def forget_owner(session: Session, uuid: str) -> None:
 
 def may_act_on_vm(session: Session, who: Principal, uuid: str) -> bool:
     """Admins act on every VM; operators on those they or their group own; viewers on none."""
+    return may_act_given_owner(who, session.get(VMOwner, uuid))
+
+
+def may_act_given_owner(who: Principal, row: VMOwner | None) -> bool:
+    """The rule of :func:`may_act_on_vm` for an owner row already loaded (lists load them all)."""
     if who.at_least(Role.admin):
         return True
-    if not who.at_least(Role.operator):
-        return False
-    row = session.get(VMOwner, uuid)
-    if row is None:
+    if not who.at_least(Role.operator) or row is None:
         return False
     return row.owner == who.name or (who.group is not None and row.group == who.group)
 

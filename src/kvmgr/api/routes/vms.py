@@ -82,7 +82,7 @@ def _with_owners(ctx: AppContext, who: Principal, rows: list[dict[str, Any]]) ->
         for row in rows:
             owner = owners.get(row["uuid"])
             row["owner"] = owner.owner if owner else None
-            row["may_act"] = users_store.may_act_on_vm(session, who, row["uuid"])
+            row["may_act"] = users_store.may_act_given_owner(who, owner)
 
 
 class VMRow(BaseModel):
