@@ -22,7 +22,13 @@ _TEXT = st.one_of(
     st.sampled_from(["t-api-none", "", "..", "../etc", "<script>", "'\"", "0", "-1", "1G", "%00"]),
 )
 _JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), _TEXT),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        _TEXT,
+    ),
     lambda children: st.one_of(
         st.lists(children, max_size=3), st.dictionaries(_TEXT, children, max_size=4)
     ),
