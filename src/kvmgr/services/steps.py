@@ -1,0 +1,113 @@
+"""What a multi-step operation tells its journal, before each step acts.
+
+Services hold no database, yet an operation killed half way (``kill -9`` of the CLI, of the
+server, a reboot) must be finished or undone by the next kvmgr process.  So every service that
+makes or removes things in several steps takes a :class:`Steps` and, *before* each step acts,
+says how to undo it (:meth:`Steps.undo_with`) or, past the point of no return, how to finish it
+(:meth:`Steps.finish_with`).  Both name an action of :data:`ACTIONS` plus JSON arguments, so a
+process that never saw the operation can run them from the journal.
+
+Actions must be idempotent: the step may never have happened (killed between the record and the
+act), or may have been undone already (killed during recovery).
+
+The control plane gives services a journal-backed :class:`Steps`; library callers and unit tests
+get :class:`LocalSteps`, which keeps the same records in memory and rolls back in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kvmgr.connect import Connection
+
+#: An idempotent recovery action: the connection of the host the operation ran on, its arguments.
+Action = Callable[[Connection, dict[str, Any]], None]
+
+#: Every action a journal may name, by name ("volume.delete", "domain.undefine", ...).
+ACTIONS: dict[str, Action] = {}
+
+
+def recovery_action(name: str) -> Callable[[Action], Action]:
+    """Register ``func`` as the action ``name`` that journals may name."""
+
+    def register(func: Action) -> Action:
+        if name in ACTIONS and ACTIONS[name] is not func:
+            raise RuntimeError(f"recovery action {name!r} registered twice")
+        ACTIONS[name] = func
+        return func
+
+    return register
+
+
+class Steps(Protocol):
+    """The journal of one operation, as a service sees it."""
+
+    def undo_with(self, action: str, /, **args: Any) -> None:
+        """Before a step acts: if the operation does not finish, run ``action(args)``.
+
+        Undo actions run newest first, and only while no :meth:`finish_with` was recorded.
+        """
+
+    def finish_with(self, action: str, /, **args: Any) -> None:
+        """Past the point of no return: if the operation does not finish, run ``action(args)``.
+
+        Once one finish action is recorded, recovery rolls forward: it runs every finish action
+        in the order recorded and no undo action.
+        """
+
+    def progress(self, message: str, percent: int | None = None) -> None:
+        """What the operation is doing now (shown by CLI spinners, API tasks, ``ops list``)."""
+
+
+@dataclass
+class Record:
+    action: str
+    args: dict[str, Any]
+
+
+@dataclass
+class LocalSteps:
+    """:class:`Steps` kept in memory: undo in-process when the operation fails.
+
+    ``say`` receives progress messages (a CLI spinner, a task row).
+    """
+
+    say: Callable[[str], None] = field(default=lambda _message: None)
+    undo: list[Record] = field(default_factory=list)
+    finish: list[Record] = field(default_factory=list)
+
+    def undo_with(self, action: str, /, **args: Any) -> None:
+        _known(action)
+        self.undo.append(Record(action, args))
+
+    def finish_with(self, action: str, /, **args: Any) -> None:
+        _known(action)
+        self.finish.append(Record(action, args))
+
+    def progress(self, message: str, percent: int | None = None) -> None:
+        self.say(message)
+
+    def recover(self, conn: Connection) -> list[str]:
+        """Finish or undo what was recorded; returns the problems met (each action is tried)."""
+        return run_recovery(conn, self.undo, self.finish)
+
+
+def run_recovery(conn: Connection, undo: list[Record], finish: list[Record]) -> list[str]:
+    """Roll forward through ``finish`` when it is not empty, else back through ``undo``."""
+    from kvmgr.errors import KvmgrError
+
+    problems: list[str] = []
+    todo = list(finish) if finish else list(reversed(undo))
+    for record in todo:
+        try:
+            ACTIONS[record.action](conn, record.args)
+        except (KvmgrError, OSError) as err:
+            problems.append(f"{record.action} {record.args}: {err}")
+    return problems
+
+
+def _known(action: str) -> None:
+    if action not in ACTIONS:
+        raise RuntimeError(f"recovery action {action!r} is not registered (see services.steps)")
