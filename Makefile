@@ -8,14 +8,18 @@ STAMP     := $(VENV)/.installed
 # Demo ISO location: readable by the qemu user libvirt runs guests as.
 DEMO_ISO  ?= /var/lib/kvmgr/demo/kvmgr-demo.iso
 
-.PHONY: all setup system-deps test-deps venv daemons demo test unit integration lint bench clean
+.PHONY: all setup system-deps web-ui test-deps venv daemons demo test unit integration lint bench clean
 
 all: test
 
 system-deps:
 	sh scripts/install-system-deps.sh
 
-# Chromium, PostgreSQL and the web UI's npm packages: only the test suite needs them.
+# xterm.js, noVNC and Swagger UI: the web consoles and API docs of every install, demo included.
+web-ui:
+	sh scripts/install-web-ui.sh
+
+# Chromium, PostgreSQL and virtinst: only the test suite needs them (it re-checks the web libraries).
 test-deps:
 	@if [ -f scripts/install-test-deps.sh ]; then sh scripts/install-test-deps.sh; fi
 	@if [ -f scripts/install-web-deps.sh ]; then sh scripts/install-web-deps.sh; fi
@@ -31,7 +35,7 @@ $(STAMP): pyproject.toml
 daemons: venv
 	$(KVMGR) host daemons start
 
-setup: system-deps venv daemons
+setup: system-deps web-ui venv daemons
 
 demo: setup
 	DEMO_ISO=$(DEMO_ISO) KVMGR=$(KVMGR) sh scripts/demo.sh
