@@ -7,6 +7,7 @@ with a B is decimal, as libvirt's own ``unit='GB'`` is.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from kvmgr.errors import InvalidInput
 
@@ -14,18 +15,61 @@ KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
 TIB = 1024**4
+PIB = 1024**5
+EIB = 1024**6
 #: Largest size accepted: libvirt keeps sizes in 64-bit integers (and KiB for memory), and
 #: larger numbers come back from it as "malformed capacity element".
 MAX_SIZE = 1024**6
 
-_MULTIPLIERS = {
-    "": 1,
-    "b": 1,
+#: Every unit libvirt accepts in a ``unit`` attribute (lower-cased), in bytes.  A bare letter is
+#: binary, ``KB``/``MB``/... decimal, ``KiB``/``MiB``/... binary; ``b`` and ``bytes`` are bytes.
+LIBVIRT_UNITS = {
+    "b": 1, "bytes": 1,
     "k": KIB, "kib": KIB, "kb": 1000,
     "m": MIB, "mib": MIB, "mb": 1000**2,
     "g": GIB, "gib": GIB, "gb": 1000**3,
     "t": TIB, "tib": TIB, "tb": 1000**4,
+    "p": PIB, "pib": PIB, "pb": 1000**5,
+    "e": EIB, "eib": EIB, "eb": 1000**6,
 }  # fmt: skip
+
+#: The same units as libvirt spells them, for error messages.
+LIBVIRT_UNIT_NAMES = (
+    "b, bytes, k, KiB, KB, M, MiB, MB, G, GiB, GB, T, TiB, TB, P, PiB, PB, E, EiB, EB"
+)
+
+# Sizes typed by people: libvirt's units, plus a bare number (bytes).
+_MULTIPLIERS = {"": 1, **LIBVIRT_UNITS}
+
+
+def unit_bytes(unit: str | None, *, what: str = "size", default: str = "KiB") -> int:
+    """Bytes in one ``unit`` as a libvirt ``unit`` attribute spells it (none is ``default``).
+
+    Raises :class:`InvalidInput` naming ``what`` and listing the accepted units for any other.
+    """
+    name = unit if unit and unit.strip() else default  # libvirt: absent or empty is the default
+    try:
+        return LIBVIRT_UNITS[name.strip().lower()]
+    except KeyError:
+        raise InvalidInput(
+            f"{what} has an unknown unit {name!r}", hint=f"units are {LIBVIRT_UNIT_NAMES}"
+        ) from None
+
+
+def parse_xml_size(
+    text: str | None, unit: str | None, *, what: str = "size", default: str = "KiB"
+) -> int:
+    """A libvirt size element (``<memory unit='GiB'>4</memory>``) in bytes.
+
+    Raises :class:`InvalidInput` for a unit libvirt does not know or a value that is not a
+    whole non-negative number, never ``KeyError``/``ValueError``.
+    """
+    multiplier = unit_bytes(unit, what=what, default=default)
+    value = (text or "").strip()
+    if not value.isdecimal() or not value.isascii():
+        raise InvalidInput(f"{what} {value!r} is not a whole number", hint="e.g. 4194304")
+    return int(value) * multiplier
+
 
 _SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[a-zA-Z]*)\s*$")
 
@@ -37,7 +81,7 @@ def parse_size(text: str | int, *, what: str = "size", default_unit: str = "") -
     including zero and negative sizes.
     """
     if isinstance(text, int):
-        value = text * _MULTIPLIERS[default_unit.lower()]
+        value = text * (unit_bytes(default_unit, what=what) if default_unit else 1)
         if value <= 0:
             raise InvalidInput(f"{what} must be greater than zero, got {text}")
         return value
@@ -51,9 +95,10 @@ def parse_size(text: str | int, *, what: str = "size", default_unit: str = "") -
     if unit not in _MULTIPLIERS:
         raise InvalidInput(
             f"{what} {text!r} has an unknown unit {match['unit']!r}",
-            hint="units are K, M, G, T (binary) or KB, MB, GB, TB (decimal)",
+            hint=f"units are {LIBVIRT_UNIT_NAMES}",
         )
-    value = int(float(match["num"]) * _MULTIPLIERS[unit])
+    # Fraction, not float: a long number must not become inf (OverflowError) or lose digits.
+    value = int(Fraction(match["num"]) * _MULTIPLIERS[unit])
     if value <= 0:
         raise InvalidInput(f"{what} must be greater than zero, got {text!r}")
     if value > MAX_SIZE:

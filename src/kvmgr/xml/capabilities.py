@@ -5,9 +5,13 @@ https://libvirt.org/formatcaps.html and https://libvirt.org/formatdomaincaps.htm
 
 from __future__ import annotations
 
+from kvmgr.units import KIB, unit_bytes
 from kvmgr.xml.base import INT, XMLChild, XMLChildList, XMLObject, XMLProperty
 
-_KIB_PER_UNIT = {"kib": 1, "kb": 1, "k": 1, "mib": 1024, "m": 1024, "gib": 1024**2, "g": 1024**2}
+
+def _to_kib(value: int | None, unit: str | None, what: str) -> int:
+    """``value`` in ``unit`` (any unit libvirt accepts; absent is KiB) as whole KiB."""
+    return (value or 0) * unit_bytes(unit, what=what, default="KiB") // KIB
 
 
 class Text(XMLObject):
@@ -38,7 +42,7 @@ class Pages(XMLObject):
 
     @property
     def size_kib(self) -> int:
-        return (self.size or 0) * _KIB_PER_UNIT[(self.unit or "KiB").lower()]
+        return _to_kib(self.size, self.unit, "page size")
 
 
 class CellCPU(XMLObject):
@@ -56,7 +60,7 @@ class NUMACell(XMLObject):
 
     @property
     def memory_kib(self) -> int:
-        return (self.memory or 0) * _KIB_PER_UNIT[(self.memory_unit or "KiB").lower()]
+        return _to_kib(self.memory, self.memory_unit, "NUMA cell memory")
 
 
 class Machine(XMLObject):

@@ -8,17 +8,8 @@ from __future__ import annotations
 
 from lxml import etree
 
+from kvmgr.units import parse_xml_size
 from kvmgr.xml.base import ON_OFF, XMLChild, XMLChildList, XMLFlag, XMLObject, XMLProperty
-
-# libvirt memory units -> bytes.  libvirt itself always writes KiB, but hand-written files and
-# virt-install may use others.
-_MEMORY_UNITS = {
-    "b": 1, "bytes": 1,
-    "kb": 1000, "k": 1024, "kib": 1024,
-    "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
-    "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
-    "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
-}  # fmt: skip
 
 KVMGR_NS = "https://kvmgr.dev/xmlns/kvmgr/1.0"
 KVMGR_PREFIX = "kvmgr"
@@ -36,8 +27,9 @@ class _MemoryMixin:
         node = element.find(tag)
         if node is None or not (node.text or "").strip():
             return None
-        unit = (node.get("unit") or "KiB").lower()
-        return int(node.text.strip()) * _MEMORY_UNITS[unit]  # type: ignore[union-attr]
+        # libvirt itself always writes KiB, but hand-written files and virt-install may use any
+        # unit libvirt accepts; an unknown one is InvalidInput, not a KeyError.
+        return parse_xml_size(node.text, node.get("unit"), what=f"<{tag}>", default="KiB")
 
     @staticmethod
     def _set_bytes(element: etree._Element, tag: str, value: int | None) -> None:
