@@ -226,7 +226,9 @@ def mark_template(conn: Connection, name: str, *, template: bool = True) -> dict
                 hint=f"shut it down first: 'kvmgr vm shutdown {name}'",
             )
         spec = vms.definition(dom, inactive=True)
-        if not template:
+        if template:
+            _refuse_autostart(dom, name)
+        else:
             _refuse_unmark(conn, name)
         meta = spec.kvmgr_metadata(create=True)
         assert meta is not None
@@ -234,8 +236,23 @@ def mark_template(conn: Connection, name: str, *, template: bool = True) -> dict
         with libvirt_errors(f"marking VM {name} as a template"):
             conn.virconn.defineXML(spec.to_xml())
             if template:
+                # refused above if on; kept for a 'virsh autostart' racing us outside kvmgr's lock
                 dom.setAutostart(0)  # a template never starts, with the host or otherwise
     return {"name": name, "template": template, "linked_clones": linked_clones(conn, name)}
+
+
+def _refuse_autostart(dom: libvirt.virDomain, name: str) -> None:
+    # Refused rather than switched off quietly: autostart on says someone wants this VM to boot
+    # with the host (a service, say), and a template never boots again.  Dropping that wish as
+    # a side effect would surface only at the next host reboot, when the VM stays down; so the
+    # person decides, and one command ('autostart off') makes the template possible.
+    with libvirt_errors(f"reading autostart of VM {name}"):
+        on = bool(dom.autostart())
+    if on:
+        raise InvalidState(
+            f"VM {name!r} has autostart on; a template never starts, with the host or otherwise",
+            hint=f"switch it off first: 'kvmgr vm autostart {name} off'",
+        )
 
 
 def _refuse_unmark(conn: Connection, name: str) -> None:

@@ -147,7 +147,7 @@ def all_definitions(
 
 # ------------------------------------------------------------------------------------ inventory
 def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
-    """Every VM, from one bulk stats call plus one call for the autostart set.
+    """Every VM, from one bulk stats call plus one call each for the autostart and persistent sets.
 
     The number of libvirt calls does not grow with the number of VMs.  ``with_ips`` adds the
     address discovery: one call per running VM where libvirt's DHCP leases answer (NAT and
@@ -162,7 +162,13 @@ def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
             dom.UUIDString()
             for dom in conn.virconn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
         }
-    rows = [_summary(dom, stats, autostart) for dom, stats in records]
+        # Read after the stats, so a VM undefined meanwhile (now transient, or gone) shows
+        # persistent=False: when unsure, never claim a VM survives its shutdown.
+        persistent = {
+            dom.UUIDString()
+            for dom in conn.virconn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+        }
+    rows = [_summary(dom, stats, autostart, persistent) for dom, stats in records]
     if with_ips and any(row.state == "running" for row in rows):
         # imported only when some VM can have an address: ~10 ms of a short command's start-up
         from kvmgr.services.networks import discover_ips
@@ -175,7 +181,9 @@ def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
     return rows
 
 
-def _summary(dom: libvirt.virDomain, stats: dict[str, Any], autostart: set[str]) -> VMSummary:
+def _summary(
+    dom: libvirt.virDomain, stats: dict[str, Any], autostart: set[str], persistent: set[str]
+) -> VMSummary:
     state = stats.get("state.state", libvirt.VIR_DOMAIN_NOSTATE)
     uuid = dom.UUIDString()
     active = is_active_state(state)
@@ -191,10 +199,7 @@ def _summary(dom: libvirt.virDomain, stats: dict[str, Any], autostart: set[str])
         max_memory=max_kib * 1024 if max_kib is not None else None,
         cpu_time_ns=stats.get("cpu.time"),
         autostart=uuid in autostart,
-        # getAllDomainStats reports only defined or running domains; a transient one is active
-        # and has no persistent config, which libvirt marks with 'state.reason' only; keep it
-        # simple and true: transient VMs are rare and shown as persistent=False by info().
-        persistent=True,
+        persistent=uuid in persistent,  # a transient VM (createXML) vanishes when it stops
     )
 
 
@@ -374,9 +379,26 @@ def resume(conn: Connection, name: str) -> None:
 
 
 def set_autostart(conn: Connection, name: str, enabled: bool) -> None:
-    dom = lookup(conn, name)
-    with libvirt_errors(f"setting autostart of VM {name}"):
-        dom.setAutostart(1 if enabled else 0)
+    """Start the VM with the host, or not.  A template is refused: it would boot under its
+    linked clones and change the disks they are built on.  Turning autostart off is always
+    allowed; turning it on holds the VM's lock, so it cannot race ``mark_template``."""
+    if not enabled:
+        dom = lookup(conn, name)
+        with libvirt_errors(f"setting autostart of VM {name}"):
+            dom.setAutostart(0)
+        return
+    from kvmgr.services.locks import vm_lock
+
+    with vm_lock(conn, name, "autostart") as dom:
+        meta = definition(dom, inactive=True).kvmgr_metadata()
+        if meta is not None and meta.template:
+            raise InvalidInput(
+                f"VM {name!r} is a template and cannot autostart: it would boot under its "
+                "linked clones and change the disks they are built on",
+                hint=f"autostart a clone instead ('kvmgr vm clone {name} NEW --linked')",
+            )
+        with libvirt_errors(f"setting autostart of VM {name}"):
+            dom.setAutostart(1)
 
 
 def state(conn: Connection, name: str) -> str:
