@@ -7,17 +7,14 @@ so a CLI command, an API request and a test all go through the same door.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import libvirt
 
 from kvmgr.connect.events import ensure_event_loop
-from kvmgr.connect.kvm_probe import ProbeResult, probe_kvm
+from kvmgr.connect.kvm_probe import cached_probe
 from kvmgr.connect.uri import default_uri, is_local, validate_uri
 from kvmgr.errors import ConnectionFailed, InvalidInput, libvirt_errors
 
@@ -98,7 +95,8 @@ def choose_domain_type(conn: Connection) -> DomainTypeChoice:
     """Pick ``kvm`` when guests really run under KVM on that host, else ``qemu`` (emulation).
 
     Order: ``$KVMGR_DOMAIN_TYPE`` if set; ``test`` for libvirt's test driver; for a local host the
-    functional probe of /dev/kvm (cached per boot); for a remote host, libvirt's domain
+    functional probe of /dev/kvm (cached while /dev/kvm and the kvm modules are unchanged, a
+    negative answer only for a few minutes); for a remote host, libvirt's domain
     capabilities (kvmgr cannot run code there).
     """
     forced = os.environ.get(DOMAIN_TYPE_ENV)
@@ -124,39 +122,6 @@ def _libvirt_offers_kvm(conn: Connection) -> bool:
     except libvirt.libvirtError:
         return False
     return True
-
-
-def _probe_cache_path() -> Path:
-    base = Path("/run/kvmgr") if os.geteuid() == 0 else Path.home() / ".cache" / "kvmgr"
-    return base / "kvm-probe.json"
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def cached_probe(*, refresh: bool = False) -> ProbeResult:
-    """The functional probe's result for this boot; run it only when not yet known."""
-    path = _probe_cache_path()
-    boot = _boot_id()
-    if not refresh:
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-            if data.pop("boot_id", None) == boot:
-                return ProbeResult(**data)
-        except (OSError, ValueError, TypeError):
-            pass  # no cache or an unreadable one: probe again
-    result = probe_kvm()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"boot_id": boot, **result.__dict__}
-        path.write_text(json.dumps(payload))
-    except OSError:
-        pass  # a read-only home is no reason to fail; the probe just runs again next time
-    return result
 
 
 def libvirt_version(conn: Connection) -> str:

@@ -9,22 +9,38 @@ port and halts.  It runs in a child process that is killed at a timeout, because
 ``KVM_RUN`` cannot be interrupted from inside.
 
 No QEMU, no libvirt: the answer must not depend on anything but the kernel's KVM.
+
+``cached_probe`` keeps the answer in a small JSON file so VM creation need not pay for the probe
+each time.  The cache is keyed on everything the answer depends on -- the boot id, the identity of
+/dev/kvm (existence, device number, inode, ctime) and the loaded kvm modules with their ``nested``
+parameter -- so a ``modprobe kvm_intel`` (or a reload with ``nested=1``) invalidates it at once.
+A negative answer also expires after ``NEGATIVE_TTL`` seconds, in case something else changed.
+``host check`` probes afresh and stores its answer, so it and VM creation agree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
+import json
 import mmap
 import os
 import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 DEFAULT_DEVICE = "/dev/kvm"
 DEFAULT_TIMEOUT = 3.0
+NEGATIVE_TTL = 180.0  # seconds a negative result is trusted before the probe runs again
+_CACHE_VERSION = 2
+_KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd")
+_KVM_PARAMETERS = ("nested",)
 
 # ioctl numbers from <linux/kvm.h> (KVMIO = 0xAE), spelled out because Python has no _IO macros.
 _KVM_GET_API_VERSION = 0xAE00
@@ -148,6 +164,119 @@ def probe_kvm(device: str = DEFAULT_DEVICE, timeout: float = DEFAULT_TIMEOUT) ->
     if child.returncode == 0 and not reason:
         return ProbeResult(True, f"guest code ran in {device} in {elapsed:.2f} s", elapsed, device)
     return ProbeResult(False, reason or f"probe exited with {child.returncode}", elapsed, device)
+
+
+def cache_path() -> Path:
+    """Where ``cached_probe`` keeps its answer: /run for root (cleared at boot), else ~/.cache."""
+    base = Path("/run/kvmgr") if os.geteuid() == 0 else Path.home() / ".cache" / "kvmgr"
+    return base / "kvm-probe.json"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def probe_inputs(
+    device: str = DEFAULT_DEVICE, *, proc: Path = Path("/proc"), sys_dir: Path = Path("/sys")
+) -> dict[str, Any]:
+    """What the probe's answer depends on; a cached answer is valid only while this is unchanged."""
+    try:
+        st = os.stat(device)
+        node: dict[str, Any] = {
+            "exists": True,
+            "rdev": st.st_rdev,
+            "ino": st.st_ino,
+            "ctime_ns": st.st_ctime_ns,
+        }
+    except OSError as err:
+        node = {"exists": False, "error": type(err).__name__}
+    modules: dict[str, dict[str, str]] = {}
+    try:
+        lines = (proc / "modules").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in _KVM_MODULES:
+            # name, size, load address (0 unless root); not the use count, which VMs change
+            ident = {"size": fields[1] if len(fields) > 1 else ""}
+            ident["address"] = fields[5] if len(fields) > 5 else ""
+            for parameter in _KVM_PARAMETERS:
+                ident[parameter] = _read(sys_dir / "module" / fields[0] / "parameters" / parameter)
+            modules[fields[0]] = ident
+    return {
+        "boot_id": _read(proc / "sys" / "kernel" / "random" / "boot_id"),
+        "device": device,
+        "node": node,
+        "modules": modules,
+    }
+
+
+def _load(path: Path, inputs: dict[str, Any], now: float) -> ProbeResult | None:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != _CACHE_VERSION or data.get("inputs") != inputs:
+            return None
+        result = ProbeResult(**data["result"])
+        probed_at = float(data["probed_at"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # no cache, an unreadable one or one from an older kvmgr: probe again
+    if result.usable:
+        return result
+    if 0 <= now - probed_at < NEGATIVE_TTL:
+        return result
+    return None  # a negative answer expires: the cause may have been fixed meanwhile
+
+
+def store_probe(
+    result: ProbeResult, inputs: dict[str, Any], *, path: Path | None = None, now: float
+) -> None:
+    """Write ``result`` to the cache, atomically; a read-only home is no reason to fail."""
+    target = path or cache_path()
+    payload = {
+        "version": _CACHE_VERSION,
+        "inputs": inputs,
+        "probed_at": now,
+        "result": asdict(result),
+    }
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def cached_probe(
+    *,
+    refresh: bool = False,
+    device: str = DEFAULT_DEVICE,
+    timeout: float = DEFAULT_TIMEOUT,
+    path: Path | None = None,
+    proc: Path = Path("/proc"),
+    sys_dir: Path = Path("/sys"),
+    probe: Callable[[str, float], ProbeResult] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ProbeResult:
+    """The probe's answer, reused while its inputs are unchanged (negative ones only briefly).
+
+    ``refresh`` probes afresh and stores the answer (what ``host check`` does).  The inputs are read
+    before probing, so a change during the probe makes the next call probe again.
+    """
+    target = path or cache_path()
+    inputs = probe_inputs(device, proc=proc, sys_dir=sys_dir)
+    if not refresh:
+        cached = _load(target, inputs, clock())
+        if cached is not None:
+            return cached
+    result = (probe or probe_kvm)(device, timeout)
+    store_probe(result, inputs, path=target, now=clock())
+    return result
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from pathlib import Path
 import libvirt
 
 from kvmgr.connect.connection import Connection, libvirt_version
+from kvmgr.connect.kvm_probe import DEFAULT_DEVICE, ProbeResult, cached_probe, probe_kvm
 from kvmgr.connect.kvm_probe import DEFAULT_TIMEOUT as PROBE_TIMEOUT
-from kvmgr.connect.kvm_probe import ProbeResult, probe_kvm
 from kvmgr.errors import KvmgrError, libvirt_errors
 from kvmgr.host.run import run
 from kvmgr.units import GIB, MIB, format_size
@@ -84,10 +84,19 @@ class CheckContext:
             return self._conn
 
     def probe(self) -> ProbeResult:
-        """The functional KVM probe, run fresh (a check must not trust a stale cache)."""
+        """The functional KVM probe, run fresh (a check must not trust a stale cache).
+
+        For the real device the fresh answer is also stored in the cache VM creation reads, so
+        ``host check`` and the domain type chosen for new VMs agree.
+        """
         with self._lock:
             if self._probe is None:
-                self._probe = probe_kvm(self.kvm_device, timeout=self.probe_timeout)
+                if self.kvm_device == DEFAULT_DEVICE:
+                    self._probe = cached_probe(
+                        refresh=True, device=self.kvm_device, timeout=self.probe_timeout
+                    )
+                else:
+                    self._probe = probe_kvm(self.kvm_device, timeout=self.probe_timeout)
             return self._probe
 
     def cpu_flags(self) -> set[str]:
