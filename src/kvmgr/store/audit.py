@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kvmgr.store.clip import clip
 from kvmgr.store.models import AuditEntry
 
 RESULTS = ("ok", "error", "denied", "started")
@@ -23,12 +24,12 @@ def record(
     assert result in RESULTS, result  # a programming error, not user input
     session.add(
         AuditEntry(
-            user=user,
-            action=action,
-            target=target[:200],
-            result=result,
+            user=clip(AuditEntry, "user", user),
+            action=clip(AuditEntry, "action", action),
+            target=clip(AuditEntry, "target", target),
+            result=clip(AuditEntry, "result", result),
             detail=detail[:4000],
-            source=source[:64],
+            source=clip(AuditEntry, "source", source),
         )
     )
 

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from kvmgr.errors import KvmgrError, NotFound
+from kvmgr.store.clip import clip
 from kvmgr.store.db import Store
 from kvmgr.store.models import Task, aware, utcnow
 
@@ -82,7 +83,13 @@ class TaskRunner:
     ) -> dict[str, Any]:
         task_id = str(uuid.uuid4())
         with self.store.session() as session:
-            task = Task(id=task_id, kind=kind, target=target, owner=owner, state="queued")
+            task = Task(
+                id=task_id,
+                kind=clip(Task, "kind", kind),
+                target=clip(Task, "target", target),
+                owner=clip(Task, "owner", owner),
+                state="queued",
+            )
             session.add(task)
             session.flush()
             snapshot = as_dict(task)
