@@ -31,6 +31,7 @@ def serve(
     import uvicorn
 
     from kvmgr.api.app import create_app
+    from kvmgr.api.security import install_log_redaction
     from kvmgr.api.settings import Settings, check_serving, split_listen
 
     overrides: dict[str, object] = {"listen": listen, "insecure": insecure}
@@ -44,6 +45,7 @@ def serve(
     host, port = split_listen(settings.listen)
     if settings.tls_cert or settings.tls_key:
         _check_tls(settings.tls_cert, settings.tls_key)
+    install_log_redaction()  # console tokens ride in the websocket URL's query string
     uvicorn.run(
         create_app(settings),
         host=host,

@@ -1,0 +1,115 @@
+"""QA of issue 11, hole 5: the login limiter forgets expired keys and stays bounded under a
+spray of user names, and console tokens never reach uvicorn's logs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from kvmgr.api.security import (
+    REDACTED,
+    LoginLimiter,
+    RedactSecretsFilter,
+    install_log_redaction,
+    redact_query,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_limiter_drops_keys_whose_window_has_passed() -> None:
+    clock = FakeClock()
+    limiter = LoginLimiter(3, 60.0, clock=clock)
+    for i in range(100):
+        limiter.failed(f"user{i}", "10.0.0.1")
+    assert len(limiter) == 101  # 100 (user, address) keys and one address key
+    clock.now += 61
+    for i in range(LoginLimiter._PRUNE_EVERY):
+        limiter.failed(f"later{i}", "10.0.0.2")
+    assert len(limiter) <= LoginLimiter._PRUNE_EVERY + 1
+    assert limiter.retry_after("user0", "10.0.0.1") == (0.0, "")
+
+
+def test_checking_a_name_does_not_create_a_key() -> None:
+    limiter = LoginLimiter(3, 60.0, clock=FakeClock())
+    for i in range(1000):
+        assert limiter.retry_after(f"nobody{i}", "10.0.0.1") == (0.0, "")
+    assert len(limiter) == 0
+
+
+def test_the_limiter_stays_bounded_under_100k_distinct_names() -> None:
+    clock = FakeClock()
+    limiter = LoginLimiter(3, 60.0, max_keys=10_000, clock=clock)
+    for i in range(100_000):
+        limiter.failed(f"spray{i}", f"10.0.{i % 7}.1")
+        clock.now += 0.0001  # all inside the window: nothing expires by itself
+        assert len(limiter._failures) <= 10_000 + 1
+    assert len(limiter) <= 10_000
+    # The per-address counts survive eviction: the sprayer is still stopped.
+    wait, what = limiter.retry_after("fresh-name", "10.0.3.1")
+    assert wait > 0 and what == "from this address"
+
+
+def test_the_limit_itself_is_unchanged() -> None:
+    clock = FakeClock()
+    limiter = LoginLimiter(2, 60.0, clock=clock)
+    limiter.failed("alice", "10.0.0.1")
+    assert limiter.retry_after("alice", "10.0.0.1") == (0.0, "")
+    limiter.failed("alice", "10.0.0.1")
+    wait, what = limiter.retry_after("alice", "10.0.0.1")
+    assert wait == pytest.approx(60.0) and "alice" in what
+    clock.now += 30
+    assert limiter.retry_after("alice", "10.0.0.1")[0] == pytest.approx(30.0)
+    limiter.succeeded("alice", "10.0.0.1")
+    assert limiter.retry_after("alice", "10.0.0.1") == (0.0, "")
+
+
+def _access_record(path: str) -> logging.LogRecord:
+    # What uvicorn's h11/httptools protocols log on "uvicorn.access".
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", path, "1.1", 101),
+        None,
+    )
+
+
+def test_the_access_log_filter_redacts_a_console_token() -> None:
+    secret = "s3cr3t-Tok_en"
+    record = _access_record(f"/api/v1/vms/web1/console?token={secret}&x=1")
+    assert RedactSecretsFilter().filter(record) is True
+    line = record.getMessage()
+    assert secret not in line
+    assert f"/api/v1/vms/web1/console?token={REDACTED}&x=1" in line
+    assert line.endswith(" 101")
+
+
+def test_the_filter_keeps_other_query_parameters() -> None:
+    assert redact_query("/api/v1/tasks?limit=5&owner=bob") == "/api/v1/tasks?limit=5&owner=bob"
+    assert redact_query("/x?a=1&TOKEN=abc") == f"/x?a=1&TOKEN={REDACTED}"
+
+
+def test_installed_filter_scrubs_access_and_websocket_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    install_log_redaction()
+    install_log_redaction()  # idempotent
+    access = logging.getLogger("uvicorn.access")
+    assert sum(isinstance(f, RedactSecretsFilter) for f in access.filters) == 1
+    with caplog.at_level(logging.INFO, logger="uvicorn"):
+        access.handle(_access_record("/api/v1/vms/web1/vnc?token=abcdef"))
+        logging.getLogger("uvicorn.error").info(
+            '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/api/v1/vms/a/console?token=zz9"
+        )
+    assert "abcdef" not in caplog.text and "zz9" not in caplog.text
+    assert caplog.text.count(REDACTED) == 2
