@@ -540,6 +540,7 @@ def remove_disk(
     owned = path is not None and path in _owned_volumes(dom)
     if delete_volume:
         _check_deletable(dom, scope, target, path, owned)
+        _refuse_if_others_need(conn, name, target, path)
     with libvirt_errors(f"detaching disk {target} ({scope.describe()}) from VM {name}"):
         dom.detachDeviceFlags(_device_xml(disk), scope.flags)
     if scope.live:
@@ -572,6 +573,17 @@ def _check_deletable(
             f"{'running guest' if everywhere.live and not scope.live else 'definition'}, "
             "so its volume cannot be deleted",
             hint="remove it both live and from the definition (no --live/--config)",
+        )
+
+
+def _refuse_if_others_need(conn: Connection, name: str, target: str, path: str | None) -> None:
+    """Refuse (before detaching anything) to delete a volume another VM or an overlay needs."""
+    users = vms.others_needing(conn, name, [path] if path else [], linked_clones=False)
+    if users:
+        raise InvalidState(
+            f"disk {target} ({path}) of VM {name!r} is also used by {', '.join(users)}, "
+            "so its volume cannot be deleted",
+            hint="detach it without --delete-volume, or detach/delete it from those first",
         )
 
 

@@ -468,23 +468,42 @@ def undefine(dom: libvirt.virDomain) -> None:
             dom.undefineFlags(_UNDEFINE_BASIC)
 
 
-def _refuse_if_others_need(conn: Connection, name: str, paths: list[str]) -> None:
-    """Refuse when another VM uses one of ``paths`` as a disk or is a linked clone of this VM."""
+def others_needing(
+    conn: Connection, name: str, paths: list[str], *, linked_clones: bool = True
+) -> list[str]:
+    """What besides VM ``name`` needs one of ``paths``, e.g. ``["VM b", "volume pool/c.qcow2"]``.
+
+    Another VM's definition (live or saved) using one as a disk or backing file, any volume in
+    any pool backed by one (an overlay or linked clone) and not among ``paths`` itself (a VM's
+    own snapshot overlays go with it), and with ``linked_clones`` every VM recorded as a linked
+    clone of ``name``.  The one check both deleting a VM and deleting a removed disk's volume
+    make before they act.
+    """
     if not paths:
-        return
-    wanted = set(paths)
-    users: set[str] = set()
-    for other, spec in all_definitions(conn):
-        if other.name() == name:
-            continue
-        meta = spec.kvmgr_metadata()
-        uses_disk = any(
-            disk.source_path in wanted or disk.backing_file in wanted for disk in spec.devices.disks
-        )
-        if uses_disk or (meta is not None and meta.linked_base == name):
-            users.add(other.name())
+        return []
+    from kvmgr.services.storage import find_volume_by_path, volume_users
+
+    usage = volume_users(conn)
+    going = {f"VM {name}"}
+    for path in paths:
+        vol = find_volume_by_path(conn, path)
+        if vol is not None:
+            with libvirt_errors(f"reading volume {path}"):
+                going.add(f"volume {vol.storagePoolLookupByVolume().name()}/{vol.name()}")
+    users = {user for path in set(paths) for user in usage.get(path, []) if user not in going}
+    if linked_clones:
+        for other, spec in all_definitions(conn):
+            meta = spec.kvmgr_metadata()
+            if other.name() != name and meta is not None and meta.linked_base == name:
+                users.add(f"VM {other.name()}")
+    return sorted(users)
+
+
+def _refuse_if_others_need(conn: Connection, name: str, paths: list[str]) -> None:
+    """Refuse when something else uses one of ``paths`` or is a linked clone of this VM."""
+    users = others_needing(conn, name, paths)
     if users:
         raise InvalidState(
-            f"VM {name!r} has disks that other VMs need: {', '.join(sorted(users))}",
-            hint="delete those VMs first, or use --keep-disks to keep the disks",
+            f"VM {name!r} has disks that others need: {', '.join(users)}",
+            hint="delete those first, or use --keep-disks to keep the disks",
         )
