@@ -99,17 +99,42 @@ def test_the_filter_keeps_other_query_parameters() -> None:
     assert redact_query("/x?a=1&TOKEN=abc") == f"/x?a=1&TOKEN={REDACTED}"
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def test_installed_filter_scrubs_access_and_websocket_lines(
-    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     install_log_redaction()
     install_log_redaction()  # idempotent
     access = logging.getLogger("uvicorn.access")
+    error = logging.getLogger("uvicorn.error")
     assert sum(isinstance(f, RedactSecretsFilter) for f in access.filters) == 1
-    with caplog.at_level(logging.INFO, logger="uvicorn"):
-        access.handle(_access_record("/api/v1/vms/web1/vnc?token=abcdef"))
-        logging.getLogger("uvicorn.error").info(
-            '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/api/v1/vms/a/console?token=zz9"
+    # Other tests run uvicorn's own logging set-up (levels, disabled loggers): this test reads
+    # what each logger hands its own handler, whatever the global logging state.
+    collect = _Collect()
+    for logger in (access, error):
+        monkeypatch.setattr(logger, "disabled", False)
+        monkeypatch.setattr(logger, "handlers", [collect])
+        monkeypatch.setattr(logger, "propagate", False)
+    access.handle(_access_record("/api/v1/vms/web1/vnc?token=abcdef"))
+    error.handle(
+        logging.LogRecord(
+            "uvicorn.error",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "WebSocket %s" [accepted]',
+            ("127.0.0.1:5000", "/api/v1/vms/a/console?token=zz9"),
+            None,
         )
-    assert "abcdef" not in caplog.text and "zz9" not in caplog.text
-    assert caplog.text.count(REDACTED) == 2
+    )
+    text = "\n".join(collect.lines)
+    assert "abcdef" not in text and "zz9" not in text
+    assert text.count(REDACTED) == 2
