@@ -19,7 +19,7 @@ PIB = 1024**5
 EIB = 1024**6
 #: Largest size accepted: libvirt keeps sizes in 64-bit integers (and KiB for memory), and
 #: larger numbers come back from it as "malformed capacity element".
-MAX_SIZE = 1024**6
+MAX_SIZE = EIB
 
 #: Every unit libvirt accepts in a ``unit`` attribute (lower-cased), in bytes.  A bare letter is
 #: binary, ``KB``/``MB``/... decimal, ``KiB``/``MiB``/... binary; ``b`` and ``bytes`` are bytes.
