@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from kvmgr.errors import InvalidInput, OperationFailed
-from kvmgr.store.models import Base
+from kvmgr.store.migrate import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,13 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
 
 
 class Store:
-    """Engine plus session factory for ``url``; tables are created when missing."""
+    """Engine plus session factory for ``url``; the schema is migrated to the newest on open."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         try:
             self.engine = _engine(url)
-            Base.metadata.create_all(self.engine)
+            upgrade(self.engine)
         except SQLAlchemyError as err:
             raise OperationFailed(
                 f"cannot open the database {_redacted(url)}: {err.__class__.__name__}",
