@@ -31,7 +31,7 @@ def check(output: OutputFormat = OutputOption) -> None:
         {"check": r.name, "status": r.status.value, "detail": r.detail, "hint": r.hint}
         for r in report.results
     ]
-    if output is OutputFormat.table:
+    if output.for_people:
         for row in rows:
             style = _STATUS_STYLE[row["status"]]
             row["status"] = f"[{style}]{row['status']}[/]"
@@ -68,7 +68,7 @@ def setup(
 
     plan = host_setup.build_plan(host_setup.gather_facts())
     steps = plan.steps if dry_run else tuple(host_setup.execute(plan))
-    if output is not OutputFormat.table:
+    if not output.for_people:
         emit_object(
             {**plan.as_dict(), "dry_run": dry_run, "steps": [step.as_dict() for step in steps]},
             output,
@@ -105,7 +105,7 @@ class BridgeBackend(str, Enum):
 
 
 def _emit_bridge_result(data: dict[str, object], output: OutputFormat) -> None:
-    if output is not OutputFormat.table:
+    if not output.for_people:
         emit_object(data, output)
         return
     files: dict[str, str | None] = data.get("files") or {}  # type: ignore[assignment]

@@ -24,7 +24,7 @@ def start_command(
     from kvmgr.host import daemons
 
     report = daemons.start(netns)
-    if report.did_nothing and output is OutputFormat.table:
+    if report.did_nothing and output.for_people:
         err_console.print(f"libvirt {report.version} already answers on {daemons.SYSTEM_URI}")
         return
     emit_object(
@@ -48,7 +48,7 @@ def stop_command(output: OutputFormat = OutputOption) -> None:
 
     steps = daemons.stop()
     rows = [{"daemon": s.target, "action": s.action.value, "note": s.reason} for s in steps]
-    if not rows and output is OutputFormat.table:
+    if not rows and output.for_people:
         err_console.print("kvmgr started no daemons; nothing to stop")
         return
     emit_rows(rows, output, ["daemon", "action", "note"])

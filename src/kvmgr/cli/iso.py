@@ -26,7 +26,7 @@ _DEFAULT_POOL = "kvmgr-isos"  # kvmgr.services.isos.ISO_POOL, kept literal to im
 
 def _human(row: dict[str, Any], fmt: OutputFormat, *keys: str) -> dict[str, Any]:
     """Sizes as ``4.4 GiB`` for people; scripts get bytes."""
-    if fmt is OutputFormat.table:
+    if fmt.for_people:
         for key in keys:
             if isinstance(row.get(key), int):
                 row[key] = format_size(row[key])

@@ -4,6 +4,7 @@ arguments in, a service call, output out."""
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from typer.core import TyperGroup
 
 from kvmgr import __version__
 from kvmgr.cli.common import state
+from kvmgr.cli.output import take_output_flags
 
 
 class _LazyGroups(TyperGroup):
@@ -94,8 +96,9 @@ def root(
 
 
 def run() -> None:
+    argv = take_output_flags(sys.argv[1:])
     try:
-        app()
+        app(args=argv)
     finally:
         state.close()
 

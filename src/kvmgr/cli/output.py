@@ -1,10 +1,16 @@
-"""Shared output for every CLI command: a Rich table for people, JSON or YAML for scripts."""
+"""Shared output for every CLI command: tables for people, JSON, YAML, TSV or CSV for scripts.
+
+A table is never cut: on a terminal Rich folds long cells instead of ending them with "…", and
+when stdout is a pipe or a file the table is plain text with every cell whole, so
+``kvmgr net list | grep default`` finds the whole line.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,7 +35,10 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._stderr)
+            stream = sys.stderr if self._stderr else sys.stdout
+            # Not a terminal: Rich would wrap or cut at 80 columns; a pipe gets whole lines.
+            width = None if stream.isatty() else 100_000
+            self._console = Console(stderr=self._stderr, width=width)
         return self._console
 
     def __getattr__(self, name: str) -> Any:
@@ -77,13 +86,42 @@ err_console = cast("Console", _LazyConsole(stderr=True))
 
 class OutputFormat(str, Enum):
     table = "table"
+    wide = "wide"
     json = "json"
     yaml = "yaml"
+    tsv = "tsv"
+    csv = "csv"
+
+    @property
+    def for_people(self) -> bool:
+        """Tables (sizes as "2.0 GiB"); the other formats carry exact values for scripts."""
+        return self in (OutputFormat.table, OutputFormat.wide)
 
 
 OutputOption = typer.Option(
-    OutputFormat.table, "--output", "-o", help="table for people, json or yaml for scripts"
+    OutputFormat.table,
+    "--output",
+    "-o",
+    help="table or wide (every column) for people; json, yaml, tsv or csv for scripts",
 )
+
+
+@dataclass
+class OutputFlags:
+    """Flags that every listing honours, taken from anywhere on the command line."""
+
+    no_headers: bool = False
+
+
+flags = OutputFlags()
+
+
+def take_output_flags(argv: list[str]) -> list[str]:
+    """Remove ``--no-headers`` from ``argv`` (wherever it is, as kubectl allows) and note it."""
+    if "--no-headers" in argv:
+        flags.no_headers = True
+        argv = [arg for arg in argv if arg != "--no-headers"]
+    return argv
 
 
 def _plain(value: Any) -> Any:
@@ -177,21 +215,73 @@ def emit_rows(
     columns: Sequence[str],
     *,
     title: str | None = None,
+    wide: Sequence[str] = (),
 ) -> None:
-    """Print ``rows``: a table of ``columns`` for people, every key for json/yaml."""
+    """Print ``rows``: a table of ``columns`` for people, every key for json/yaml.
+
+    ``-o wide``, tsv and csv add ``wide`` (by default every other key of the rows).
+    """
     if fmt is OutputFormat.json:
         typer.echo(_json(list(rows)))
     elif fmt is OutputFormat.yaml:
         typer.echo(_yaml(_plain(list(rows))), nl=False)
     else:
-        from rich.table import Table
+        shown = (
+            list(columns) if fmt is OutputFormat.table else [*columns, *_extra(rows, columns, wide)]
+        )
+        headers = [column.upper().replace("_", " ") for column in shown]
+        cells = [[_cell(row.get(column)) for column in shown] for row in rows]
+        if fmt in (OutputFormat.tsv, OutputFormat.csv):
+            _delimited(headers, cells, fmt)
+        elif not sys.stdout.isatty():
+            _plain_table(headers, cells)
+        else:
+            _rich_table(headers, cells, title)
 
-        table = Table(title=title, header_style="bold")
-        for column in columns:
-            table.add_column(column.upper().replace("_", " "))
-        for row in rows:
-            table.add_row(*(_cell(row.get(column)) for column in columns))
-        console.print(table)
+
+def _extra(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], wide: Sequence[str]
+) -> list[str]:
+    if wide:
+        return list(wide)
+    keys = dict.fromkeys(key for row in rows for key in row)
+    return [key for key in keys if key not in columns]
+
+
+def _rich_table(headers: list[str], cells: list[list[str]], title: str | None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold", show_header=not flags.no_headers)
+    for header in headers:
+        table.add_column(header, overflow="fold")  # folded, never cut with "…"
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _plain_table(headers: list[str], cells: list[list[str]]) -> None:
+    """Columns padded with spaces, each cell whole (grep, awk and cut work on it)."""
+    lines = cells if flags.no_headers else [headers, *cells]
+    if not lines:
+        return
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    for line in lines:
+        padded = (cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False))
+        sys.stdout.write("  ".join([*padded, line[-1]]).rstrip() + "\n")
+
+
+def _delimited(headers: list[str], cells: list[list[str]], fmt: OutputFormat) -> None:
+    import csv
+
+    writer = csv.writer(
+        sys.stdout,
+        delimiter="\t" if fmt is OutputFormat.tsv else ",",
+        lineterminator="\n",
+        quoting=csv.QUOTE_MINIMAL,
+    )
+    if not flags.no_headers:
+        writer.writerow(headers)
+    writer.writerows(cells)
 
 
 def emit_object(data: Mapping[str, Any], fmt: OutputFormat) -> None:
@@ -200,21 +290,31 @@ def emit_object(data: Mapping[str, Any], fmt: OutputFormat) -> None:
         typer.echo(_json(data))
     elif fmt is OutputFormat.yaml:
         typer.echo(_yaml(_plain(data)), nl=False)
+    elif fmt in (OutputFormat.tsv, OutputFormat.csv):
+        _delimited(["KEY", "VALUE"], [[key, _cell(value)] for key, value in data.items()], fmt)
     else:
+        pairs = [(key, _rendered(value)) for key, value in data.items()]
+        if not sys.stdout.isatty():
+            width = max((len(key) for key, _value in pairs), default=0)
+            for key, text in pairs:
+                indent = "\n" + " " * (width + 2)
+                sys.stdout.write(f"{key.ljust(width)}  {text.replace(chr(10), indent)}\n")
+            return
         from rich.table import Table
 
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_column(style="bold")
-        table.add_column()
-        for key, value in data.items():
-            if isinstance(value, list) and value and isinstance(value[0], Mapping):
-                rendered = "\n".join(
-                    "  ".join(f"{k}={_cell(v)}" for k, v in item.items()) for item in value
-                )
-            else:
-                rendered = _cell(value)
-            table.add_row(key, rendered)
+        table.add_column(overflow="fold")
+        for key, text in pairs:
+            table.add_row(key, text)
         console.print(table)
+
+
+def _rendered(value: Any) -> str:
+    """A value of :func:`emit_object`: a list of mappings is one ``k=v`` line per item."""
+    if isinstance(value, list) and value and isinstance(value[0], Mapping):
+        return "\n".join("  ".join(f"{k}={_cell(v)}" for k, v in item.items()) for item in value)
+    return _cell(value)
 
 
 def _yaml(data: Any) -> str:

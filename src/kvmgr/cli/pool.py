@@ -20,7 +20,7 @@ _SIZES = ("capacity", "allocation", "available")
 def _human(info: storage.PoolInfo, fmt: OutputFormat) -> dict[str, Any]:
     """Sizes as bytes for scripts, as ``1.5 GiB`` for people."""
     data = info.as_dict()
-    if fmt is OutputFormat.table:
+    if fmt.for_people:
         for key in _SIZES:
             data[key] = format_size(data[key])
     return data

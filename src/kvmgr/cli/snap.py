@@ -43,7 +43,7 @@ def create(
 def list_cmd(vm: VMArg, output: OutputFormat = OutputOption) -> None:
     """Show the snapshots as a tree; '*' marks the current one."""
     rows = [info.as_dict() for info in snapshots.list_snapshots(conn(), vm)]
-    if output is OutputFormat.table:
+    if output.for_people:
         for row in rows:
             row["name"] = "  " * row["depth"] + ("└ " if row["depth"] else "") + row["name"]
             row["current"] = "*" if row["current"] else ""

@@ -34,7 +34,7 @@ def list_cmd(
 ) -> None:
     """List every VM (those made by virt-install or virsh too)."""
     rows = [row.as_dict() for row in vms.list_vms(conn(), with_ips=ips)]
-    if output is OutputFormat.table:
+    if output.for_people:
         for row in rows:
             row["memory"] = format_size(row["memory"]) if row["memory"] else None
     emit_rows(rows, output, ["name", "state", "vcpus", "memory", "ips", "autostart"])
@@ -45,7 +45,7 @@ def list_cmd(
 def info(name: NameArg, output: OutputFormat = OutputOption) -> None:
     """Show one VM: resources, disks, NICs, consoles, IPs."""
     data = vms.vm_info(conn(), name)
-    if output is OutputFormat.table:
+    if output.for_people:
         for key in ("memory", "max_memory"):
             if data.get(key):
                 data[key] = format_size(data[key])
@@ -114,7 +114,7 @@ def create(
         result = create_vm(conn(), spec, progress=spinner.update)
     typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)
     data = result.__dict__.copy()
-    if output is OutputFormat.table:
+    if output.for_people:
         data["memory"] = format_size(result.memory)
         data["seconds"] = f"{result.seconds:.1f}"
     emit_object(data, output)

@@ -28,7 +28,7 @@ def clone(
 
     result = clones.clone_vm(conn(), source, name, linked=linked, start=start, snapshot=snapshot)
     data = result.as_dict()
-    if output is OutputFormat.table:  # scripts get the exact number, people a readable one
+    if output.for_people:  # scripts get the exact number, people a readable one
         data["seconds"] = f"{result.seconds:.2f}"
     emit_object(data, output)
 

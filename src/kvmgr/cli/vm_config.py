@@ -71,7 +71,7 @@ def set_cmd(
         config=config,
     )
     data = result.as_dict()
-    if output is OutputFormat.table:
+    if output.for_people:
         data = _sizes_for_people(data, ("memory_live", "memory_config", "max_memory"))
     emit_object(data, output)
 
@@ -148,7 +148,7 @@ def disk_resize(
 
     result = resize_disk(conn(), name, target, parse_size(size, what="size", default_unit="G"))
     data = result.as_dict()
-    if output is OutputFormat.table:
+    if output.for_people:
         data = _sizes_for_people(data, ("capacity",))
     emit_object(data, output)
 
@@ -281,7 +281,7 @@ _STATS_COLUMNS = ["name", "state", "cpu", "memory", "disk_read", "disk_write", "
 
 
 def _stats_rows(items: list[Any], output: OutputFormat) -> list[dict[str, Any]]:
-    if output is not OutputFormat.table:
+    if not output.for_people:
         return [item.as_dict() for item in items]
     return [
         {
@@ -322,7 +322,7 @@ def stats_cmd(
         rows = _stats_rows(stats.sample_rates(conn(), names, interval=interval), output)
         emit_rows(rows, output, _STATS_COLUMNS)
         return
-    if output is not OutputFormat.table:
+    if not output.for_people:
         raise InvalidInput("--watch shows a live table", hint="drop -o, or drop --watch")
     _watch(names, interval)
 

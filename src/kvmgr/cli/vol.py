@@ -35,7 +35,7 @@ Name = Annotated[str, typer.Argument(help="volume name")]
 
 def _human(info: storage.VolumeInfo, fmt: OutputFormat) -> dict[str, Any]:
     data = info.as_dict()
-    if fmt is OutputFormat.table:
+    if fmt.for_people:
         data["capacity"] = format_size(info.capacity)
         data["allocation"] = format_size(info.allocation)
     return data
