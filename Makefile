@@ -8,7 +8,7 @@ STAMP     := $(VENV)/.installed
 # Demo ISO location: readable by the qemu user libvirt runs guests as.
 DEMO_ISO  ?= /var/lib/kvmgr/demo/kvmgr-demo.iso
 
-.PHONY: all setup system-deps web-ui test-deps venv daemons demo test unit integration lint bench clean
+.PHONY: all setup system-deps web-ui test-deps venv daemons demo test unit integration lint bench wheel clean
 
 all: test
 
@@ -53,6 +53,10 @@ lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
+
+# A wheel with the web libraries in it (they are not in git): `pip install dist/kvmgr-*.whl`.
+wheel: web-ui venv
+	$(PYTHON) -m pip wheel -q --no-deps -w dist .
 
 bench: setup
 	$(PYTHON) bench/run $(BENCH_ARGS)
