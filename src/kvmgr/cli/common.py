@@ -1,20 +1,33 @@
-"""What every command group shares: the connection from ``--connect``, and error reporting."""
+"""What every command group shares: the connection from ``--connect``, the control plane, and
+error reporting."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
 
 from kvmgr.cli.output import err_console
 
-__all__ = ["CLIState", "conn", "err_console", "progress", "report_errors", "state"]
+__all__ = [
+    "CLIState",
+    "conn",
+    "err_console",
+    "progress",
+    "report_errors",
+    "state",
+    "vm_lease",
+]
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import KvmgrError
+
+if TYPE_CHECKING:
+    from kvmgr.control.plane import ControlPlane
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,6 +39,7 @@ class CLIState:
 
     uri: str | None = None
     _conn: Connection | None = field(default=None, repr=False)
+    _plane: ControlPlane | None = field(default=None, repr=False)
 
     def connection(self) -> Connection:
         """Open the connection on first use, so commands that need none start fast."""
@@ -33,7 +47,34 @@ class CLIState:
             self._conn = open_connection(self.uri)
         return self._conn
 
+    def host_name(self) -> str:
+        """The name of the host this command acts on (one host until the host registry)."""
+        return "local"
+
+    def plane(self) -> ControlPlane:
+        """The control plane over the store of ``KVMGR_DB_URL``, opened on first use.
+
+        Opening it recovers what dead kvmgr processes left (one query when nothing is pending)
+        and says on stderr what it did.
+        """
+        if self._plane is None:
+            import pwd
+
+            from kvmgr.api.settings import Settings
+            from kvmgr.control.plane import ControlPlane
+            from kvmgr.store.db import Store
+
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            store = Store(Settings().database_url)
+            self._plane = ControlPlane(store, f"cli:{user}", lambda _host: self.connection())
+            for outcome in self._plane.recover():
+                err_console.print(f"[yellow]recovered:[/] {outcome.line()}", highlight=False)
+        return self._plane
+
     def close(self) -> None:
+        if self._plane is not None:
+            self._plane.store.dispose()
+            self._plane = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -45,6 +86,15 @@ state = CLIState()
 def conn() -> Connection:
     """The libvirt connection for this command."""
     return state.connection()
+
+
+@contextmanager
+def vm_lease(name: str, operation: str) -> Iterator[None]:
+    """Hold the lease of VM ``name`` for ``operation`` (refused with Busy while another kvmgr
+    process, here or elsewhere, works on the VM)."""
+    plane = state.plane()
+    with plane.lease(plane.vm_key(state.host_name(), name), operation):
+        yield
 
 
 def report_errors(func: Callable[P, R]) -> Callable[P, R]:

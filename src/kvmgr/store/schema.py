@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 #: Modules whose import registers tables on ``Base.metadata``.
-MODEL_MODULES: tuple[str, ...] = ("kvmgr.store.models",)
+MODEL_MODULES: tuple[str, ...] = ("kvmgr.store.models", "kvmgr.control.models")
 
 
 def load_all_models() -> None:

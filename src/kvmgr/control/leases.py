@@ -1,0 +1,353 @@
+"""Leases: who works on an object now, in the database every kvmgr process shares.
+
+A lease is a row of ``leases`` keyed by the object ("vm:<host>/<uuid>").  It is taken in ONE
+statement, an upsert that inserts the row or takes it over only when it has expired, so two
+processes (two CLIs, a CLI and the API, two API replicas) can never both believe they hold it:
+the database decides, not a read followed by a write.
+
+While a lease is held, a daemon thread renews its expiry every ``ttl/3`` seconds; a holder that
+dies stops renewing and its leases fall free at expiry.  The holder id is
+``<hostname>:<pid>:<process start time>``, so a lease held by a process of THIS machine that no
+longer exists (``kill -9``) is taken over at once, without waiting for the expiry.  The start
+time makes a recycled pid count as another process.
+
+Inside one process a lease is re-entrant for the thread that holds it (a clone takes a snapshot
+of its source under the lease it already holds); another thread of the same process is refused
+like any other process, since the database row cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from kvmgr.control.models import Lease
+from kvmgr.errors import Busy, OperationFailed, Unsupported
+from kvmgr.store.db import Store
+from kvmgr.store.models import aware, utcnow
+
+log = logging.getLogger(__name__)
+
+#: Seconds a lease lives without renewal.  Short, so a dead remote holder frees its objects
+#: soon; the renewal thread refreshes it every third of that.
+DEFAULT_TTL = 20.0
+#: How often a waiting caller tries again.
+POLL_SECONDS = 0.1
+
+
+# ------------------------------------------------------------------ holder ids
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (None: no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[19]  # field 22 of proc(5); the split starts at field 3
+
+
+@cache
+def _holder_for(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{_proc_start(pid) or '0'}"
+
+
+def holder_id() -> str:
+    """This process's holder id (recomputed after a fork, since the pid changes)."""
+    return _holder_for(os.getpid())
+
+
+def holder_alive(holder: str) -> bool | None:
+    """Whether ``holder`` still runs: known only for holders of this machine (None otherwise)."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return None
+    return _proc_start(int(parts[1])) == parts[2]
+
+
+def when(moment: datetime) -> str:
+    return aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# ------------------------------------------------------------------ the registry of held leases
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """Who holds a lease, for messages ("busy: snapshot create by cli:ann since ...")."""
+
+    key: str
+    holder: str
+    operation: str
+    actor: str
+    acquired: datetime
+    expires: datetime
+
+    def describe(self) -> str:
+        return f"{self.operation} by {self.actor} since {when(self.acquired)}"
+
+
+@dataclass
+class _Held:
+    thread: int
+    depth: int
+    info: LeaseInfo
+
+
+class Leases:
+    """Take, renew and release leases in ``store`` (one per process and store: the registry of
+    what this process holds lives here)."""
+
+    def __init__(self, store: Store, ttl: float = DEFAULT_TTL) -> None:
+        if store.engine.dialect.name not in ("sqlite", "postgresql"):
+            raise Unsupported(
+                f"leases need SQLite or PostgreSQL, not {store.engine.dialect.name}",
+                hint="set KVMGR_DB_URL to a sqlite:// or postgresql+psycopg:// URL",
+            )
+        self.store = store
+        self.ttl = ttl
+        self._held: dict[str, _Held] = {}
+        self._guard = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    # -------------------------------------------------------------- public
+    @contextlib.contextmanager
+    def hold(
+        self,
+        key: str,
+        operation: str,
+        *,
+        actor: str,
+        what: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[None]:
+        """Hold the lease ``key`` for the block, naming ``operation`` to whoever is refused.
+
+        A held lease raises :class:`Busy` ("<what> is busy: <op> by <who> since <t>") at once,
+        or, with ``wait``, once ``timeout`` seconds have passed (never without a timeout).
+        """
+        if self._reenter(key):
+            try:
+                yield
+            finally:
+                self._leave(key)
+            return
+        self._acquire(key, operation, actor, what or key, wait=wait, timeout=timeout)
+        try:
+            yield
+        finally:
+            self._leave(key)
+
+    def holds(self, key: str) -> bool:
+        """Whether this thread holds ``key``."""
+        with self._guard:
+            held = self._held.get(key)
+            return held is not None and held.thread == threading.get_ident()
+
+    def current(self, key: str) -> LeaseInfo | None:
+        """The live lease on ``key``, or None when it is free (absent, expired, holder dead)."""
+        with self.store.session() as session:
+            row = session.get(Lease, key)
+            info = _info(row) if row is not None else None
+        if info is None or self._free(info):
+            return None
+        return info
+
+    def busy(self, key: str) -> str | None:
+        """``"busy: <op> by <who> since <t>"`` while someone holds ``key``, else None."""
+        info = self.current(key)
+        return None if info is None else f"busy: {info.describe()}"
+
+    # -------------------------------------------------------------- taking
+    def _acquire(
+        self,
+        key: str,
+        operation: str,
+        actor: str,
+        what: str,
+        *,
+        wait: bool,
+        timeout: float | None,
+    ) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self._try(key, operation, actor)
+            if info is None:
+                self._start_renewer()
+                return
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                raise Busy(
+                    f"{what} is busy: {info.describe()}",
+                    hint="wait until that operation ends and try again",
+                )
+            time.sleep(POLL_SECONDS)
+
+    def _try(self, key: str, operation: str, actor: str) -> LeaseInfo | None:
+        """Take ``key`` if free (None); else who holds it."""
+        me = holder_id()
+        while True:
+            with self._guard:
+                held = self._held.get(key)
+            if held is not None:
+                return held.info  # another thread of this process
+            taken = self._upsert(key, operation, actor, me)
+            if taken is not None:
+                break
+            with self._session() as session:
+                row = session.get(Lease, key)
+                info = _info(row) if row is not None else None
+            if info is None:
+                continue  # released between our two statements: try again
+            if info.holder == me or holder_alive(info.holder) is not False:
+                return info
+            # A dead process of this machine: take over at once, but only from that holder.
+            taken = self._take_over(key, operation, actor, me, info.holder)
+            if taken is None:
+                continue
+            log.info("lease %s taken over from dead holder %s", key, info.holder)
+            break
+        with self._guard:
+            self._held[key] = _Held(threading.get_ident(), 1, taken)
+        return None
+
+    def _upsert(self, key: str, operation: str, actor: str, me: str) -> LeaseInfo | None:
+        now = utcnow()
+        values: dict[str, Any] = {
+            "key": key,
+            "holder": me,
+            "operation": operation[:200],
+            "actor": actor[:64],
+            "acquired": now,
+            "expires": now + timedelta(seconds=self.ttl),
+        }
+        dialect = self.store.engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(Lease).values(**values)
+        # Taken over only when expired, or when the row is our own (left by a failed release:
+        # no thread of ours holds it, or the registry would have re-entered).
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[Lease.key],
+            set_={name: stmt.excluded[name] for name in values if name != "key"},
+            where=(Lease.expires < now) | (Lease.holder == me),
+        ).returning(Lease.key)
+        with self._session() as session:
+            if session.execute(upsert).first() is None:
+                return None
+        return LeaseInfo(**values)
+
+    def _take_over(
+        self, key: str, operation: str, actor: str, me: str, dead: str
+    ) -> LeaseInfo | None:
+        now = utcnow()
+        info = LeaseInfo(
+            key, me, operation[:200], actor[:64], now, now + timedelta(seconds=self.ttl)
+        )
+        stmt = (
+            update(Lease)
+            .where(Lease.key == key, Lease.holder == dead)
+            .values(
+                holder=me,
+                operation=info.operation,
+                actor=info.actor,
+                acquired=now,
+                expires=info.expires,
+            )
+        )
+        with self._session() as session:
+            changed = session.execute(stmt).rowcount
+        return info if changed else None
+
+    def _free(self, info: LeaseInfo) -> bool:
+        if aware(info.expires) < utcnow():
+            return True
+        return info.holder != holder_id() and holder_alive(info.holder) is False
+
+    # -------------------------------------------------------------- holding and leaving
+    def _reenter(self, key: str) -> bool:
+        with self._guard:
+            held = self._held.get(key)
+            if held is not None and held.thread == threading.get_ident():
+                held.depth += 1
+                return True
+        return False
+
+    def _leave(self, key: str) -> None:
+        with self._guard:
+            held = self._held[key]
+            held.depth -= 1
+            if held.depth:
+                return
+            del self._held[key]
+        try:
+            with self._session() as session:
+                session.execute(delete(Lease).where(Lease.key == key, Lease.holder == holder_id()))
+        except OperationFailed as err:
+            # Not fatal: the row expires by itself once nobody renews it.
+            log.warning("could not release lease %s: %s", key, err)
+
+    def _start_renewer(self) -> None:
+        with self._guard:
+            if self._renewer is not None and self._renewer.is_alive():
+                return
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name="kvmgr-lease-renewal", daemon=True
+            )
+            self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while True:
+            self._wake.wait(self.ttl / 3)
+            with self._guard:
+                keys = list(self._held)
+                if not keys:
+                    self._renewer = None
+                    return
+            self.renew(keys)
+
+    def renew(self, keys: list[str]) -> None:
+        """Push the expiry of ``keys`` (held by this process) one ttl ahead."""
+        expires = utcnow() + timedelta(seconds=self.ttl)
+        stmt = (
+            update(Lease)
+            .where(Lease.key.in_(keys), Lease.holder == holder_id())
+            .values(expires=expires)
+        )
+        try:
+            with self._session() as session:
+                renewed = session.execute(stmt).rowcount
+        except OperationFailed as err:
+            log.warning("could not renew leases %s: %s", keys, err)
+            return
+        if renewed != len(keys):
+            log.error("lost %d of the leases %s (expired unrenewed)", len(keys) - renewed, keys)
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Any]:
+        try:
+            with self.store.session() as session:
+                yield session
+        except SQLAlchemyError as err:
+            raise OperationFailed(
+                f"lease database error: {err.__class__.__name__}: {err}",
+                hint="check KVMGR_DB_URL and that the database server is running",
+            ) from err
+
+
+def _info(row: Lease) -> LeaseInfo:
+    return LeaseInfo(row.key, row.holder, row.operation, row.actor, row.acquired, row.expires)

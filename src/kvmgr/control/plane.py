@@ -1,0 +1,260 @@
+"""The control plane facade: leases, journaled operations and recovery over one store.
+
+Faces use it like this::
+
+    plane = ControlPlane(store, actor="cli:ann", connect=lambda host: conn)
+    with plane.lease(plane.vm_key("local", "web1"), "start"):
+        vms.start(conn, "web1")
+    with plane.operation("create", "web1", "local", keys=[...]) as steps:
+        create.create_vm(conn, spec, steps=steps)
+
+:meth:`ControlPlane.operation` takes the leases, writes the operation's row, yields a
+journal-backed :class:`~kvmgr.services.steps.Steps`; when the block raises it undoes (or
+finishes) in-process what the journal says, and when it returns marks the operation done.  A
+process killed inside leaves the row ``running`` for :meth:`ControlPlane.recover`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import delete, select, update
+
+from kvmgr.connect import Connection
+from kvmgr.control import recovery
+from kvmgr.control.journal import JournalSteps
+from kvmgr.control.leases import DEFAULT_TTL, Leases, holder_id
+from kvmgr.control.models import (
+    DONE,
+    FAILED,
+    RECOVERED,
+    RECOVERY_FAILED,
+    RUNNING,
+    Operation,
+    OperationRecord,
+)
+from kvmgr.errors import libvirt_errors
+from kvmgr.services.steps import Steps, run_recovery
+from kvmgr.store.clip import clip
+from kvmgr.store.db import Store
+from kvmgr.store.models import aware, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Key(NamedTuple):
+    """A lease key and how to name its object in messages ("VM web1")."""
+
+    key: str
+    what: str
+
+
+def vm_key(host: str, uuid: str, name: str | None = None) -> Key:
+    """The lease key of a VM: by UUID, so a rename cannot dodge it; by host, since UUIDs of
+    two hosts' VMs may collide."""
+    return Key(f"vm:{host}/{uuid}", f"VM {name or uuid}")
+
+
+@dataclass(frozen=True)
+class OperationView:
+    """One operation as ``kvmgr ops list`` and the API show it."""
+
+    id: str
+    kind: str
+    target: str
+    host: str
+    actor: str
+    state: str
+    created: datetime
+    finished: datetime | None
+    message: str
+    error: str | None
+
+
+@dataclass
+class ControlPlane:
+    """Leases, journal and recovery for ``actor`` over ``store``; ``connect(host)`` gives the
+    libvirt connection of a host (kept open by the caller)."""
+
+    store: Store
+    actor: str
+    connect: Callable[[str], Connection]
+    leases: Leases
+
+    def __init__(
+        self,
+        store: Store,
+        actor: str,
+        connect: Callable[[str], Connection],
+        *,
+        ttl: float = DEFAULT_TTL,
+        leases: Leases | None = None,
+    ) -> None:
+        self.store = store
+        self.actor = actor
+        self.connect = connect
+        self.leases = leases or Leases(store, ttl)
+
+    def for_actor(self, actor: str) -> ControlPlane:
+        """The same plane (same leases held, same store) acting for another user."""
+        return replace(self, actor=actor)
+
+    # -------------------------------------------------------------- keys
+    def vm_key(self, host: str, name: str) -> Key:
+        """The lease key of VM ``name`` on ``host`` (looked up for its UUID)."""
+        from kvmgr.services.vms import lookup
+
+        dom = lookup(self.connect(host), name)
+        with libvirt_errors(f"reading the UUID of VM {name}"):
+            return vm_key(host, dom.UUIDString(), name)
+
+    # -------------------------------------------------------------- leases
+    @contextlib.contextmanager
+    def lease(
+        self,
+        key: Key | str,
+        operation: str,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[None]:
+        """Hold one lease for the block (lifecycle actions: start, stop, reboot, ...)."""
+        name, what = _split(key)
+        with self.leases.hold(
+            name, operation, actor=self.actor, what=what, wait=wait, timeout=timeout
+        ):
+            yield
+
+    def busy(self, key: Key | str) -> str | None:
+        """``"busy: <op> by <who> since <t>"`` while someone holds ``key`` (for ``vm info``)."""
+        return self.leases.busy(_split(key)[0])
+
+    # -------------------------------------------------------------- operations
+    @contextlib.contextmanager
+    def operation(
+        self,
+        kind: str,
+        target: str,
+        host: str,
+        keys: Iterable[Key | str] = (),
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> Iterator[Steps]:
+        """Run a journaled operation under the leases of ``keys``; yields its :class:`Steps`."""
+        op_id = str(uuid.uuid4())
+        description = f"{kind} {target}"
+        split = sorted({_split(key) for key in keys})  # one order everywhere: no dead-lock
+        with contextlib.ExitStack() as stack:
+            for name, what in split:
+                stack.enter_context(
+                    self.leases.hold(
+                        name, description, actor=self.actor, what=what, wait=wait, timeout=timeout
+                    )
+                )
+            stack.enter_context(
+                self.leases.hold(recovery.op_key(op_id), description, actor=self.actor)
+            )
+            with self.store.session() as session:
+                session.add(
+                    Operation(
+                        id=op_id,
+                        kind=clip(Operation, "kind", kind),
+                        target=clip(Operation, "target", target),
+                        host=clip(Operation, "host", host),
+                        actor=clip(Operation, "actor", self.actor),
+                        holder=holder_id(),
+                        keys=[name for name, _what in split],
+                        state=RUNNING,
+                    )
+                )
+            steps = JournalSteps(self.store, op_id, say)
+            try:
+                yield steps
+            except BaseException as err:
+                self._failed(op_id, host, steps, err)
+                raise
+            self._end(op_id, DONE, None, steps.message, drop_records=True)
+
+    def _failed(self, op_id: str, host: str, steps: JournalSteps, err: BaseException) -> None:
+        """Undo (or finish) in-process what the journal of a failed operation says."""
+        error = f"{err.__class__.__name__}: {err}"
+        try:
+            problems = run_recovery(self.connect(host), steps.undo, steps.finish)
+        except Exception as undo_err:  # recovery by a later process takes over
+            log.error("in-process undo of %s failed (%s); left for recovery", op_id, undo_err)
+            # Not ours any more, so any process's recovery (ours included) picks it up.
+            with self.store.session() as session:
+                session.execute(
+                    update(Operation)
+                    .where(Operation.id == op_id)
+                    .values(holder="abandoned", error=error)
+                )
+            return
+        state, message, trouble = recovery.outcome_of(steps.undo, steps.finish, problems)
+        if state != RECOVERY_FAILED:
+            state = FAILED if not steps.finish else RECOVERED
+        self._end(
+            op_id,
+            state,
+            error if trouble is None else f"{error}; {trouble}",
+            message,
+            drop_records=trouble is None,
+        )
+
+    def _end(
+        self, op_id: str, state: str, error: str | None, message: str, *, drop_records: bool
+    ) -> None:
+        with self.store.session() as session:
+            session.execute(
+                update(Operation)
+                .where(Operation.id == op_id)
+                .values(state=state, error=error, message=message, finished=utcnow())
+            )
+            if drop_records:
+                session.execute(
+                    delete(OperationRecord).where(OperationRecord.operation_id == op_id)
+                )
+
+    # -------------------------------------------------------------- recovery and listing
+    def recover(self, *, retry_failed: bool = False) -> list[recovery.Outcome]:
+        """Finish or undo the operations of dead holders (one query when there are none)."""
+        return recovery.recover(
+            self.store, self.leases, self.connect, actor=self.actor, retry_failed=retry_failed
+        )
+
+    def operations(self, *, include_done: bool = False, limit: int = 200) -> list[OperationView]:
+        """Operations newest first; without ``include_done``, those not simply done."""
+        query = select(Operation).order_by(Operation.created.desc()).limit(limit)
+        if not include_done:
+            query = query.where(Operation.state != DONE)
+        with self.store.session() as session:
+            return [
+                OperationView(
+                    op.id,
+                    op.kind,
+                    op.target,
+                    op.host,
+                    op.actor,
+                    op.state,
+                    aware(op.created),
+                    aware(op.finished) if op.finished else None,
+                    op.message,
+                    op.error,
+                )
+                for op in session.scalars(query)
+            ]
+
+
+def _split(key: Key | str) -> tuple[str, str]:
+    return (key.key, key.what) if isinstance(key, Key) else (key, key)
+
+
+__all__ = ["ControlPlane", "Key", "OperationView", "vm_key"]
