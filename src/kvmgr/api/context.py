@@ -52,7 +52,7 @@ class AppContext:
         self.store = Store(settings.database_url)
         self.bus = EventBus()
         self.runner = TaskRunner(self.store, listener=self._task_changed)
-        self.console_tokens = ConsoleTokens(settings.console_token_seconds)
+        self.console_tokens = ConsoleTokens(settings.console_token_seconds, settings.secret_key)
         self.limiter = LoginLimiter(
             settings.login_attempts, settings.login_window, settings.login_address_attempts
         )

@@ -1,10 +1,16 @@
-"""Short-lived console tokens and the login rate limit.  Both live in memory: a restart ends them,
-which is what a token that lives 30 seconds and a one-minute window want anyway."""
+"""Short-lived console tokens and the login rate limit.
+
+Console tokens are signed with ``KVMGR_SECRET_KEY`` (HMAC-SHA256), so any API replica that shares
+the key accepts a token another replica issued: the browser's websocket may land on either
+behind a load balancer.  The login limiter lives in memory: a one-minute window wants no more.
+"""
 
 from __future__ import annotations
 
+import base64
 import collections
-import hashlib
+import hmac
+import json
 import logging
 import re
 import secrets
@@ -12,7 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from kvmgr.store.models import Role
 from kvmgr.store.users import Principal
 
 
@@ -21,43 +29,75 @@ class ConsoleGrant:
     user: Principal
     vm: str
     kind: str  # serial | vnc
-    expires: float
+    expires: float  # Unix time: replicas share the wall clock, not a monotonic one
 
 
 class ConsoleTokens:
-    """Random, single-use tokens bound to one user, one VM and one console kind."""
+    """Single-use tokens bound to one user, one VM and one console kind, signed by ``secret``.
 
-    def __init__(self, lifetime: float) -> None:
+    A token carries its grant (user, VM, kind, expiry, a random nonce) and its signature; no
+    replica has to have issued it.  Single use is enforced per replica (the nonces it redeemed
+    until they expire); a token lives ``lifetime`` seconds (30 by default), and the console
+    route re-checks that its user may still act on the VM.
+    """
+
+    def __init__(
+        self, lifetime: float, secret: str | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.lifetime = lifetime
+        # No key given (a library caller, a unit test): tokens are good in this process only.
+        self._key = (secret or secrets.token_hex(32)).encode()
+        self._clock = clock
         self._lock = threading.Lock()
-        self._grants: dict[str, ConsoleGrant] = {}
+        self._used: dict[str, float] = {}  # nonce -> expiry
 
     def issue(self, user: Principal, vm: str, kind: str) -> str:
-        token = secrets.token_urlsafe(32)
-        grant = ConsoleGrant(user, vm, kind, time.monotonic() + self.lifetime)
-        with self._lock:
-            self._drop_expired()
-            self._grants[_key(token)] = grant
-        return token
+        grant = {
+            "u": [user.id, user.name, user.role.value, user.group],
+            "vm": vm,
+            "k": kind,
+            "exp": self._clock() + self.lifetime,
+            "n": secrets.token_urlsafe(16),
+        }
+        payload = _b64(json.dumps(grant, separators=(",", ":")).encode())
+        return f"{payload}.{self._sign(payload)}"
 
     def redeem(self, token: str, vm: str, kind: str) -> Principal | None:
         """The user the token was issued to, if it is valid for this VM and kind; used up."""
+        grant = self._verified(token)
+        if grant is None:
+            return None
         with self._lock:
-            grant = self._grants.pop(_key(token), None)  # single use, even when it fails
-        if grant is None or grant.expires < time.monotonic():
+            now = self._clock()
+            for nonce in [n for n, expires in self._used.items() if expires < now]:
+                del self._used[nonce]
+            if grant.get("n") in self._used:
+                return None
+            self._used[str(grant.get("n"))] = float(grant["exp"])  # used up, even when it fails
+        if float(grant["exp"]) < self._clock():
             return None
-        if not (secrets.compare_digest(grant.vm, vm) and grant.kind == kind):
+        if not (secrets.compare_digest(str(grant["vm"]), vm) and grant["k"] == kind):
             return None
-        return grant.user
+        user_id, name, role, group = grant["u"]
+        return Principal(int(user_id), str(name), Role(role), group)
 
-    def _drop_expired(self) -> None:
-        now = time.monotonic()
-        for key in [key for key, grant in self._grants.items() if grant.expires < now]:
-            del self._grants[key]
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.digest(self._key, payload.encode(), "sha256"))
+
+    def _verified(self, token: str) -> dict[str, Any] | None:
+        payload, dot, signature = token.partition(".")
+        if not dot or not hmac.compare_digest(self._sign(payload), signature):
+            return None
+        try:
+            grant = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            return None
+        keys = {"u", "vm", "k", "exp", "n"}
+        return grant if isinstance(grant, dict) and keys <= grant.keys() else None
 
 
-def _key(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class LoginLimiter:

@@ -1,8 +1,13 @@
 """Settings of ``kvmgr serve`` from the environment (``KVMGR_*``), checked before serving.
 
-The secret key signs nothing a client can forge today (sessions are random ids in the DB), but it
-keys the console tokens' HMAC and must never be a default: for a loopback listen one is generated
-and kept in the state dir; for any other address the operator must give one.
+The secret key signs the console tokens (HMAC), so that every API replica sharing it accepts a
+token another replica issued.  It must never be a default: for a loopback listen one is generated
+and kept in the state dir; for any other address the operator gives one (the same to every
+replica).
+
+Behind a reverse proxy every request comes from the proxy's address; ``KVMGR_TRUSTED_PROXIES``
+(``--trusted-proxy``) names the proxies whose ``X-Forwarded-For`` gives the real client, which
+the login limiter and the audit log then see.  Nobody else's header is believed.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class Settings(BaseSettings):
     console_token_seconds: float = 30.0
     #: Seconds between the bulk stats samples pushed to dashboards (0: no live stats).
     stats_interval: float = 2.0
+    #: Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
     #: Subscribe to libvirt's lifecycle events (off in unit tests that open many apps).
     events: bool = True
 
@@ -53,6 +60,20 @@ class Settings(BaseSettings):
         # A directory of its own: the state dir also holds the ISO pool, which QEMU must be able
         # to traverse, so only the database's directory can be closed to everyone but us (0700).
         return self.db_url or f"sqlite:///{self.state_dir / 'db' / 'kvmgr.db'}"
+
+    @property
+    def proxies(self) -> list[str]:
+        """The trusted proxies, each checked to be an address or a network."""
+        entries = [entry.strip() for entry in self.trusted_proxies.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise InvalidInput(
+                    f"trusted proxy {entry!r} is not an IP address or network",
+                    hint="e.g. --trusted-proxy 10.0.0.5 or KVMGR_TRUSTED_PROXIES=10.0.0.0/24,::1",
+                ) from None
+        return entries
 
     @property
     def tls(self) -> bool:
@@ -98,6 +119,7 @@ def check_serving(settings: Settings) -> Settings:
             "network in clear text",
             hint="give --tls-cert and --tls-key, or --insecure if a TLS proxy sits in front",
         )
+    settings.proxies  # noqa: B018 - validates the list before serving
     if settings.secret_key is not None and len(settings.secret_key) < MIN_SECRET_LENGTH:
         raise InvalidInput(
             f"KVMGR_SECRET_KEY has {len(settings.secret_key)} characters",

@@ -26,6 +26,14 @@ def serve(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="serve plain HTTP on a non-loopback address")
     ] = False,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="address or network of a reverse proxy whose X-Forwarded-For names the real "
+            "client (repeat for several); nobody else's header is believed",
+        ),
+    ] = None,
 ) -> None:
     """Run the REST API (/api/v1, docs at /api/docs) and the web UI."""
     import uvicorn
@@ -41,6 +49,8 @@ def serve(
         overrides["tls_key"] = tls_key
     if state.uri is not None:
         overrides["uri"] = state.uri
+    if trusted_proxy:
+        overrides["trusted_proxies"] = ",".join(trusted_proxy)
     settings = check_serving(Settings(**overrides))  # type: ignore[arg-type]
     host, port = split_listen(settings.listen)
     if settings.tls_cert or settings.tls_key:
@@ -52,7 +62,9 @@ def serve(
         port=port,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        proxy_headers=False,
+        # Forwarded headers only from the proxies named: anyone else could pick their address.
+        proxy_headers=bool(settings.proxies),
+        forwarded_allow_ips=settings.proxies or None,
         log_level="info",
     )
 

@@ -30,6 +30,8 @@ router = APIRouter(prefix="/api/v1/vms", tags=["console"])
 #: Close codes in the 4000 range are ours: the page shows why the console closed.
 CLOSE_REFUSED = 4403
 CLOSE_ERROR = 4500
+#: A signed token carries its grant (user, VM name, kind, expiry): a few hundred characters.
+TOKEN_MAX = 1024
 _READ_SLICE = 0.1  # seconds one blocking console read may take (bounds shutdown latency)
 
 
@@ -81,7 +83,7 @@ def _admit(ctx: AppContext, token: str, name: str, kind: str) -> Principal | Non
 
 @router.websocket("/{name}/console")
 async def serial_console(
-    websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=128)] = ""
+    websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=TOKEN_MAX)] = ""
 ) -> None:
     ctx: AppContext = websocket.app.state.ctx
     who = await run_in_threadpool(_admit, ctx, token, name, "serial")
@@ -170,7 +172,7 @@ def vnc_socket(ctx: AppContext, name: str) -> str:
 
 @router.websocket("/{name}/vnc")
 async def vnc_console(
-    websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=128)] = ""
+    websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=TOKEN_MAX)] = ""
 ) -> None:
     ctx: AppContext = websocket.app.state.ctx
     who = await run_in_threadpool(_admit, ctx, token, name, "vnc")
