@@ -275,7 +275,8 @@ class StartReport:
         return [step.action for step in self.steps] == [Action.NOTHING]
 
 
-def _run(argv: list[str], doing: str) -> None:
+def run_command(argv: list[str], doing: str) -> None:
+    """Run a host tool; its failure becomes a HostError that quotes what it printed."""
     # stderr goes to a file, not a pipe: a daemon that forks may keep its copy of a pipe open
     # and make us wait for an end of file that never comes.
     with tempfile.TemporaryFile(mode="w+") as errors:
@@ -356,17 +357,19 @@ def save_records(records: list[Record], path: Path = STATE_FILE) -> None:
 
 def _carry_out(step: Step, netns: str, timeout: float) -> Step:
     if step.action is Action.SYSTEMCTL_START:
-        _run(["systemctl", "start", *step.target.split()], f"starting {step.target}")
+        run_command(["systemctl", "start", *step.target.split()], f"starting {step.target}")
     elif step.action is Action.REMOVE_STALE_PIDFILE:
         Path(step.target).unlink(missing_ok=True)
     elif step.action is Action.CREATE_NETNS:
-        _run(["ip", "netns", "add", netns], f"creating network namespace {netns}")
-        _run(["ip", "-n", netns, "link", "set", "lo", "up"], f"bringing up lo in {netns}")
+        run_command(["ip", "netns", "add", netns], f"creating network namespace {netns}")
+        run_command(["ip", "-n", netns, "link", "set", "lo", "up"], f"bringing up lo in {netns}")
     elif step.action is Action.START_VIRTLOGD:
-        _run(["virtlogd", "-d"], "starting virtlogd")
+        run_command(["virtlogd", "-d"], "starting virtlogd")
         _record("virtlogd", None)
     elif step.action is Action.START_LIBVIRTD:
-        _run(["ip", "netns", "exec", netns, "libvirtd", "-d"], f"starting libvirtd in {netns}")
+        run_command(
+            ["ip", "netns", "exec", netns, "libvirtd", "-d"], f"starting libvirtd in {netns}"
+        )
         _wait_for_socket(timeout)
         _record("libvirtd", netns)
     elif step.action is Action.WAIT_FOR_SOCKET:

@@ -1,0 +1,84 @@
+"""The three-host lab (kvmgr.host.lab) as a session fixture, for every test in tests/lab.
+
+``lab`` builds three libvirt hosts in their own namespaces once per session and removes them at
+the end whatever happened; a run killed before that leaves a lab the next run reclaims (its owner
+pid is gone) and ``scripts/lab down --all`` removes.  With ``KVMGR_LAB=kvl0`` the tests use a lab
+made by ``scripts/lab up`` instead and leave it running (quick iteration by hand).
+
+Tests here are marked ``lab`` and ``integration`` (they need root and real daemons), so
+``pytest -m lab`` runs just them and ``-m "not integration"`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from kvmgr.connect import Connection, open_connection
+from kvmgr.host import lab as labs
+from tests.integration.conftest import demo_iso  # noqa: F401  (the fixture, shared)
+
+_LAB_DIR = Path(__file__).parent
+LAB_ENV = "KVMGR_LAB"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _LAB_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.lab)
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[labs.Lab]:
+    reuse = os.environ.get(LAB_ENV)
+    if reuse:
+        yield labs.load(reuse)
+        return
+    built = labs.up(3, owner_pid=os.getpid())
+    try:
+        yield built
+    finally:
+        labs.down(built.name)
+
+
+@pytest.fixture(autouse=True)
+def _emulated_guests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lab hosts report KVM (the machine has /dev/kvm), which hangs here: guests use TCG.
+    monkeypatch.setenv("KVMGR_DOMAIN_TYPE", "qemu")
+
+
+@pytest.fixture(scope="session")
+def lab_ssh(lab: labs.Lab) -> Iterator[list[Connection]]:
+    """One qemu+ssh connection per lab host, in host order."""
+    connections = [open_connection(lab.ssh_uri(host)) for host in lab.hosts]
+    yield connections
+    for conn in connections:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def lab_tls(lab: labs.Lab) -> Iterator[list[Connection]]:
+    """One qemu+tls connection per lab host, in host order."""
+    connections = [open_connection(lab.tls_uri(host)) for host in lab.hosts]
+    yield connections
+    for conn in connections:
+        conn.close()
+
+
+def remove_domain(conn: Connection, name: str) -> None:
+    """Destroy and undefine ``name`` on one lab host if it is there (tests' cleanup)."""
+    try:
+        dom = conn.virconn.lookupByName(name)
+    except libvirt.libvirtError:
+        return
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
