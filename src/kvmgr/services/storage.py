@@ -112,6 +112,10 @@ def create_volume(
     spec.capacity_unit = "bytes"
     spec.allocation = 0
     spec.target_format = fmt
+    if fmt == "qcow2":
+        # libvirt 9.0 otherwise writes qcow2 v2 (compat=0.10), which cannot hold the persistent
+        # dirty bitmaps that checkpoints, and so incremental backups, need.
+        spec.compat = "1.1"
     if backing_path:
         spec.backing_path = backing_path
         spec.backing_format = backing_format or "qcow2"
