@@ -69,6 +69,7 @@ _GROUPS = [
     ("kvmgr.cli.pool", "pool", "Storage pools."),
     ("kvmgr.cli.vol", "vol", "Storage volumes: create, resize, upload, download."),
     ("kvmgr.cli.snap", "snap", "Snapshots: create, list as a tree, revert, delete."),
+    ("kvmgr.cli.backup", "backup", "Backups: full and incremental points, verify, restore."),
     ("kvmgr.cli.user", "user", "Users and roles of the REST API and web UI."),
     ("kvmgr.cli.serve", "serve", "Run the REST API and web UI."),
 ]

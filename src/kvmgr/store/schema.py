@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib
 
 #: Modules whose import registers tables on ``Base.metadata``.
-MODEL_MODULES: tuple[str, ...] = ("kvmgr.store.models", "kvmgr.control.models")
+MODEL_MODULES: tuple[str, ...] = (
+    "kvmgr.store.models",
+    "kvmgr.control.models",
+    "kvmgr.control.backup_models",
+)
 
 
 def load_all_models() -> None:
