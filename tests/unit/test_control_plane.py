@@ -18,7 +18,7 @@ from kvmgr.control.journal import load_records
 from kvmgr.control.leases import holder_alive, holder_id
 from kvmgr.control.models import Operation, OperationRecord
 from kvmgr.control.plane import ControlPlane, vm_key
-from kvmgr.errors import Busy, OperationFailed
+from kvmgr.errors import Busy, NotFound, OperationFailed
 from kvmgr.services.steps import recovery_action
 from kvmgr.store.db import Store
 
@@ -200,9 +200,7 @@ def test_recovery_waits_for_an_unreachable_host(plane: ControlPlane) -> None:
 
 def test_lease_reentrant_in_its_thread(plane: ControlPlane) -> None:
     with plane.lease("vm:local/u1", "clone to b"), plane.lease("vm:local/u1", "snapshot"):
-        assert plane.busy(
-            "vm:local/u1",
-        ).startswith("busy: clone to b by cli:tester since")  # type: ignore[union-attr]
+        assert str(plane.busy("vm:local/u1")).startswith("clone to b by cli:tester since")
     assert plane.busy("vm:local/u1") is None
 
 
@@ -219,6 +217,11 @@ def test_vm_key_names_the_vm(plane: ControlPlane, conn: Connection) -> None:
     key = plane.vm_key("local", "test")
     with plane.lease(key, "start"), pytest.raises(Busy, match=r"^VM test is busy: start by cli:"):
         _other_thread(lambda: plane.lease(key, "stop").__enter__())
+
+
+def test_vm_key_of_an_unknown_vm(plane: ControlPlane) -> None:
+    with pytest.raises(NotFound):
+        plane.vm_key("local", "no-such-vm")
 
 
 def _other_thread(work: Any) -> Any:

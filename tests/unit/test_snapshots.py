@@ -1,27 +1,22 @@
-"""Snapshots and locks on libvirt's test driver: tree, current marker, revert, delete, refusals."""
+"""Snapshots on libvirt's test driver: tree, current marker, revert, delete, refusals."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import libvirt
 import pytest
 
 from kvmgr.connect import Connection, open_connection
-from kvmgr.errors import AlreadyExists, Busy, InvalidState, NotFound, Unsupported
-from kvmgr.services import locks, snapshots
+from kvmgr.errors import AlreadyExists, InvalidState, NotFound, Unsupported
+from kvmgr.services import snapshots
 from kvmgr.xml.domain import Disk, Domain
 
 VM = "test"  # the test driver's running default domain
 
 
 @pytest.fixture
-def conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Connection]:
-    monkeypatch.setenv(locks.LOCK_DIR_ENV, str(tmp_path / "locks"))
+def conn() -> Iterator[Connection]:
     connection = open_connection("test:///default")  # a fresh, private driver state per open
     # The test driver's default domain has a raw disk; internal snapshots need qcow2.
     dom = connection.virconn.lookupByName(VM)
@@ -134,50 +129,3 @@ def test_choose_kind_explains_refusals() -> None:
     with pytest.raises(Unsupported, match="UEFI"):
         snapshots.choose_kind(uefi, running=True, live=True, disk_only=False)
     assert snapshots.choose_kind(uefi, running=False, live=False, disk_only=False) == "internal"
-
-
-# ----------------------------------------------------------------------------------- locks
-def _hold(path: str, ready: multiprocessing.synchronize.Event, release: float) -> None:  # type: ignore[name-defined]
-    with locks.file_lock(Path(path), "snapshot create nightly", what="VM"):
-        ready.set()
-        time.sleep(release)
-
-
-def test_lock_across_processes_names_the_holder_and_waits(tmp_path: Path) -> None:
-    path = tmp_path / "vm.lock"
-    ready = multiprocessing.get_context("fork").Event()
-    holder = multiprocessing.get_context("fork").Process(target=_hold, args=(str(path), ready, 1.5))
-    holder.start()
-    try:
-        assert ready.wait(10)
-        with (
-            pytest.raises(Busy, match=r"VM is busy: snapshot create nightly"),
-            locks.file_lock(path, "delete", what="VM"),
-        ):
-            pass
-        began = time.monotonic()
-        with locks.file_lock(path, "delete", wait=True, timeout=20, what="VM"):
-            waited = time.monotonic() - began
-            assert locks.read_holder(path).startswith("delete (pid ")
-        assert 0.3 < waited < 20
-    finally:
-        holder.join(10)
-        if holder.is_alive():
-            holder.kill()
-
-
-def test_lock_is_reentrant_in_one_thread_and_released_after(conn: Connection) -> None:
-    with locks.vm_lock(conn, VM, "clone to x"):
-        with locks.vm_lock(conn, VM, "snapshot create s"):
-            pass
-        # still held by the outer block: a second process would be refused
-        uuid = conn.virconn.lookupByName(VM).UUIDString()
-        assert "clone to x" in locks.read_holder(locks.vm_lock_path(uuid))
-    with locks.vm_lock(conn, VM, "delete"):
-        pass
-    assert os.path.exists(locks.vm_lock_path(uuid))
-
-
-def test_vm_lock_unknown_vm(conn: Connection) -> None:
-    with pytest.raises(NotFound), locks.vm_lock(conn, "no-such-vm", "delete"):
-        pass

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import InvalidInput, InvalidState
-from kvmgr.services import clones, locks, vms
+from kvmgr.services import clones, vms
 
 DOMAIN_XML = """<domain type='test'>
   <name>{name}</name>
@@ -22,8 +21,7 @@ TRANSIENT = "t-trust-transient"
 
 
 @pytest.fixture
-def conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Connection]:
-    monkeypatch.setenv(locks.LOCK_DIR_ENV, str(tmp_path / "locks"))
+def conn() -> Iterator[Connection]:
     connection = open_connection("test:///default")
     connection.virconn.defineXML(DOMAIN_XML.format(name=VM))
     yield connection

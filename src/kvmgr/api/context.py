@@ -1,13 +1,15 @@
-"""What the API process holds for its lifetime: settings, the store, the libvirt connection, the
-task runner, the event bus, console tokens and the login limiter; plus :meth:`AppContext.act`, the
-one door every mutating request goes through (permission on the object, the work, the audit row).
+"""What the API process holds for its lifetime: settings, the store, the control plane, the libvirt
+connection, the task runner, the event bus, console tokens and the login limiter; plus
+:meth:`AppContext.act`, the one door every mutating request goes through (permission on the
+object, the VM's lease, the work, the audit row).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import libvirt
@@ -16,6 +18,7 @@ from kvmgr.api.events import EventBus, LifecycleEvents, StatsPublisher
 from kvmgr.api.security import ConsoleTokens, LoginLimiter
 from kvmgr.api.settings import Settings
 from kvmgr.connect import Connection, open_connection
+from kvmgr.control.plane import ControlPlane, vm_name_key
 from kvmgr.errors import KvmgrError
 from kvmgr.services import vms
 from kvmgr.store import audit
@@ -50,6 +53,8 @@ class AppContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(settings.database_url)
+        #: Acts as "api"; each request acts as its user (:meth:`plane_for`).
+        self.plane = ControlPlane(self.store, "api", lambda _host: self.conn())
         self.bus = EventBus()
         self.runner = TaskRunner(self.store, listener=self._task_changed)
         self.console_tokens = ConsoleTokens(settings.console_token_seconds, settings.secret_key)
@@ -63,6 +68,8 @@ class AppContext:
 
     # ---------------------------------------------------------------- lifetime
     def start(self) -> None:
+        for outcome in self.plane.recover():
+            log.warning("recovered: %s", outcome.line())
         interrupted = self.runner.mark_interrupted()
         if interrupted:
             log.warning("%d task(s) of a previous run marked interrupted", interrupted)
@@ -102,6 +109,31 @@ class AppContext:
             if self._conn is None:
                 self._conn = open_connection(self.settings.uri)
             return self._conn
+
+    # ---------------------------------------------------------------- control plane
+    def host_name(self) -> str:
+        """The host requests act on (one host until the host registry)."""
+        return "local"
+
+    def plane_for(self, who: Principal | str) -> ControlPlane:
+        return self.plane.for_actor(who if isinstance(who, str) else who.name)
+
+    @contextmanager
+    def vm_lease(self, who: Principal | str, name: str, operation: str) -> Iterator[None]:
+        """Hold VM ``name``'s lease: refused (409 Busy) while any kvmgr process works on it."""
+        plane = self.plane_for(who)
+        with plane.lease(plane.vm_key(self.host_name(), name), operation):
+            yield
+
+    @contextmanager
+    def name_lease(self, who: Principal | str, name: str, operation: str) -> Iterator[None]:
+        """Hold the lease of a VM name being made (create, clone)."""
+        with self.plane_for(who).lease(vm_name_key(self.host_name(), name), operation):
+            yield
+
+    def busy(self, name: str) -> str | None:
+        """ "busy: <op> by <who> since <t>" while VM ``name`` is leased, else None."""
+        return self.plane.busy(self.plane.vm_key(self.host_name(), name))
 
     # ---------------------------------------------------------------- permissions and audit
     def vm_uuid(self, conn: Connection, name: str) -> str:
@@ -147,17 +179,23 @@ class AppContext:
         work: Callable[[Connection], T],
         *,
         vm: str | None = None,
+        lease: bool = True,
     ) -> T:
-        """Check ``who`` may act on ``vm`` (when given), run ``work`` on the libvirt connection,
-        write the audit row.  Blocking: call it from a sync route (FastAPI runs those in its
-        thread pool) or through ``run_in_threadpool``.
+        """Check ``who`` may act on ``vm`` (when given), run ``work`` on the libvirt connection
+        under the VM's lease (unless ``lease`` is False: reads such as console tokens), write the
+        audit row.  Blocking: call it from a sync route (FastAPI runs those in its thread pool)
+        or through ``run_in_threadpool``.
         """
 
         def on_libvirt() -> T:
             conn = self.conn()
-            if vm is not None:
-                self.check_vm(conn, who, vm)
-            return work(conn)
+            if vm is None:
+                return work(conn)
+            self.check_vm(conn, who, vm)
+            if not lease:
+                return work(conn)
+            with self.vm_lease(who, vm, action):
+                return work(conn)
 
         return self.audited(who, action, target, on_libvirt)
 

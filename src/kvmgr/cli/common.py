@@ -18,6 +18,7 @@ __all__ = [
     "CLIState",
     "conn",
     "err_console",
+    "name_lease",
     "progress",
     "report_errors",
     "state",
@@ -57,24 +58,30 @@ class CLIState:
         Opening it recovers what dead kvmgr processes left (one query when nothing is pending)
         and says on stderr what it did.
         """
+        from kvmgr.api.settings import Settings
+
+        url = Settings().database_url
+        if self._plane is not None and self._plane.store.url != url:
+            self._close_plane()  # in-process callers (tests) may point elsewhere in between
         if self._plane is None:
             import pwd
 
-            from kvmgr.api.settings import Settings
             from kvmgr.control.plane import ControlPlane
             from kvmgr.store.db import Store
 
             user = pwd.getpwuid(os.geteuid()).pw_name
-            store = Store(Settings().database_url)
-            self._plane = ControlPlane(store, f"cli:{user}", lambda _host: self.connection())
+            self._plane = ControlPlane(Store(url), f"cli:{user}", lambda _host: self.connection())
             for outcome in self._plane.recover():
                 err_console.print(f"[yellow]recovered:[/] {outcome.line()}", highlight=False)
         return self._plane
 
-    def close(self) -> None:
+    def _close_plane(self) -> None:
         if self._plane is not None:
             self._plane.store.dispose()
             self._plane = None
+
+    def close(self) -> None:
+        self._close_plane()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -94,6 +101,15 @@ def vm_lease(name: str, operation: str) -> Iterator[None]:
     process, here or elsewhere, works on the VM)."""
     plane = state.plane()
     with plane.lease(plane.vm_key(state.host_name(), name), operation):
+        yield
+
+
+@contextmanager
+def name_lease(name: str, operation: str) -> Iterator[None]:
+    """Hold the lease of the VM name ``name`` (a create or clone making it)."""
+    from kvmgr.control.plane import vm_name_key
+
+    with state.plane().lease(vm_name_key(state.host_name(), name), operation):
         yield
 
 

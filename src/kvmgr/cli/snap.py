@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.common import conn, report_errors, vm_lease
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.services import snapshots
 
@@ -32,9 +32,10 @@ def create(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Take a snapshot: internal for qcow2 disks, external with --disk-only."""
-    info = snapshots.create_snapshot(
-        conn(), vm, name, description=description, live=live, disk_only=disk_only
-    )
+    with vm_lease(vm, f"snapshot create {name}"):
+        info = snapshots.create_snapshot(
+            conn(), vm, name, description=description, live=live, disk_only=disk_only
+        )
     emit_object(info.as_dict(), output)
 
 
@@ -67,7 +68,8 @@ def revert(
     ] = False,
 ) -> None:
     """Bring the VM back to the snapshot; it ends in the snapshot's state."""
-    info = snapshots.revert_snapshot(conn(), vm, name, force=force)
+    with vm_lease(vm, f"snapshot revert {name}"):
+        info = snapshots.revert_snapshot(conn(), vm, name, force=force)
     console.print(f"{vm}: reverted to {info.name} ({info.state})")
 
 
@@ -81,5 +83,6 @@ def delete(
     ] = False,
 ) -> None:
     """Delete a snapshot, merging its data where the VM still needs it."""
-    removed = snapshots.delete_snapshot(conn(), vm, name, children=children)
+    with vm_lease(vm, f"snapshot delete {name}"):
+        removed = snapshots.delete_snapshot(conn(), vm, name, children=children)
     console.print(f"{vm}: deleted snapshot(s) {', '.join(removed)}")

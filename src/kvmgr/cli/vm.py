@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.common import conn, name_lease, report_errors, vm_lease
+from kvmgr.cli.common import state as cli_state
 from kvmgr.cli.output import (
     OutputFormat,
     OutputOption,
@@ -45,6 +46,8 @@ def list_cmd(
 def info(name: NameArg, output: OutputFormat = OutputOption) -> None:
     """Show one VM: resources, disks, NICs, consoles, IPs."""
     data = vms.vm_info(conn(), name)
+    plane = cli_state.plane()
+    data["busy"] = plane.busy(plane.vm_key(cli_state.host_name(), name))
     if output.for_people:
         for key in ("memory", "max_memory"):
             if data.get(key):
@@ -110,7 +113,7 @@ def create(
         spec.disks = disks
     if network is not None:
         spec.nics = nics
-    with status(f"creating {name}") as spinner:
+    with status(f"creating {name}") as spinner, name_lease(name, "create"):
         result = create_vm(conn(), spec, progress=spinner.update)
     typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)
     data = result.__dict__.copy()
@@ -122,7 +125,8 @@ def create(
 
 def _lifecycle(verb: str, action: str, help_text: str) -> None:
     def command(name: NameArg) -> None:
-        getattr(vms, action)(conn(), name)
+        with vm_lease(name, action.replace("_", "-")):
+            getattr(vms, action)(conn(), name)
         console.print(f"{name}: {verb}")
 
     command.__doc__ = help_text
@@ -149,7 +153,8 @@ def shutdown(
     ] = False,
 ) -> None:
     """Ask the guest to shut down (ACPI) and wait; --force powers off after the timeout."""
-    outcome = vms.shutdown(conn(), name, timeout=timeout, force=force)
+    with vm_lease(name, "shutdown"):
+        outcome = vms.shutdown(conn(), name, timeout=timeout, force=force)
     console.print(f"{name}: {outcome}")
 
 
@@ -159,7 +164,8 @@ def autostart(name: NameArg, enabled: Annotated[str, typer.Argument(help="on or 
     """Start the VM when the host (libvirtd) starts: on or off."""
     if enabled not in ("on", "off"):
         raise typer.BadParameter("use 'on' or 'off'")
-    vms.set_autostart(conn(), name, enabled == "on")
+    with vm_lease(name, f"autostart {enabled}"):
+        vms.set_autostart(conn(), name, enabled == "on")
     console.print(f"{name}: autostart {enabled}")
 
 
@@ -171,7 +177,8 @@ def delete(
     keep_disks: Annotated[bool, typer.Option(help="keep the disks kvmgr created for it")] = False,
 ) -> None:
     """Delete a VM and the disks kvmgr created for it (never ISOs or disks others use)."""
-    removed = vms.delete(conn(), name, force=force, keep_disks=keep_disks)
+    with vm_lease(name, "delete"):
+        removed = vms.delete(conn(), name, force=force, keep_disks=keep_disks)
     console.print(f"{name}: deleted" + (f"; removed {', '.join(removed)}" if removed else ""))
 
 

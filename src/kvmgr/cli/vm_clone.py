@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.common import conn, name_lease, report_errors, vm_lease
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object
 
 
@@ -26,7 +26,10 @@ def clone(
     """Copy a VM: new name, UUID and MACs; disks copied (or linked), ISOs shared."""
     from kvmgr.services import clones  # the clone engine is only imported by its commands
 
-    result = clones.clone_vm(conn(), source, name, linked=linked, start=start, snapshot=snapshot)
+    with vm_lease(source, f"clone to {name}"), name_lease(name, f"clone of {source}"):
+        result = clones.clone_vm(
+            conn(), source, name, linked=linked, start=start, snapshot=snapshot
+        )
     data = result.as_dict()
     if output.for_people:  # scripts get the exact number, people a readable one
         data["seconds"] = f"{result.seconds:.2f}"
@@ -44,7 +47,8 @@ def template(
     """Mark a VM as a template: never started, disks frozen, base for linked clones."""
     from kvmgr.services import clones
 
-    emit_object(clones.mark_template(conn(), name, template=not unset), output)
+    with vm_lease(name, "template --unset" if unset else "template"):
+        emit_object(clones.mark_template(conn(), name, template=not unset), output)
 
 
 def register(app: typer.Typer) -> None:

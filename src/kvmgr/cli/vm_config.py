@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.common import conn, report_errors, vm_lease
 from kvmgr.cli.output import (
     OutputFormat,
     OutputOption,
@@ -58,18 +58,19 @@ def set_cmd(
     """Change vCPUs and memory. Without --live/--config: both when running, else the definition."""
     from kvmgr.services.resources import set_resources
 
-    result = set_resources(
-        conn(),
-        name,
-        vcpus=vcpus,
-        memory=parse_size(memory, what="memory", default_unit="M") if memory else None,
-        max_vcpus=max_vcpus,
-        max_memory=parse_size(max_memory, what="max memory", default_unit="M")
-        if max_memory
-        else None,
-        live=live,
-        config=config,
-    )
+    with vm_lease(name, "vcpu/memory change"):
+        result = set_resources(
+            conn(),
+            name,
+            vcpus=vcpus,
+            memory=parse_size(memory, what="memory", default_unit="M") if memory else None,
+            max_vcpus=max_vcpus,
+            max_memory=parse_size(max_memory, what="max memory", default_unit="M")
+            if max_memory
+            else None,
+            live=live,
+            config=config,
+        )
     data = result.as_dict()
     if output.for_people:
         data = _sizes_for_people(data, ("memory_live", "memory_config", "max_memory"))
@@ -93,17 +94,18 @@ def disk_add(
     """Attach a new volume (named after the VM, deleted with it) or an existing one."""
     from kvmgr.services.resources import add_disk
 
-    result = add_disk(
-        conn(),
-        name,
-        size=parse_size(size, what="disk size", default_unit="G") if size else None,
-        path=path,
-        pool=pool,
-        fmt=fmt,
-        bus=bus,
-        live=live,
-        config=config,
-    )
+    with vm_lease(name, "disk add"):
+        result = add_disk(
+            conn(),
+            name,
+            size=parse_size(size, what="disk size", default_unit="G") if size else None,
+            path=path,
+            pool=pool,
+            fmt=fmt,
+            bus=bus,
+            live=live,
+            config=config,
+        )
     emit_object(result.as_dict(), output)
 
 
@@ -123,15 +125,16 @@ def disk_remove(
     """Detach a disk, waiting for the guest to release it."""
     from kvmgr.services.resources import remove_disk
 
-    result = remove_disk(
-        conn(),
-        name,
-        target,
-        delete_volume=delete_volume,
-        live=live,
-        config=config,
-        timeout=timeout,
-    )
+    with vm_lease(name, "disk remove"):
+        result = remove_disk(
+            conn(),
+            name,
+            target,
+            delete_volume=delete_volume,
+            live=live,
+            config=config,
+            timeout=timeout,
+        )
     emit_object(result.as_dict(), output)
 
 
@@ -146,7 +149,8 @@ def disk_resize(
     """Grow a disk: live when the VM runs, the volume when it is off."""
     from kvmgr.services.resources import resize_disk
 
-    result = resize_disk(conn(), name, target, parse_size(size, what="size", default_unit="G"))
+    with vm_lease(name, "disk resize"):
+        result = resize_disk(conn(), name, target, parse_size(size, what="size", default_unit="G"))
     data = result.as_dict()
     if output.for_people:
         data = _sizes_for_people(data, ("capacity",))
@@ -171,16 +175,17 @@ def nic_add(
     """Plug a NIC into a network or bridge."""
     from kvmgr.services.resources import add_nic
 
-    result = add_nic(
-        conn(),
-        name,
-        network=network,
-        bridge=bridge,
-        model=model,
-        mac=mac,
-        live=live,
-        config=config,
-    )
+    with vm_lease(name, "NIC add"):
+        result = add_nic(
+            conn(),
+            name,
+            network=network,
+            bridge=bridge,
+            model=model,
+            mac=mac,
+            live=live,
+            config=config,
+        )
     emit_object(result.as_dict(), output)
 
 
@@ -197,7 +202,8 @@ def nic_remove(
     """Unplug a NIC, waiting for the guest to release it."""
     from kvmgr.services.resources import remove_nic
 
-    result = remove_nic(conn(), name, mac, live=live, config=config, timeout=timeout)
+    with vm_lease(name, "NIC remove"):
+        result = remove_nic(conn(), name, mac, live=live, config=config, timeout=timeout)
     emit_object(result.as_dict(), output)
 
 
@@ -263,7 +269,8 @@ def edit_cmd(name: NameArg) -> None:
             console.print(f"{name}: unchanged")
             return
         try:
-            result = replace_definition(conn(), name, edited)
+            with vm_lease(name, "edit"):
+                result = replace_definition(conn(), name, edited)
         except InvalidInput as err:
             if not (sys.stdin.isatty() and sys.stdout.isatty()):
                 raise

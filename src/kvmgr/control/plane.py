@@ -61,6 +61,11 @@ def vm_key(host: str, uuid: str, name: str | None = None) -> Key:
     return Key(f"vm:{host}/{uuid}", f"VM {name or uuid}")
 
 
+def vm_name_key(host: str, name: str) -> Key:
+    """The lease of a VM name on ``host``: two creates (or clones) of one name serialise."""
+    return Key(f"vm-name:{host}/{name}", f"VM name {name}")
+
+
 @dataclass(frozen=True)
 class OperationView:
     """One operation as ``kvmgr ops list`` and the API show it."""
@@ -132,8 +137,10 @@ class ControlPlane:
             yield
 
     def busy(self, key: Key | str) -> str | None:
-        """``"busy: <op> by <who> since <t>"`` while someone holds ``key`` (for ``vm info``)."""
-        return self.leases.busy(_split(key)[0])
+        """``"<op> by <who> since <t>"`` while someone holds ``key`` (``vm info`` shows it as
+        ``busy: ...``), else None."""
+        info = self.leases.current(_split(key)[0])
+        return None if info is None else info.describe()
 
     # -------------------------------------------------------------- operations
     @contextlib.contextmanager
@@ -257,4 +264,4 @@ def _split(key: Key | str) -> tuple[str, str]:
     return (key.key, key.what) if isinstance(key, Key) else (key, key)
 
 
-__all__ = ["ControlPlane", "Key", "OperationView", "vm_key"]
+__all__ = ["ControlPlane", "Key", "OperationView", "vm_key", "vm_name_key"]

@@ -35,7 +35,6 @@ from kvmgr.errors import (
 )
 from kvmgr.names import validate_name
 from kvmgr.services import vms
-from kvmgr.services.locks import vm_lock
 from kvmgr.services.snapshots import drop_backing_chain
 from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
 from kvmgr.xml.domain import Disk, Domain
@@ -72,17 +71,17 @@ def clone_vm(
     validate_name(name, what="VM name")
     if vms.exists(conn, name):
         raise AlreadyExists(f"a VM named {name!r} already exists", hint="choose another name")
-    with vm_lock(conn, source, f"clone to {name}", wait=False) as dom:
-        spec = vms.definition(dom, inactive=True)
-        images = _source_images(conn, dom, spec, snapshot)
-        is_template = _is_template(spec)
-        if linked and not (is_template or snapshot):
-            raise InvalidState(
-                f"VM {source!r} may still run and change its disks under a linked clone",
-                hint=f"mark it a template first ('kvmgr vm template {source}'), "
-                "or make a full clone (drop --linked)",
-            )
-        result = _build_clone(conn, spec, images, name, linked=linked)
+    dom = vms.lookup(conn, source)
+    spec = vms.definition(dom, inactive=True)
+    images = _source_images(conn, dom, spec, snapshot)
+    is_template = _is_template(spec)
+    if linked and not (is_template or snapshot):
+        raise InvalidState(
+            f"VM {source!r} may still run and change its disks under a linked clone",
+            hint=f"mark it a template first ('kvmgr vm template {source}'), "
+            "or make a full clone (drop --linked)",
+        )
+    result = _build_clone(conn, spec, images, name, linked=linked)
     if start:
         vms.start(conn, name)
         result.state = vms.state(conn, name)
@@ -218,26 +217,25 @@ def _make_disk(
 # ============================================================================ templates
 def mark_template(conn: Connection, name: str, *, template: bool = True) -> dict[str, Any]:
     """Make a shut-off VM a template (not startable, disks frozen), or a VM again."""
-    with vm_lock(conn, name, "template" if template else "template --unset"):
-        dom = vms.lookup(conn, name)
-        if vms.is_active_state(vms.state_of(dom)):
-            raise InvalidState(
-                f"VM {name!r} is running; a template's disks must not change",
-                hint=f"shut it down first: 'kvmgr vm shutdown {name}'",
-            )
-        spec = vms.definition(dom, inactive=True)
+    dom = vms.lookup(conn, name)
+    if vms.is_active_state(vms.state_of(dom)):
+        raise InvalidState(
+            f"VM {name!r} is running; a template's disks must not change",
+            hint=f"shut it down first: 'kvmgr vm shutdown {name}'",
+        )
+    spec = vms.definition(dom, inactive=True)
+    if template:
+        _refuse_autostart(dom, name)
+    else:
+        _refuse_unmark(conn, name)
+    meta = spec.kvmgr_metadata(create=True)
+    assert meta is not None
+    meta.template = True if template else None
+    with libvirt_errors(f"marking VM {name} as a template"):
+        conn.virconn.defineXML(spec.to_xml())
         if template:
-            _refuse_autostart(dom, name)
-        else:
-            _refuse_unmark(conn, name)
-        meta = spec.kvmgr_metadata(create=True)
-        assert meta is not None
-        meta.template = True if template else None
-        with libvirt_errors(f"marking VM {name} as a template"):
-            conn.virconn.defineXML(spec.to_xml())
-            if template:
-                # refused above if on; kept for a 'virsh autostart' racing us outside kvmgr's lock
-                dom.setAutostart(0)  # a template never starts, with the host or otherwise
+            # refused above if on; kept for a 'virsh autostart' racing us outside kvmgr's lease
+            dom.setAutostart(0)  # a template never starts, with the host or otherwise
     return {"name": name, "template": template, "linked_clones": linked_clones(conn, name)}
 
 

@@ -34,7 +34,6 @@ from kvmgr.errors import (
 )
 from kvmgr.names import validate_name
 from kvmgr.services import vms
-from kvmgr.services.locks import locked
 from kvmgr.services.storage import (
     DEFAULT_POOL,
     VOLUME_FORMATS,
@@ -140,7 +139,6 @@ def _live_memory(dom: libvirt.virDomain) -> int:
         return int(dom.info()[2]) * 1024
 
 
-@locked("vcpu/memory change")
 def set_resources(
     conn: Connection,
     name: str,
@@ -421,7 +419,6 @@ class DiskChange:
         return asdict(self)
 
 
-@locked("disk add")
 def add_disk(
     conn: Connection,
     name: str,
@@ -521,7 +518,6 @@ def _require_disk(dom: libvirt.virDomain, domains: list[Domain], target: str) ->
     return found[0]
 
 
-@locked("disk remove")
 def remove_disk(
     conn: Connection,
     name: str,
@@ -587,7 +583,6 @@ def _refuse_if_others_need(conn: Connection, name: str, target: str, path: str |
         )
 
 
-@locked("disk resize")
 def resize_disk(conn: Connection, name: str, target: str, size: int) -> DiskChange:
     """Grow disk ``target`` to ``size`` bytes: blockResize when running, the volume when not.
 
@@ -661,7 +656,6 @@ class NicChange:
         return asdict(self)
 
 
-@locked("NIC add")
 def add_nic(
     conn: Connection,
     name: str,
@@ -757,7 +751,6 @@ def _macs_in_use(conn: Connection) -> dict[str, str]:
     return used
 
 
-@locked("NIC remove")
 def remove_nic(
     conn: Connection,
     name: str,

@@ -55,7 +55,6 @@ from kvmgr.errors import (
 )
 from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.services import vms
-from kvmgr.services.locks import vm_lock
 from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
 from kvmgr.xml.domain import Disk, Domain
 from kvmgr.xml.snapshot import Snapshot, SnapshotDisk
@@ -286,27 +285,26 @@ def create_snapshot(
 ) -> SnapshotInfo:
     """Take snapshot ``name`` of ``vm`` (see the module doc for how the kind is chosen)."""
     validate_name(name, what="snapshot name")
-    with vm_lock(conn, vm, f"snapshot create {name}"):
-        dom = vms.lookup(conn, vm)
-        running = vms.is_active_state(vms.state_of(dom))
-        _refuse_template(vms.definition(dom, inactive=True), vm, "take snapshots")
-        spec = vms.definition(dom)
-        if _snapshot_exists(dom, name):
-            raise AlreadyExists(f"VM {vm!r} already has a snapshot {name!r}")
-        kind = choose_kind(spec, running=running, live=live, disk_only=disk_only)
-        existing = _existing_kind(dom)
-        if existing is not None and existing != kind:
-            raise InvalidState(
-                f"VM {vm!r} has {existing} snapshots; mixing them with {kind} ones leaves a "
-                "chain libvirt cannot revert",
-                hint="take a snapshot of the same kind"
-                + (" (drop --disk-only)" if existing == INTERNAL else " (add --disk-only)"),
-            )
-        if kind == INTERNAL:
-            _create_internal(dom, name, description)
-        else:
-            _create_external(conn, dom, spec, name, description, running=running)
-        return _info(dom, _lookup_snapshot(dom, name))
+    dom = vms.lookup(conn, vm)
+    running = vms.is_active_state(vms.state_of(dom))
+    _refuse_template(vms.definition(dom, inactive=True), vm, "take snapshots")
+    spec = vms.definition(dom)
+    if _snapshot_exists(dom, name):
+        raise AlreadyExists(f"VM {vm!r} already has a snapshot {name!r}")
+    kind = choose_kind(spec, running=running, live=live, disk_only=disk_only)
+    existing = _existing_kind(dom)
+    if existing is not None and existing != kind:
+        raise InvalidState(
+            f"VM {vm!r} has {existing} snapshots; mixing them with {kind} ones leaves a "
+            "chain libvirt cannot revert",
+            hint="take a snapshot of the same kind"
+            + (" (drop --disk-only)" if existing == INTERNAL else " (add --disk-only)"),
+        )
+    if kind == INTERNAL:
+        _create_internal(dom, name, description)
+    else:
+        _create_external(conn, dom, spec, name, description, running=running)
+    return _info(dom, _lookup_snapshot(dom, name))
 
 
 def _snapshot_exists(dom: libvirt.virDomain, name: str) -> bool:
@@ -412,26 +410,25 @@ def revert_snapshot(conn: Connection, vm: str, name: str, *, force: bool = False
     The VM ends in the snapshot's state (running for a snapshot with memory, shut off for a disk
     snapshot).  A running VM loses what it did since, so it needs ``force``.
     """
-    with vm_lock(conn, vm, f"snapshot revert {name}"):
-        dom = vms.lookup(conn, vm)
-        _refuse_template(vms.definition(dom, inactive=True), vm, "be reverted")
-        snap = _lookup_snapshot(dom, name)
-        running = vms.is_active_state(vms.state_of(dom))
-        if running and not force:
-            raise InvalidState(
-                f"VM {vm!r} is running; reverting discards everything it did since {name!r}",
-                hint=f"shut it down first, or add --force: 'kvmgr snap revert {vm} {name} --force'",
-            )
-        model = _model(snap)
-        if kind_of(model) == INTERNAL:
-            with libvirt_errors(f"reverting VM {vm} to snapshot {name}"):
-                dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE if force else 0)
-        else:
-            if running:
-                with libvirt_errors(f"powering off VM {vm}"):
-                    dom.destroy()
-            _revert_external(conn, dom, snap, model)
-        return _info(dom, _lookup_snapshot(dom, name))
+    dom = vms.lookup(conn, vm)
+    _refuse_template(vms.definition(dom, inactive=True), vm, "be reverted")
+    snap = _lookup_snapshot(dom, name)
+    running = vms.is_active_state(vms.state_of(dom))
+    if running and not force:
+        raise InvalidState(
+            f"VM {vm!r} is running; reverting discards everything it did since {name!r}",
+            hint=f"shut it down first, or add --force: 'kvmgr snap revert {vm} {name} --force'",
+        )
+    model = _model(snap)
+    if kind_of(model) == INTERNAL:
+        with libvirt_errors(f"reverting VM {vm} to snapshot {name}"):
+            dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE if force else 0)
+    else:
+        if running:
+            with libvirt_errors(f"powering off VM {vm}"):
+                dom.destroy()
+        _revert_external(conn, dom, snap, model)
+    return _info(dom, _lookup_snapshot(dom, name))
 
 
 def _revert_external(
@@ -579,28 +576,27 @@ def delete_snapshot(conn: Connection, vm: str, name: str, *, children: bool = Fa
     The VM's current state is kept.  Children of a deleted snapshot stay revertible: libvirt
     re-parents them, and any merge moves data into images they still reach.
     """
-    with vm_lock(conn, vm, f"snapshot delete {name}"):
-        dom = vms.lookup(conn, vm)
-        _refuse_template(vms.definition(dom, inactive=True), vm, "lose snapshots")
-        snap = _lookup_snapshot(dom, name)
-        if kind_of(_model(snap)) == INTERNAL:
-            with libvirt_errors(f"listing children of snapshot {name}"):
-                doomed = [name] + (
-                    [
-                        c.getName()
-                        for c in snap.listAllChildren(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_DESCENDANTS)
-                    ]
-                    if children
-                    else []
-                )
-            flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0
-            with libvirt_errors(f"deleting snapshot {name} of VM {vm}"):
-                snap.delete(flags)
-            return doomed
-        order = _subtree_leaves_first(snap) if children else [name]
-        for victim in order:
-            _delete_external(conn, dom, victim)
-        return order
+    dom = vms.lookup(conn, vm)
+    _refuse_template(vms.definition(dom, inactive=True), vm, "lose snapshots")
+    snap = _lookup_snapshot(dom, name)
+    if kind_of(_model(snap)) == INTERNAL:
+        with libvirt_errors(f"listing children of snapshot {name}"):
+            doomed = [name] + (
+                [
+                    c.getName()
+                    for c in snap.listAllChildren(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_DESCENDANTS)
+                ]
+                if children
+                else []
+            )
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0
+        with libvirt_errors(f"deleting snapshot {name} of VM {vm}"):
+            snap.delete(flags)
+        return doomed
+    order = _subtree_leaves_first(snap) if children else [name]
+    for victim in order:
+        _delete_external(conn, dom, victim)
+    return order
 
 
 def _subtree_leaves_first(snap: libvirt.virDomainSnapshot) -> list[str]:

@@ -383,24 +383,22 @@ def resume(conn: Connection, name: str) -> None:
 def set_autostart(conn: Connection, name: str, enabled: bool) -> None:
     """Start the VM with the host, or not.  A template is refused: it would boot under its
     linked clones and change the disks they are built on.  Turning autostart off is always
-    allowed; turning it on holds the VM's lock, so it cannot race ``mark_template``."""
+    allowed.  Callers hold the VM's lease, so it cannot race ``mark_template``."""
     if not enabled:
         dom = lookup(conn, name)
         with libvirt_errors(f"setting autostart of VM {name}"):
             dom.setAutostart(0)
         return
-    from kvmgr.services.locks import vm_lock
-
-    with vm_lock(conn, name, "autostart") as dom:
-        meta = definition(dom, inactive=True).kvmgr_metadata()
-        if meta is not None and meta.template:
-            raise InvalidInput(
-                f"VM {name!r} is a template and cannot autostart: it would boot under its "
-                "linked clones and change the disks they are built on",
-                hint=f"autostart a clone instead ('kvmgr vm clone {name} NEW --linked')",
-            )
-        with libvirt_errors(f"setting autostart of VM {name}"):
-            dom.setAutostart(1)
+    dom = lookup(conn, name)
+    meta = definition(dom, inactive=True).kvmgr_metadata()
+    if meta is not None and meta.template:
+        raise InvalidInput(
+            f"VM {name!r} is a template and cannot autostart: it would boot under its "
+            "linked clones and change the disks they are built on",
+            hint=f"autostart a clone instead ('kvmgr vm clone {name} NEW --linked')",
+        )
+    with libvirt_errors(f"setting autostart of VM {name}"):
+        dom.setAutostart(1)
 
 
 def state(conn: Connection, name: str) -> str:
@@ -415,12 +413,9 @@ def delete(
 
     Only volumes kvmgr recorded as created for this VM are deleted (never an ISO, a disk attached
     by hand, or a disk another VM still uses or is backed by).  A running VM needs ``force``.
-    Serialised with snapshots and clones of the same VM (:func:`kvmgr.services.locks.vm_lock`).
+    Callers serialise it with other work on the VM by holding its lease (kvmgr.control).
     """
-    from kvmgr.services.locks import vm_lock
-
-    with vm_lock(conn, name, "delete"):
-        return _delete_locked(conn, name, force=force, keep_disks=keep_disks)
+    return _delete_locked(conn, name, force=force, keep_disks=keep_disks)
 
 
 def _delete_locked(conn: Connection, name: str, *, force: bool, keep_disks: bool) -> list[str]:

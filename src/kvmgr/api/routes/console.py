@@ -46,7 +46,7 @@ def console_token(
     def work(conn: object) -> str:
         return ctx.console_tokens.issue(who, name, body.kind)
 
-    token = ctx.act(who, f"console.{body.kind}.token", name, work, vm=name)
+    token = ctx.act(who, f"console.{body.kind}.token", name, work, vm=name, lease=False)
     path = "console" if body.kind == "serial" else "vnc"
     return {
         "token": token,

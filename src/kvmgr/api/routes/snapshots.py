@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator, Viewer
+from kvmgr.errors import Busy
 from kvmgr.names import validate_name
 from kvmgr.services import clones as clone_service
 from kvmgr.services import snapshots as snap_service
@@ -42,21 +43,31 @@ def _task(
     work: Work,
     names: tuple[tuple[str | None, str], ...] = (),
 ) -> dict[str, Any]:
-    """Check the new ``names`` (value, what) and ownership now, so a refusal is a 422 or 403 at
-    once rather than a failed task later; then run ``work`` as a task."""
+    """Check the new ``names`` (value, what), ownership and that the VM is not busy now, so a
+    refusal is a 422, 403 or 409 at once rather than a failed task later; then run ``work`` as a
+    task under the VM's lease (taken in the task: the check above may race another process)."""
 
     def check() -> None:
         for value, what in names:
             if value is not None:
                 validate_name(value, what=what)
         ctx.check_vm(ctx.conn(), who, vm)
+        busy = ctx.busy(vm)
+        if busy is not None:
+            raise Busy(
+                f"VM {vm} is busy: {busy}", hint="wait until that operation ends and try again"
+            )
 
     ctx.audited(who, f"{action}.request", target, check)
+
+    def leased(report: Report) -> dict[str, Any]:
+        with ctx.vm_lease(who, vm, f"{action} {target}"):
+            return work(report)
 
     def done(outcome: Outcome) -> None:
         ctx.audit(who, action, target, "ok" if outcome.ok else "error", outcome.error or "")
 
-    return ctx.runner.submit(action, target, who.name, work, done)
+    return ctx.runner.submit(action, target, who.name, leased, done)
 
 
 @router.get("/{name}/snapshots", summary="The VM's snapshots (parent and children give the tree)")
@@ -115,14 +126,15 @@ def delete_snapshot(
 def clone_vm(name: str, body: CloneCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
     def work(report: Report) -> dict[str, Any]:
         report(f"cloning {name} to {body.name}", 10)
-        result = clone_service.clone_vm(
-            ctx.conn(),
-            name,
-            body.name,
-            linked=body.linked,
-            start=body.start,
-            snapshot=body.snapshot,
-        )
+        with ctx.name_lease(who, body.name, f"clone of {name}"):
+            result = clone_service.clone_vm(
+                ctx.conn(),
+                name,
+                body.name,
+                linked=body.linked,
+                start=body.start,
+                snapshot=body.snapshot,
+            )
         with ctx.store.session() as session:
             users_store.record_owner(session, result.uuid, result.name, who)
         return result.as_dict()

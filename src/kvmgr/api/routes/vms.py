@@ -126,6 +126,7 @@ def list_vms(
 def vm_info(name: str, who: Viewer, ctx: Ctx) -> dict[str, Any]:
     info = vms_service.vm_info(ctx.conn(), name)
     _with_owners(ctx, who, [info])
+    info["busy"] = ctx.busy(name)
     return info
 
 
@@ -168,7 +169,8 @@ def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
         def progress(message: str) -> None:
             report(message, next(steps, 95))
 
-        result = create_service.create_vm(conn, spec, progress)
+        with ctx.name_lease(who, spec.name, "create"):
+            result = create_service.create_vm(conn, spec, progress)
         with ctx.store.session() as session:
             users_store.record_owner(session, result.uuid, result.name, who)
         return asdict(result)

@@ -1,0 +1,23 @@
+"""Fixtures every test gets: kvmgr's state (its database) in a throw-away directory.
+
+The CLI opens the store under ``KVMGR_STATE_DIR`` for its leases and journal, in-process
+(CliRunner) and in subprocesses alike; without this a test run would write into the real state
+dir of the machine (/var/lib/kvmgr as root).  Session-wide, so session fixtures that run the CLI
+get it too; a test may still point it elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    state = tmp_path_factory.mktemp("kvmgr-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KVMGR_STATE_DIR", str(state))
+        # Not KVMGR_DB_URL: tests that pass their own state_dir expect the database inside it.
+        patch.delenv("KVMGR_DB_URL", raising=False)
+        yield
