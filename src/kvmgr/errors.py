@@ -57,6 +57,12 @@ class InvalidState(KvmgrError):
     http_status = 409
 
 
+class Forbidden(KvmgrError):
+    """The caller is known but may not do this (role, or not the owner of an object it names)."""
+
+    http_status = 403
+
+
 class Busy(KvmgrError):
     """Another operation holds the object's lock."""
 

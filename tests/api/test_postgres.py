@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kvmgr.api.app import create_app
+from kvmgr.control import ownership
 from kvmgr.store import audit, users
 from kvmgr.store.db import Store
 from kvmgr.store.models import Role
@@ -82,9 +83,10 @@ def test_users_tokens_and_sessions(pg_url: str) -> None:
             assert users.authenticate(session, "pg-admin", "wrong-pass") is None
             assert users.principal_for_token(session, token).name == "pg-admin"
             assert users.principal_for_cookie(session, cookie).csrf_token == csrf
-            users.record_owner(session, "uuid-1", "t-api-pg", who)
+        ownership.record_owner(store, "vm", "uuid-1", who, label="t-api-pg")
+        assert ownership.may_act(store, who, "vm", "uuid-1")
+        assert ownership.owner_of(store, "vm", "uuid-1").owner == "pg-admin"  # type: ignore[union-attr]
         with store.session() as session:
-            assert users.may_act_on_vm(session, who, "uuid-1")
             audit.record(session, user="pg-admin", action="x", target="y", result="ok")
             assert audit.entries(session)[0].action == "x"
     finally:

@@ -171,8 +171,11 @@ def test_volumes_a_vm_uses_survive_every_delete(conn: Connection, pool_dir: Path
     with pytest.raises(InvalidState, match="add --force"):
         storage.delete_pool(conn, POOL)
     result = storage.delete_pool(conn, POOL, force=True)
-    assert result.deleted_volumes == ["notes.txt", "spare.qcow2", "used.qcow2"]
-    assert result.directory_removed and not pool_dir.exists()
+    # Issue 11 hole 1: a forced delete removes volumes, never other files of the directory.
+    assert result.deleted_volumes == ["spare.qcow2", "used.qcow2"]
+    assert result.kept_files == ["notes.txt"]
+    assert (pool_dir / "notes.txt").read_text() == "not kvmgr's"
+    assert not result.directory_removed
 
 
 def test_cli_upload_download(conn: Connection, pool_dir: Path, tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ from kvmgr.api.events import EventBus, LifecycleEvents, StatsPublisher
 from kvmgr.api.security import ConsoleTokens, LoginLimiter
 from kvmgr.api.settings import Settings
 from kvmgr.connect import Connection, open_connection
+from kvmgr.control.authz import Authz, state_dirs
 from kvmgr.control.plane import ControlPlane, vm_name_key
-from kvmgr.errors import KvmgrError
+from kvmgr.errors import Forbidden, KvmgrError
 from kvmgr.services import vms
 from kvmgr.store import audit
-from kvmgr.store import users as users_store
 from kvmgr.store.db import Store
 from kvmgr.store.tasks import TaskRunner
 from kvmgr.store.users import Principal
@@ -35,12 +35,6 @@ class Unauthorized(KvmgrError):
     """No valid session cookie or API token came with the request."""
 
     http_status = 401
-
-
-class Forbidden(KvmgrError):
-    """The caller is known but may not do this (role, or not the VM's owner)."""
-
-    http_status = 403
 
 
 class TooManyAttempts(KvmgrError):
@@ -140,16 +134,19 @@ class AppContext:
         dom = vms.lookup(conn, name)
         return str(dom.UUIDString())
 
+    def authz(self, conn: Connection, who: Principal) -> Authz:
+        """The input checks (kvmgr.control.authz) for ``who`` on this connection."""
+        return Authz(
+            conn,
+            who,
+            self.store,
+            host=self.host_name(),
+            state_dirs=state_dirs(self.settings.state_dir),
+        )
+
     def check_vm(self, conn: Connection, who: Principal, name: str) -> None:
         """Refuse unless ``who`` may act on VM ``name`` (admin, or its owner or owner's group)."""
-        uuid = self.vm_uuid(conn, name)
-        with self.store.session() as session:
-            allowed = users_store.may_act_on_vm(session, who, uuid)
-        if not allowed:
-            raise Forbidden(
-                f"user {who.name!r} ({who.role.value}) may not act on VM {name!r}",
-                hint="operators act on the VMs they or their group own; ask an admin",
-            )
+        self.authz(conn, who).vm(name)
 
     def audit(
         self, who: Principal | str, action: str, target: str, result: str, detail: str = ""

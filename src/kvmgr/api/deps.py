@@ -15,7 +15,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from kvmgr.api.context import AppContext, Forbidden, Unauthorized
+from kvmgr.api.context import AppContext, Unauthorized
+from kvmgr.errors import Forbidden
 from kvmgr.store import users as users_store
 from kvmgr.store.models import Role
 from kvmgr.store.users import Principal

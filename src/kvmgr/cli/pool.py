@@ -76,5 +76,7 @@ def delete(
     result = storage.delete_pool(conn(), name, force=force)
     for volume in result.deleted_volumes:
         console.print(f"deleted volume {volume}", highlight=False)
+    for kept in result.kept_files:
+        console.print(f"kept {kept} (not a disk or ISO image)", highlight=False)
     where = "and its directory " if result.directory_removed else ""
     console.print(f"pool {name} {where}deleted", highlight=False)

@@ -67,7 +67,7 @@ def list_users(output: OutputFormat = OutputOption) -> None:
 @app.command("delete")
 @report_errors
 def delete(name: str) -> None:
-    """Delete a user (the VMs they own stay)."""
+    """Delete a user and their logins; what they own stays theirs (only admins act on it)."""
     from kvmgr.store import users
 
     with _store().session() as session:
@@ -75,25 +75,55 @@ def delete(name: str) -> None:
     typer.echo(f"user {name} deleted")
 
 
+@app.command("set")
+@report_errors
+def set_user(
+    name: str,
+    role: Annotated[
+        str | None, typer.Option("--role", "-r", help="admin, operator or viewer")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="owner group ('' or --no-group: none)")] = None,
+    no_group: Annotated[
+        bool, typer.Option("--no-group", help="take the user out of their group")
+    ] = False,
+) -> None:
+    """Change a user's role and/or group.  A new role ends their API tokens and web sessions."""
+    from kvmgr.store import users
+
+    if no_group and group:
+        raise typer.BadParameter("give --group NAME or --no-group, not both")
+    if role is None and group is None and not no_group:
+        raise typer.BadParameter("give --role, --group or --no-group")
+    with _store().session() as session:
+        if role is not None:
+            users.set_role(session, name, users.parse_role(role))
+        if no_group or group is not None:
+            users.set_group(session, name, group or None)
+        user = users.get_user(session, name)
+        typer.echo(f"user {name}: role {user.role}, group {user.group or '(none)'}")
+
+
 @app.command("set-role")
 @report_errors
 def set_role(
     name: str,
     role: Annotated[str, typer.Argument(help="admin, operator or viewer")],
-    group: Annotated[str | None, typer.Option(help="owner group")] = None,
+    group: Annotated[str | None, typer.Option(help="owner group ('' for none)")] = None,
 ) -> None:
-    """Change a user's role (and group)."""
+    """Change a user's role (and group); the same as 'kvmgr user set NAME --role ROLE'."""
     from kvmgr.store import users
 
     with _store().session() as session:
-        users.set_role(session, name, users.parse_role(role), group)
+        users.set_role(session, name, users.parse_role(role))
+        if group is not None:
+            users.set_group(session, name, group or None)
     typer.echo(f"user {name} is now {role}")
 
 
 @app.command("passwd")
 @report_errors
 def passwd(name: str, password: Annotated[str, PasswordOption] = "") -> None:
-    """Set a user's password (ends their open sessions)."""
+    """Set a user's password (ends their API tokens and web sessions)."""
     from kvmgr.store import users
 
     with _store().session() as session:

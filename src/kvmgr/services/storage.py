@@ -327,13 +327,29 @@ class PoolDeletion:
     pool: str
     deleted_volumes: list[str]
     directory_removed: bool
+    kept_files: list[str] = field(default_factory=list)
+
+
+#: What a forced pool delete deletes: disk and ISO images, by format or by name.  A dir pool
+#: lists *every* file in its directory as a (raw) volume; other files are never deleted.
+IMAGE_FORMATS = frozenset({"qcow2", "qed", "vmdk", "vdi", "vpc", "vhdx", "iso", "luks", "cloop"})
+IMAGE_SUFFIXES = (".img", ".qcow2", ".qcow", ".raw", ".iso", ".vmdk", ".vdi", ".vhd", ".vhdx")
+
+
+def _is_image(vol: libvirt.virStorageVol) -> bool:
+    if vol.name().lower().endswith(IMAGE_SUFFIXES):
+        return True
+    with libvirt_errors(f"reading volume {vol.name()}"):
+        return StorageVolume.from_xml(vol.XMLDesc(0)).target_format in IMAGE_FORMATS
 
 
 def delete_pool(conn: Connection, name: str, *, force: bool = False) -> PoolDeletion:
     """Remove a pool.  Safety first:
 
     * refused while any VM (or another volume, as a backing file) uses one of its volumes;
-    * refused while it holds volumes, unless ``force``: then exactly its volumes are deleted;
+    * refused while it holds volumes, unless ``force``: then exactly its volumes are deleted,
+      and of what libvirt lists only disk and ISO images (:func:`_is_image`): any other file in
+      a dir pool's directory is kept (and so is the directory);
     * its directory is removed only when empty afterwards and only for ``dir`` pools (libvirt's
       delete of other pool types would wipe a device or volume group kvmgr was not given).
     """
@@ -358,13 +374,16 @@ def delete_pool(conn: Connection, name: str, *, force: bool = False) -> PoolDele
             + ", ".join(sorted(vol.name() for vol in volumes)),
             hint="delete them first, or add --force to delete them with the pool",
         )
-    deleted = []
+    deleted, kept = [], []
     for vol in volumes:
+        if not _is_image(vol):
+            kept.append(vol.name())
+            continue
         with libvirt_errors(f"deleting volume {vol.name()} of pool {name}"):
             vol.delete(0)
         deleted.append(vol.name())
     removed = _remove_pool(pool, info)
-    return PoolDeletion(name, sorted(deleted), removed)
+    return PoolDeletion(name, sorted(deleted), removed, sorted(kept))
 
 
 def _remove_pool(pool: libvirt.virStoragePool, info: PoolInfo) -> bool:

@@ -114,14 +114,3 @@ class Task(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     finished: Mapped[datetime | None] = mapped_column(default=None)
-
-
-class VMOwner(Base):
-    """Who owns a VM made through the API (by libvirt UUID: a renamed VM keeps its owner)."""
-
-    __tablename__ = "vm_owners"
-
-    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), index=True)
-    owner: Mapped[str] = mapped_column(String(64))
-    group: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -1,4 +1,4 @@
-"""Users, passwords (argon2), API tokens, web sessions and VM ownership: the rules of who is who.
+"""Users, passwords (argon2), API tokens and web sessions: the rules of who is who.
 
 Tokens and session ids are random (``secrets``) and stored only as SHA-256 hashes, so a copy of
 the database does not let anyone log in.
@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from kvmgr.errors import AlreadyExists, InvalidInput, NotFound
 from kvmgr.names import validate_name
-from kvmgr.store.models import ApiToken, Role, User, VMOwner, WebSession, aware, utcnow
+from kvmgr.store import ownership
+from kvmgr.store.models import ApiToken, Role, User, WebSession, aware, utcnow
 
 MIN_PASSWORD_LENGTH = 8
 TOKEN_PREFIX = "kvm_"  # noqa: S105 - a marker that makes leaked tokens greppable
@@ -76,7 +77,14 @@ def create_user(
     _check_password(password)
     if session.scalar(select(User).where(User.name == name)) is not None:
         raise AlreadyExists(f"user {name!r} exists already", hint="choose another name")
-    user = User(name=name, password_hash=_hasher.hash(password), role=role.value, group=group)
+    user = User(
+        # Never a deleted user's id: what they owned stays theirs (a tombstone), not the new user's.
+        id=ownership.next_user_id(session),
+        name=name,
+        password_hash=_hasher.hash(password),
+        role=role.value,
+        group=group,
+    )
     session.add(user)
     session.flush()
     return _principal(user)
@@ -94,25 +102,41 @@ def list_users(session: Session) -> list[User]:
 
 
 def delete_user(session: Session, name: str) -> None:
+    """Remove a user and every login of theirs; what they own stays owned by their id."""
     user = get_user(session, name)
+    _end_logins(session, user)
+    ownership.bury(session, user)
+    session.delete(user)
+
+
+def _end_logins(session: Session, user: User) -> None:
+    """Revoke every API token and web session of ``user``: after a change of password or role,
+    nothing issued before it keeps working."""
     session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
     session.execute(delete(WebSession).where(WebSession.user_id == user.id))
-    session.delete(user)
 
 
 def set_password(session: Session, name: str, password: str) -> None:
     _check_password(password)
     user = get_user(session, name)
     user.password_hash = _hasher.hash(password)
-    # A new password ends every open login of that user.
-    session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    _end_logins(session, user)
 
 
-def set_role(session: Session, name: str, role: Role, group: str | None = None) -> None:
+def set_role(session: Session, name: str, role: Role) -> None:
+    """A new role; a changed one ends the user's tokens and sessions."""
     user = get_user(session, name)
-    user.role = role.value
-    if group is not None:
-        user.group = validate_name(group, what="group name")
+    if user.role != role.value:
+        user.role = role.value
+        _end_logins(session, user)
+
+
+def set_group(session: Session, name: str, group: str | None) -> None:
+    """Put the user in ``group``, or in none (``None``).  Effective on their next request: the
+    group is read from here on each one, so leaving a group ends access to its objects at once.
+    """
+    user = get_user(session, name)
+    user.group = validate_name(group, what="group name") if group is not None else None
 
 
 def authenticate(session: Session, name: str, password: str) -> Principal | None:
@@ -197,30 +221,3 @@ def principal_for_cookie(session: Session, cookie: str) -> Principal | None:
 
 def close_web_session(session: Session, cookie: str) -> None:
     session.execute(delete(WebSession).where(WebSession.id_hash == digest(cookie)))
-
-
-# ------------------------------------------------------------------ VM ownership
-def record_owner(session: Session, uuid: str, vm: str, owner: Principal) -> None:
-    session.merge(VMOwner(uuid=uuid, name=vm, owner=owner.name, group=owner.group))
-
-
-def forget_owner(session: Session, uuid: str) -> None:
-    session.execute(delete(VMOwner).where(VMOwner.uuid == uuid))
-
-
-def may_act_on_vm(session: Session, who: Principal, uuid: str) -> bool:
-    """Admins act on every VM; operators on those they or their group own; viewers on none."""
-    return may_act_given_owner(who, session.get(VMOwner, uuid))
-
-
-def may_act_given_owner(who: Principal, row: VMOwner | None) -> bool:
-    """The rule of :func:`may_act_on_vm` for an owner row already loaded (lists load them all)."""
-    if who.at_least(Role.admin):
-        return True
-    if not who.at_least(Role.operator) or row is None:
-        return False
-    return row.owner == who.name or (who.group is not None and row.group == who.group)
-
-
-def owners(session: Session) -> dict[str, VMOwner]:
-    return {row.uuid: row for row in session.scalars(select(VMOwner))}

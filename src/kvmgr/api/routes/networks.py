@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 
 from kvmgr.api.deps import Admin, Ctx, Viewer
 from kvmgr.connect import Connection
+from kvmgr.control import ownership
+from kvmgr.names import validate_name
 from kvmgr.services import networks as net_service
 
 router = APIRouter(prefix="/api/v1/networks", tags=["networks"])
@@ -23,6 +25,9 @@ class NetworkCreate(BaseModel):
     bridge: str | None = Field(default=None, max_length=15)
     domain: str | None = Field(default=None, max_length=253)
     autostart: bool = True
+    group: str | None = Field(
+        default=None, max_length=64, description="serve only this group's operators"
+    )
 
 
 class Autostart(BaseModel):
@@ -55,10 +60,16 @@ def network_leases(name: str, _who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
 
 @router.post("", status_code=201, summary="Create a network (a free /24 is chosen if none given)")
 def create_network(body: NetworkCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    spec = net_service.NetworkSpec(**body.model_dump())
-    return ctx.act(
-        who, "net.create", body.name, lambda conn: net_service.create_network(conn, spec).as_dict()
-    )
+    spec = net_service.NetworkSpec(**body.model_dump(exclude={"group"}))
+
+    def work(conn: Connection) -> dict[str, Any]:
+        if body.group is not None:
+            validate_name(body.group, what="group name")
+        made = net_service.create_network(conn, spec).as_dict()
+        ownership.record_owner(ctx.store, "network", body.name, who, group=body.group)
+        return made
+
+    return ctx.act(who, "net.create", body.name, work)
 
 
 @router.post("/{name}/start", summary="Start a network")
@@ -109,7 +120,9 @@ def unreserve(name: str, ip: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 
 @router.delete("/{name}", summary="Delete a network (refused while VMs use it)")
 def delete_network(name: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, str]:
-    ctx.act(
-        who, "net.delete", name, lambda conn: net_service.delete_network(conn, name, force=force)
-    )
+    def work(conn: Connection) -> None:
+        net_service.delete_network(conn, name, force=force)
+        ownership.forget_owner(ctx.store, "network", name)
+
+    ctx.act(who, "net.delete", name, work)
     return {"status": "deleted", "name": name}

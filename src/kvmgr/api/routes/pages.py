@@ -15,7 +15,6 @@ from fastapi.templating import Jinja2Templates
 from kvmgr.api.deps import Admin, Ctx, Viewer, identify
 from kvmgr.api.routes.host import host_info
 from kvmgr.services import vms as vms_service
-from kvmgr.store import users as users_store
 from kvmgr.store.models import Role
 from kvmgr.store.users import Principal
 
@@ -62,8 +61,7 @@ def create_page(request: Request, who: Viewer) -> Response:
 def vm_page(request: Request, name: str, who: Viewer, ctx: Ctx) -> Response:
     conn = ctx.conn()
     info = vms_service.vm_info(conn, name)
-    with ctx.store.session() as session:
-        may_act = users_store.may_act_on_vm(session, who, info["uuid"])
+    may_act = ctx.authz(conn, who).may_act_on_uuid(info["uuid"])
     return render(
         request,
         who,

@@ -9,11 +9,11 @@ from pydantic import BaseModel, Field
 
 from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator, Viewer
+from kvmgr.control import ownership
 from kvmgr.errors import Busy
 from kvmgr.names import validate_name
 from kvmgr.services import clones as clone_service
 from kvmgr.services import snapshots as snap_service
-from kvmgr.store import users as users_store
 from kvmgr.store.tasks import Outcome, Report, Work
 from kvmgr.store.users import Principal
 
@@ -42,6 +42,8 @@ def _task(
     target: str,
     work: Work,
     names: tuple[tuple[str | None, str], ...] = (),
+    *,
+    clone: bool = False,
 ) -> dict[str, Any]:
     """Check the new ``names`` (value, what), ownership and that the VM is not busy now, so a
     refusal is a 422, 403 or 409 at once rather than a failed task later; then run ``work`` as a
@@ -51,7 +53,11 @@ def _task(
         for value, what in names:
             if value is not None:
                 validate_name(value, what=what)
-        ctx.check_vm(ctx.conn(), who, vm)
+        authz = ctx.authz(ctx.conn(), who)
+        if clone:
+            authz.clone_source(vm)
+        else:
+            authz.vm(vm)
         busy = ctx.busy(vm)
         if busy is not None:
             raise Busy(
@@ -84,7 +90,8 @@ def snapshot_info(name: str, snapshot: str, _who: Viewer, ctx: Ctx) -> dict[str,
 def create_snapshot(name: str, body: SnapshotCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
     def work(report: Report) -> dict[str, Any]:
         report(f"taking snapshot {body.name}", 10)
-        return snap_service.create_snapshot(
+        uuid = ctx.vm_uuid(ctx.conn(), name)
+        made = snap_service.create_snapshot(
             ctx.conn(),
             name,
             body.name,
@@ -92,6 +99,8 @@ def create_snapshot(name: str, body: SnapshotCreate, who: Operator, ctx: Ctx) ->
             live=body.live,
             disk_only=body.disk_only,
         ).as_dict()
+        ownership.record_owner(ctx.store, "snapshot", f"{uuid}/{body.name}", who)
+        return made
 
     names = ((body.name, "snapshot name"),)
     return _task(ctx, who, name, "snapshot.create", f"{name}/{body.name}", work, names)
@@ -116,7 +125,10 @@ def delete_snapshot(
 ) -> dict[str, Any]:
     def work(report: Report) -> dict[str, Any]:
         report(f"deleting {snapshot}", 10)
+        uuid = ctx.vm_uuid(ctx.conn(), name)
         deleted = snap_service.delete_snapshot(ctx.conn(), name, snapshot, children=children)
+        for gone in deleted:
+            ownership.forget_owner(ctx.store, "snapshot", f"{uuid}/{gone}")
         return {"deleted": deleted}
 
     return _task(ctx, who, name, "snapshot.delete", f"{name}/{snapshot}", work)
@@ -135,9 +147,8 @@ def clone_vm(name: str, body: CloneCreate, who: Operator, ctx: Ctx) -> dict[str,
                 start=body.start,
                 snapshot=body.snapshot,
             )
-        with ctx.store.session() as session:
-            users_store.record_owner(session, result.uuid, result.name, who)
+        ownership.record_owner(ctx.store, "vm", result.uuid, who, label=result.name)
         return result.as_dict()
 
     names = ((body.name, "VM name"), (body.snapshot, "snapshot name"))
-    return _task(ctx, who, name, "vm.clone", f"{name}->{body.name}", work, names)
+    return _task(ctx, who, name, "vm.clone", f"{name}->{body.name}", work, names, clone=True)

@@ -9,6 +9,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from kvmgr.api.deps import Admin, Ctx, Viewer
+from kvmgr.connect import Connection
+from kvmgr.control import ownership
+from kvmgr.names import validate_name
 from kvmgr.services import storage as storage_service
 
 router = APIRouter(prefix="/api/v1/pools", tags=["storage"])
@@ -18,6 +21,9 @@ class PoolCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     path: str = Field(min_length=1, max_length=4096)
     type: Literal["dir"] = "dir"
+    group: str | None = Field(
+        default=None, max_length=64, description="serve only this group's operators"
+    )
 
 
 class VolumeCreate(BaseModel):
@@ -43,12 +49,15 @@ def pool_info(pool: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
 
 @router.post("", status_code=201, summary="Create, build and start a directory pool")
 def create_pool(body: PoolCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    return ctx.act(
-        who,
-        "pool.create",
-        body.name,
-        lambda conn: storage_service.create_pool(conn, body.name, body.path, body.type).as_dict(),
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        if body.group is not None:
+            validate_name(body.group, what="group name")
+        path = ctx.authz(conn, who).pool_path(body.path)
+        made = storage_service.create_pool(conn, body.name, path, body.type).as_dict()
+        ownership.record_owner(ctx.store, "pool", body.name, who, group=body.group)
+        return made
+
+    return ctx.act(who, "pool.create", body.name, work)
 
 
 @router.post("/{pool}/refresh", summary="Rescan a pool's volumes")
@@ -60,12 +69,12 @@ def refresh_pool(pool: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 
 @router.delete("/{pool}", summary="Delete a pool (refused while used; force deletes its volumes)")
 def delete_pool(pool: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, Any]:
-    return ctx.act(
-        who,
-        "pool.delete",
-        pool,
-        lambda conn: asdict(storage_service.delete_pool(conn, pool, force=force)),
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        deleted = asdict(storage_service.delete_pool(conn, pool, force=force))
+        ownership.forget_owner(ctx.store, "pool", pool)
+        return deleted
+
+    return ctx.act(who, "pool.delete", pool, work)
 
 
 @router.get("/{pool}/volumes", summary="Volumes of a pool and the VMs using each")

@@ -22,6 +22,8 @@ class UserCreate(BaseModel):
 
 
 class UserUpdate(BaseModel):
+    """Only the fields sent change; ``"group": null`` takes the user out of their group."""
+
     role: Role | None = None
     group: str | None = Field(default=None, max_length=64)
     password: str | None = Field(default=None, max_length=1024)
@@ -56,9 +58,11 @@ def create_user(body: UserCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
 def update_user(name: str, body: UserUpdate, who: Admin, ctx: Ctx) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         with ctx.store.session() as session:
-            user = users_store.get_user(session, name)
-            if body.role is not None or body.group is not None:
-                users_store.set_role(session, name, body.role or user.role_enum, body.group)
+            users_store.get_user(session, name)
+            if body.role is not None:
+                users_store.set_role(session, name, body.role)
+            if "group" in body.model_fields_set:
+                users_store.set_group(session, name, body.group or None)
             if body.password is not None:
                 users_store.set_password(session, name, body.password)
             return user_public(users_store.get_user(session, name))

@@ -13,12 +13,13 @@ from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator, Viewer
 from kvmgr.api.memory import after_big_answer as release_after_big_answer
 from kvmgr.connect import Connection
+from kvmgr.control import ownership
+from kvmgr.control.authz import check_vm_spec
 from kvmgr.errors import InvalidInput
 from kvmgr.names import validate_name
 from kvmgr.services import create as create_service
 from kvmgr.services import resources as resources_service
 from kvmgr.services import vms as vms_service
-from kvmgr.store import users as users_store
 from kvmgr.store.tasks import Outcome, Report
 from kvmgr.store.users import Principal
 from kvmgr.units import parse_size
@@ -77,12 +78,11 @@ class Autostart(BaseModel):
 # ---------------------------------------------------------------------------------- reading
 def _with_owners(ctx: AppContext, who: Principal, rows: list[dict[str, Any]]) -> None:
     """Add each VM's owner and whether the caller may act on it (the UI shows buttons by it)."""
-    with ctx.store.session() as session:
-        owners = users_store.owners(session)
-        for row in rows:
-            owner = owners.get(row["uuid"])
-            row["owner"] = owner.owner if owner else None
-            row["may_act"] = users_store.may_act_given_owner(who, owner)
+    owners = ownership.owners_of_kind(ctx.store, "vm")
+    for row in rows:
+        owner = owners.get(row["uuid"])
+        row["owner"] = owner.owner if owner else None
+        row["may_act"] = ownership.may_act_given(who, owner)
 
 
 class VMRow(BaseModel):
@@ -159,8 +159,12 @@ def _spec(body: VMCreate) -> create_service.VMSpec:
 
 @router.post("", status_code=202, summary="Create a VM (a task: poll /api/v1/tasks/{id})")
 def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
-    # Checked before the task starts, so a bad request is a 422 now, not a failed task later.
-    spec = ctx.audited(who, "vm.create.request", body.name, lambda: _spec(body))
+    # Checked before the task starts, so a bad request is a 422 (or 403) now, not a failed task.
+    def check() -> tuple[create_service.VMSpec, list[str]]:
+        spec = _spec(body)
+        return spec, check_vm_spec(ctx.authz(ctx.conn(), who), spec)
+
+    spec, taken = ctx.audited(who, "vm.create.request", body.name, check)
 
     def work(report: Report) -> dict[str, Any]:
         conn = ctx.conn()
@@ -171,8 +175,8 @@ def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
 
         with ctx.name_lease(who, spec.name, "create"):
             result = create_service.create_vm(conn, spec, progress)
-        with ctx.store.session() as session:
-            users_store.record_owner(session, result.uuid, result.name, who)
+        ownership.record_owner(ctx.store, "vm", result.uuid, who, label=result.name)
+        ownership.record_owners(ctx.store, "volume", [*result.volumes, *taken], who)
         return asdict(result)
 
     def done(outcome: Outcome) -> None:
@@ -228,9 +232,18 @@ def vm_add_disk(name: str, body: DiskAdd, who: Operator, ctx: Ctx) -> dict[str, 
     size = parse_size(body.size, what="disk size", default_unit="G") if body.size else None
 
     def work(conn: Connection) -> dict[str, Any]:
+        authz = ctx.authz(conn, who)
+        path, take = body.path, False
+        if path is not None:
+            resolved = authz.disk(path)
+            path, take = resolved.path, resolved.record
+        else:
+            authz.pool(body.pool)
         change = resources_service.add_disk(
-            conn, name, size=size, path=body.path, pool=body.pool, fmt=body.format, bus=body.bus
+            conn, name, size=size, path=path, pool=body.pool, fmt=body.format, bus=body.bus
         )
+        if change.path and (change.owned or take):
+            ownership.record_owner(ctx.store, "volume", change.path, who)
         return asdict(change)
 
     return ctx.act(who, "vm.disk.add", name, work, vm=name)
@@ -246,6 +259,8 @@ def vm_remove_disk(
 ) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
         change = resources_service.remove_disk(conn, name, target, delete_volume=delete_volume)
+        if change.volume_deleted and change.path:
+            ownership.forget_owner(ctx.store, "volume", change.path)
         return asdict(change)
 
     return ctx.act(who, "vm.disk.remove", f"{name}/{target}", work, vm=name)
@@ -266,6 +281,11 @@ def vm_resize_disk(
 @router.post("/{name}/nics", status_code=201, summary="Add a NIC on a network or bridge")
 def vm_add_nic(name: str, body: NicAdd, who: Operator, ctx: Ctx) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
+        authz = ctx.authz(conn, who)
+        if body.network is not None:
+            authz.network(body.network)
+        if body.bridge is not None:
+            authz.bridge(body.bridge)
         change = resources_service.add_nic(
             conn, name, network=body.network, bridge=body.bridge, model=body.model, mac=body.mac
         )
@@ -294,8 +314,9 @@ def vm_delete(
     def work(conn: Connection) -> list[str]:
         uuid = ctx.vm_uuid(conn, name)
         removed = vms_service.delete(conn, name, force=force, keep_disks=keep_disks)
-        with ctx.store.session() as session:
-            users_store.forget_owner(session, uuid)
+        ownership.forget_owner(ctx.store, "vm", uuid)
+        for path in removed:
+            ownership.forget_owner(ctx.store, "volume", path)
         return removed
 
     removed = ctx.act(who, "vm.delete", name, work, vm=name)
