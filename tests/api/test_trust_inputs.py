@@ -141,13 +141,10 @@ def test_a_template_base_image_is_never_attached(
     op1_vm: str,
     volume: str,
     libvirt_conn: libvirt.virConnect,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from kvmgr.connect import open_connection
-    from kvmgr.services import clones, locks
+    from kvmgr.services import clones
 
-    monkeypatch.setenv(locks.LOCK_DIR_ENV, str(tmp_path / "locks"))
     template = "t-api-trust-tmpl"
     libvirt_conn.defineXML(
         f"""<domain type='test'><name>{template}</name><memory unit='MiB'>64</memory>
