@@ -52,11 +52,11 @@ class CLIState:
         """The name of the host this command acts on (one host until the host registry)."""
         return "local"
 
-    def plane(self) -> ControlPlane:
+    def plane(self, *, recover: bool = True) -> ControlPlane:
         """The control plane over the store of ``KVMGR_DB_URL``, opened on first use.
 
         Opening it recovers what dead kvmgr processes left (one query when nothing is pending)
-        and says on stderr what it did.
+        and says on stderr what it did (not with ``recover=False``: ``kvmgr ops recover``).
         """
         from kvmgr.api.settings import Settings
 
@@ -71,7 +71,7 @@ class CLIState:
 
             user = pwd.getpwuid(os.geteuid()).pw_name
             self._plane = ControlPlane(Store(url), f"cli:{user}", lambda _host: self.connection())
-            for outcome in self._plane.recover():
+            for outcome in self._plane.recover() if recover else []:
                 err_console.print(f"[yellow]recovered:[/] {outcome.line()}", highlight=False)
         return self._plane
 

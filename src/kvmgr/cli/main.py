@@ -72,6 +72,7 @@ _GROUPS = [
     ("kvmgr.cli.backup", "backup", "Backups: full and incremental points, verify, restore."),
     ("kvmgr.cli.user", "user", "Users and roles of the REST API and web UI."),
     ("kvmgr.cli.serve", "serve", "Run the REST API and web UI."),
+    ("kvmgr.cli.ops", "ops", "Journaled operations: list them, recover what crashed ones left."),
 ]
 
 

@@ -1,0 +1,67 @@
+"""The API takes the same database leases as the CLI: while another process holds a VM, power
+actions, live changes and snapshot tasks are refused with 409 naming the holder, and the VM's
+info says who is busy with it."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from kvmgr.control.leases import Leases
+from kvmgr.control.plane import vm_key
+from kvmgr.store.db import Store
+from tests.api.conftest import As
+
+FORK = multiprocessing.get_context("fork")
+HOLDER = "snapshot create nightly by cli:other since"
+
+
+def _hold(url: str, key: str, ready: Any, release: Any) -> None:
+    store = Store(url)
+    with Leases(store).hold(key, "snapshot create nightly", actor="cli:other"):
+        ready.set()
+        release.wait(60)
+
+
+@pytest.fixture
+def held(app: FastAPI, test_vm: str) -> Iterator[str]:
+    ctx = app.state.ctx
+    uuid = ctx.conn().virconn.lookupByName(test_vm).UUIDString()
+    ready, release = FORK.Event(), FORK.Event()
+    holder = FORK.Process(
+        target=_hold, args=(ctx.store.url, vm_key("local", uuid).key, ready, release)
+    )
+    holder.start()
+    assert ready.wait(30)
+    yield test_vm
+    release.set()
+    holder.join(30)
+
+
+def test_a_vm_held_elsewhere_is_busy_for_the_api(as_user: dict[str, As], held: str) -> None:
+    admin = as_user["admin"]
+    for method, url, body in [
+        ("POST", f"/api/v1/vms/{held}/pause", None),
+        ("POST", f"/api/v1/vms/{held}/off", None),
+        ("PUT", f"/api/v1/vms/{held}/autostart", {"enabled": False}),
+        ("PATCH", f"/api/v1/vms/{held}/resources", {"vcpus": 1}),
+        ("POST", f"/api/v1/vms/{held}/snapshots", {"name": "t-core-s"}),
+        ("DELETE", f"/api/v1/vms/{held}?force=true", None),
+    ]:
+        answer = admin.request(method, url, json=body)
+        assert answer.status_code == 409, (method, url, answer.text)
+        assert f"VM {held} is busy: {HOLDER}" in answer.text, answer.text
+    info = admin.get(f"/api/v1/vms/{held}").json()
+    assert info["busy"].startswith(HOLDER)
+    assert info["state"] == "running"
+
+
+def test_actions_take_and_release_the_lease(as_user: dict[str, As], test_vm: str) -> None:
+    admin = as_user["admin"]
+    assert admin.post(f"/api/v1/vms/{test_vm}/pause").json()["state"] == "paused"
+    assert admin.get(f"/api/v1/vms/{test_vm}").json()["busy"] is None
+    assert admin.post(f"/api/v1/vms/{test_vm}/resume").json()["state"] == "running"

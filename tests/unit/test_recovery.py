@@ -1,0 +1,111 @@
+"""Recovery across real processes (SQLite, libvirt's test driver): an operation whose process is
+killed with SIGKILL after its journal record is undone by the next process, exactly once even
+when two processes recover at the same moment, and never while its owner still lives."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmgr.connect import Connection, open_connection
+from kvmgr.control.plane import ControlPlane
+from kvmgr.services.steps import recovery_action
+from kvmgr.store.db import Store
+
+FORK = multiprocessing.get_context("fork")
+KEY = "vm:local/0000-recovery-test"
+
+
+@recovery_action("test.core.append")
+def _append(_conn: Connection, args: dict[str, Any]) -> None:
+    """Idempotent like a real action: appends its line once per run to the file named."""
+    with Path(args["path"]).open("a") as out:
+        out.write(f"{args['what']} by {os.getpid()}\n")
+
+
+def _plane(url: str, actor: str) -> ControlPlane:
+    conn = open_connection("test:///default")
+    return ControlPlane(Store(url), actor, lambda _host: conn)
+
+
+def _crash_midway(url: str, notes: str, ready: Any) -> None:
+    plane = _plane(url, "cli:victim")
+    with plane.operation("create", "web1", "local", keys=[KEY]) as steps:
+        steps.undo_with("test.core.append", path=notes, what="delete volume web1.qcow2")
+        steps.undo_with("test.core.append", path=notes, what="undefine web1")
+        ready.set()
+        time.sleep(600)  # killed here, after the records, before the operation ends
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'kvmgr.db'}"
+    Store(url).dispose()  # migrated before any fork
+    yield url
+
+
+def _killed_victim(url: str, notes: Path) -> None:
+    ready = FORK.Event()
+    victim = FORK.Process(target=_crash_midway, args=(url, str(notes), ready))
+    victim.start()
+    assert ready.wait(30)
+    plane = _plane(url, "cli:observer")
+    assert plane.recover() == []  # its owner lives: left alone
+    assert plane.busy(KEY) is not None
+    [running] = plane.operations()
+    assert (running.state, running.actor) == ("running", "cli:victim")
+    os.kill(victim.pid or 0, signal.SIGKILL)
+    victim.join(10)
+    plane.store.dispose()
+
+
+def test_operation_of_a_killed_process_is_undone_by_the_next(url: str, tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    _killed_victim(url, notes)
+    assert not notes.exists()  # nothing undone yet
+    plane = _plane(url, "cli:next")
+    [outcome] = plane.recover()
+    assert (outcome.state, outcome.kind, outcome.target) == ("undone", "create", "web1")
+    assert "undid: test.core.append" in outcome.message
+    me = os.getpid()
+    assert notes.read_text().splitlines() == [
+        f"undefine web1 by {me}",
+        f"delete volume web1.qcow2 by {me}",
+    ]
+    [op] = plane.operations()
+    assert op.state == "undone" and op.finished is not None
+    assert plane.busy(KEY) is None
+    assert plane.recover() == []  # idempotent
+    assert len(notes.read_text().splitlines()) == 2
+
+
+def _recover_at(url: str, start: float, out: str) -> None:
+    time.sleep(max(0.0, start - time.time()))
+    outcomes = _plane(url, f"cli:{os.getpid()}").recover()
+    Path(out).write_text(",".join(o.state for o in outcomes))
+
+
+def test_two_processes_recovering_at_once_undo_once(url: str, tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    _killed_victim(url, notes)
+    start = time.time() + 1.5
+    racers = [
+        FORK.Process(target=_recover_at, args=(url, start, str(tmp_path / f"r{i}")))
+        for i in range(2)
+    ]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(60)
+        assert racer.exitcode == 0
+    results = sorted((tmp_path / f"r{i}").read_text() for i in range(2))
+    assert results == ["", "undone"]
+    lines = notes.read_text().splitlines()
+    assert len(lines) == 2 and len({line.split(" by ")[1] for line in lines}) == 1
