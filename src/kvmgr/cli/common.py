@@ -28,6 +28,7 @@ from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import KvmgrError
 
 if TYPE_CHECKING:
+    from kvmgr.control.authz import Authz
     from kvmgr.control.plane import ControlPlane
 
 P = ParamSpec("P")
@@ -134,3 +135,19 @@ def progress(message: str) -> Iterator[None]:
     """A spinner on stderr while a long step runs (hidden when stderr is not a terminal)."""
     with err_console.status(message):
         yield
+
+
+def authz() -> Authz:
+    """The input checks of kvmgr.control.authz for the CLI's caller (an admin of the socket it
+    opened): paths resolved, system directories refused, templates' disks never attached."""
+    from kvmgr.api.settings import Settings
+    from kvmgr.control.authz import Authz, cli_principal, state_dirs
+
+    plane = state.plane()
+    return Authz(
+        conn(),
+        cli_principal(),
+        plane.store,
+        host=state.host_name(),
+        state_dirs=state_dirs(Settings().state_dir),
+    )

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.common import authz, conn, report_errors
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.services import storage
 from kvmgr.units import format_size
@@ -35,6 +35,7 @@ def create(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create, start and autostart a storage pool."""
+    path = authz().pool_path(path)  # never in, on or above a system directory
     emit_object(_human(storage.create_pool(conn(), name, path, pool_type), output), output)
 
 

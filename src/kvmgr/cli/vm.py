@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, name_lease, report_errors, vm_lease
+from kvmgr.cli.common import authz, conn, name_lease, report_errors, vm_lease
 from kvmgr.cli.common import state as cli_state
 from kvmgr.cli.output import (
     OutputFormat,
@@ -89,6 +89,7 @@ def create(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create a VM from an ISO with defaults that fit its OS; undone completely on failure."""
+    from kvmgr.control.authz import check_vm_spec
     from kvmgr.services.create import VMSpec, create_vm, parse_disk_option, parse_network_option
 
     disks = [parsed for text in (disk or []) if (parsed := parse_disk_option(text)) is not None]
@@ -113,6 +114,7 @@ def create(
         spec.disks = disks
     if network is not None:
         spec.nics = nics
+    check_vm_spec(authz(), spec)  # paths resolved; system files and templates' disks refused
     with status(f"creating {name}") as spinner, name_lease(name, "create"):
         result = create_vm(conn(), spec, progress=spinner.update)
     typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)

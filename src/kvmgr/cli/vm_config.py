@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors, vm_lease
+from kvmgr.cli.common import authz, conn, report_errors, vm_lease
 from kvmgr.cli.output import (
     OutputFormat,
     OutputOption,
@@ -94,6 +94,8 @@ def disk_add(
     """Attach a new volume (named after the VM, deleted with it) or an existing one."""
     from kvmgr.services.resources import add_disk
 
+    if path is not None:  # resolved; system files and templates' disks refused
+        path = authz().disk(path).path
     with vm_lease(name, "disk add"):
         result = add_disk(
             conn(),

@@ -1,0 +1,44 @@
+"""Issue 11 hole 1 on the CLI: the same kvmgr.control.authz checks as the API (test driver)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kvmgr.cli.main import app
+
+URI = "test:///default"
+
+
+@pytest.fixture(autouse=True)
+def private_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMGR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("KVMGR_DB_URL", f"sqlite:///{tmp_path / 'kvmgr.db'}")
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["-c", URI, *args])
+    return result.exit_code, result.output
+
+
+def test_cli_refuses_system_files_as_disks_even_through_a_symlink(tmp_path: Path) -> None:
+    link = tmp_path / "disk.img"
+    link.symlink_to("/etc/shadow")
+    for disk in ("/etc/shadow", str(link), f"{tmp_path}/../../../../etc/shadow"):
+        code, output = _run("vm", "create", "t-cli-trust", "--disk", f"path={disk}",
+                            "--network", "none", "--no-start", "--graphics", "none")  # fmt: skip
+        assert code == 1, output
+        assert "system directory /etc" in output
+    code, output = _run("vm", "list")
+    assert "t-cli-trust" not in output
+
+
+def test_cli_refuses_pools_on_system_directories(tmp_path: Path) -> None:
+    link = tmp_path / "etc-link"
+    link.symlink_to("/etc")
+    for path in ("/etc", "/", str(link), "/var/lib/kvmgr"):
+        code, output = _run("pool", "create", "t-cli-trust-p", "--path", path)
+        assert code == 1, (path, output)
+        assert "system directory" in output
