@@ -16,6 +16,7 @@ from kvmgr.api.settings import Settings
 from kvmgr.cli.common import state
 from kvmgr.cli.main import app
 from kvmgr.connect import open_connection
+from kvmgr.control.hosts import HostRegistry
 from kvmgr.control.leases import Leases
 from kvmgr.control.plane import vm_key
 from kvmgr.store.db import Store
@@ -38,6 +39,11 @@ def _uuid() -> str:
         conn.close()
 
 
+def _host() -> str:
+    """The host name '-c test:///default' is registered under on first use (control.hosts)."""
+    return HostRegistry(Store(Settings().database_url)).ensure_uri(URI).name
+
+
 def _kvmgr(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["--connect", URI, *args])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
@@ -54,7 +60,7 @@ def _hold(key: str, ready: object, release: object) -> None:
 @pytest.fixture
 def held() -> Iterator[str]:
     """VM 'test' leased by another process for the test's duration."""
-    key = vm_key("local", _uuid()).key
+    key = vm_key(_host(), _uuid()).key
     ready, release = FORK.Event(), FORK.Event()
     holder = FORK.Process(target=_hold, args=(key, ready, release))
     holder.start()
@@ -97,9 +103,9 @@ def test_a_command_takes_the_lease_and_releases_it() -> None:
     code, output = _kvmgr("vm", "pause", "test")
     assert code == 0, output
     plane = state.plane()
-    assert plane.busy(vm_key("local", _uuid())) is None
+    assert plane.busy(vm_key(_host(), _uuid())) is None
     # The lease of the pause is gone, so another process can take it at once.
-    key = vm_key("local", _uuid()).key
+    key = vm_key(_host(), _uuid()).key
     began = time.monotonic()
     with Leases(plane.store).hold(key, "probe", actor="cli:probe"):
         pass

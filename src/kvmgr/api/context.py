@@ -56,6 +56,7 @@ class AppContext:
             settings.login_attempts, settings.login_window, settings.login_address_attempts
         )
         self._conn: Connection | None = None
+        self._host_name: str | None = None
         self._conn_lock = threading.Lock()
         self._events: LifecycleEvents | None = None
         self.stats = StatsPublisher(self.conn, self.bus, settings.stats_interval)
@@ -106,8 +107,15 @@ class AppContext:
 
     # ---------------------------------------------------------------- control plane
     def host_name(self) -> str:
-        """The host requests act on (one host until the host registry)."""
-        return "local"
+        """The registered host requests act on: the one with the server's URI (registered on
+        first use, as the CLI's ``-c`` is; see kvmgr.control.hosts)."""
+        if self._host_name is None:
+            from kvmgr.connect import default_uri
+            from kvmgr.control.hosts import HostRegistry
+
+            uri = self.settings.uri or default_uri()
+            self._host_name = HostRegistry(self.store).ensure_uri(uri).name
+        return self._host_name
 
     def plane_for(self, who: Principal | str) -> ControlPlane:
         return self.plane.for_actor(who if isinstance(who, str) else who.name)

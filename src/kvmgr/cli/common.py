@@ -1,5 +1,5 @@
-"""What every command group shares: the connection from ``--connect``, the control plane, and
-error reporting."""
+"""What every command group shares: the host from ``--host`` or ``--connect``, its connection,
+the control plane, and error reporting."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ __all__ = [
     "vm_lease",
 ]
 from kvmgr.connect import Connection, open_connection
-from kvmgr.errors import KvmgrError
+from kvmgr.connect.uri import URI_ENV
+from kvmgr.errors import InvalidInput, KvmgrError
+
+if TYPE_CHECKING:  # SQLAlchemy costs ~0.4 s to import: only commands that use the store pay
+    from kvmgr.control.hosts import HostRegistry
+    from kvmgr.store.db import Store
 
 if TYPE_CHECKING:
     from kvmgr.control.authz import Authz
@@ -40,18 +45,95 @@ class CLIState:
     """Set by the root callback from the global options."""
 
     uri: str | None = None
+    #: ``--host NAME`` (anywhere on the command line, see kvmgr.cli.main.run).
+    host: str | None = None
     _conn: Connection | None = field(default=None, repr=False)
     _plane: ControlPlane | None = field(default=None, repr=False)
+    _store: Store | None = field(default=None, repr=False)
+    _registry: HostRegistry | None = field(default=None, repr=False)
+    _host_name: str | None = field(default=None, repr=False)
+    _direct: bool = field(default=False, repr=False)  # _conn opened by -c, not the registry
 
     def connection(self) -> Connection:
-        """Open the connection on first use, so commands that need none start fast."""
+        """Open the connection on first use, so commands that need none start fast.
+
+        ``-c URI`` (or ``$KVMGR_URI``) opens that daemon directly, without the database, as it
+        always did; otherwise the host comes from the registry (``--host``, else the default)
+        and opens within the host time bound, with keepalive.
+        """
         if self._conn is None:
-            self._conn = open_connection(self.uri)
+            if self.uri is not None and self.host is None:
+                self._conn = open_connection(self.uri)
+                self._direct = True
+            else:
+                self._conn = self.hosts().connect(self.host_name())
         return self._conn
 
+    def store(self) -> Store:
+        """The database (``KVMGR_DB_URL``, else SQLite in the state dir), opened on first use."""
+        from kvmgr.api.settings import Settings
+
+        url = Settings().database_url
+        if self._store is not None and self._store.url != url:
+            self._close_store()  # in-process callers (tests) may point elsewhere in between
+        if self._store is None:
+            from kvmgr.store.db import Store
+
+            self._store = Store(url)
+        return self._store
+
+    def _close_store(self) -> None:
+        """Drop the store and everything built on it (plane, registry, its connections)."""
+        self._plane = None
+        self._host_name = None
+        if self._registry is not None:
+            from kvmgr.control.hosts import close_connections
+
+            if not self._direct:
+                self._conn = None  # it was one of the registry's connections
+            close_connections()
+            self._registry = None
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
+
+    def hosts(self) -> HostRegistry:
+        """The host registry over :meth:`store`."""
+        if self._registry is None:
+            from kvmgr.control.hosts import HostRegistry
+
+            self._registry = HostRegistry(self.store())
+        return self._registry
+
     def host_name(self) -> str:
-        """The name of the host this command acts on (one host until the host registry)."""
-        return "local"
+        """The registered name of the host this command acts on.
+
+        ``--host NAME`` must be registered (it wins over ``$KVMGR_URI``, not over an explicit
+        ``-c`` naming another daemon); ``-c URI`` is the host registered with that URI, or is
+        registered on first use under a name derived from it; otherwise the default host (see
+        :meth:`kvmgr.control.hosts.HostRegistry.default`).
+        """
+        if self._host_name is None:
+            if self.host is not None:
+                record = self.hosts().get(self.host)
+                explicit = self.uri is not None and self.uri != os.environ.get(URI_ENV)
+                if explicit and self.uri != record.uri:
+                    raise InvalidInput(
+                        f"--host {self.host} and --connect {self.uri} name different daemons",
+                        hint="give one of them",
+                    )
+                self._host_name = record.name
+            elif self.uri is not None:
+                self._host_name = self.hosts().ensure_uri(self.uri).name
+            else:
+                self._host_name = self.hosts().default().name
+        return self._host_name
+
+    def host_connection(self, host: str) -> Connection:
+        """The connection to registered host ``host`` (this command's own when it is that one)."""
+        if host == self.host_name():
+            return self.connection()
+        return self.hosts().connect(host)
 
     def plane(self, *, recover: bool = True) -> ControlPlane:
         """The control plane over the store of ``KVMGR_DB_URL``, opened on first use.
@@ -59,33 +141,24 @@ class CLIState:
         Opening it recovers what dead kvmgr processes left (one query when nothing is pending)
         and says on stderr what it did (not with ``recover=False``: ``kvmgr ops recover``).
         """
-        from kvmgr.api.settings import Settings
-
-        url = Settings().database_url
-        if self._plane is not None and self._plane.store.url != url:
-            self._close_plane()  # in-process callers (tests) may point elsewhere in between
+        store = self.store()  # a new database (in-process tests) drops the old plane too
         if self._plane is None:
             import pwd
 
             from kvmgr.control.plane import ControlPlane
-            from kvmgr.store.db import Store
 
             user = pwd.getpwuid(os.geteuid()).pw_name
-            self._plane = ControlPlane(Store(url), f"cli:{user}", lambda _host: self.connection())
+            self._plane = ControlPlane(store, f"cli:{user}", self.host_connection)
             for outcome in self._plane.recover() if recover else []:
                 err_console.print(f"[yellow]recovered:[/] {outcome.line()}", highlight=False)
         return self._plane
 
-    def _close_plane(self) -> None:
-        if self._plane is not None:
-            self._plane.store.dispose()
-            self._plane = None
-
     def close(self) -> None:
-        self._close_plane()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._conn is not None and self._direct:
+            self._conn.close()  # a registry's connections are closed with the registry
+        self._conn = None
+        self._close_store()
+        self._direct = False
 
 
 state = CLIState()

@@ -1,4 +1,5 @@
-"""``kvmgr host``: check and set up this host."""
+"""``kvmgr host``: the hosts kvmgr manages (add, list, set, remove: kvmgr.cli.host_registry), and
+checking and setting up this host or the chosen one (check, setup, info, daemons, bridge)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Annotated
 
 import typer
 
+from kvmgr.cli import host_registry
 from kvmgr.cli.common import conn, report_errors
 from kvmgr.cli.host_daemons import app as daemons_app
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 
 app = typer.Typer(no_args_is_help=True)
+host_registry.register(app)
 app.add_typer(
     daemons_app, name="daemons", help="Start libvirtd/virtlogd where there is no systemd."
 )
@@ -86,6 +89,7 @@ def setup(
 
 
 bridge_app = typer.Typer(no_args_is_help=True)
+host_registry.register(app)
 app.add_typer(bridge_app, name="bridge", help="Host bridges: move an uplink onto a bridge, safely.")
 
 NetnsOption = typer.Option("--netns", help="work inside this named network namespace")
@@ -199,8 +203,16 @@ def bridge_list(
 
 @app.command("info")
 @report_errors
-def info(output: OutputFormat = OutputOption) -> None:
+def info(
+    name: Annotated[
+        str | None, typer.Argument(help="registered host (default: the one --host/-c chose)")
+    ] = None,
+    output: OutputFormat = OutputOption,
+) -> None:
     """CPU, topology, NUMA, memory, hugepages and guest support (machines, firmware, vCPUs)."""
+    if name is not None:
+        host_registry.info(name, output)
+        return
     from kvmgr.host.info import host_info
 
     emit_object(host_info(conn()), output)

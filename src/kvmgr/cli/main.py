@@ -62,7 +62,11 @@ app = typer.Typer(
 # (module, group name, help).  A group's module is imported only when that group is used.
 _GROUPS = [
     ("kvmgr.cli.vm", "vm", "Create, run, change and inspect virtual machines."),
-    ("kvmgr.cli.host", "host", "Check and set up this host: KVM, libvirt, daemons, bridges."),
+    (
+        "kvmgr.cli.host",
+        "host",
+        "Hosts kvmgr manages; check and set up a host: KVM, libvirt, bridges.",
+    ),
     ("kvmgr.cli.image", "image", "Build bootable images (the demo/test ISO)."),
     ("kvmgr.cli.iso", "iso", "Import installation ISOs, detect their OS, list and delete them."),
     ("kvmgr.cli.net", "net", "NAT, isolated, routed and bridged networks; DHCP leases."),
@@ -90,15 +94,56 @@ def root(
             "--connect", "-c", envvar="KVMGR_URI", help="libvirt URI (default qemu:///system)"
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="registered host to act on (see 'kvmgr host list'); accepted anywhere on the "
+            "command line; default: the 'host set NAME --default' one, the only one, or local",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
     ] = False,
 ) -> None:
     state.uri = connect
+    if host is not None:
+        state.host = host
+
+
+def take_host_option(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--host NAME`` / ``--host=NAME`` anywhere before ``--``, and argv without it.
+
+    Every VM, network, pool, volume, snapshot and ISO command acts on one host, so the option
+    belongs to all of them; taken out here, no command has to declare it and it may follow the
+    subcommand (``kvmgr vm list --host h1``) as well as precede it.
+    """
+    host: str | None = None
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            rest.append(arg)
+            rest.extend(args)
+            break
+        if arg == "--host":
+            value = next(args, None)
+            if value is None or value.startswith("-"):
+                rest.append(arg)  # let the parser report the missing value
+                if value is not None:
+                    rest.append(value)
+                continue
+            host = value
+        elif arg.startswith("--host="):
+            host = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    return host, rest
 
 
 def run() -> None:
-    argv = take_output_flags(sys.argv[1:])
+    host, argv = take_host_option(take_output_flags(sys.argv[1:]))
+    state.host = host
     try:
         app(args=argv)
     finally:

@@ -173,19 +173,25 @@ def _daemon_steps(profile: Profile, facts: SetupFacts) -> list[Step]:
 def installed_packages(manager: str, names: Iterable[str]) -> frozenset[str]:
     """Which of ``names`` are installed, asked of dpkg or rpm (a missing package is no error)."""
     names = list(names)
+    result = run(package_query(manager, names), check=False, timeout=30)
+    return parse_installed(manager, names, result.stdout)
+
+
+def package_query(manager: str, names: list[str]) -> list[str]:
+    """The argv asking dpkg or rpm which of ``names`` are installed (run here or over ssh)."""
     if manager == "apt":
-        result = run(
-            ["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *names],
-            check=False,
-            timeout=30,
-        )
+        return ["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *names]
+    return ["rpm", "-q", "--qf", "%{NAME}\n", *names]
+
+
+def parse_installed(manager: str, names: list[str], stdout: str) -> frozenset[str]:
+    if manager == "apt":
         return frozenset(
             parts[0]
-            for parts in (line.split() for line in result.stdout.splitlines())
+            for parts in (line.split() for line in stdout.splitlines())
             if len(parts) >= 2 and parts[1] == "ii"
         )
-    result = run(["rpm", "-q", "--qf", "%{NAME}\n", *names], check=False, timeout=30)
-    return frozenset(line.strip() for line in result.stdout.splitlines()) & set(names)
+    return frozenset(line.strip() for line in stdout.splitlines()) & set(names)
 
 
 def _systemd_units(units: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:

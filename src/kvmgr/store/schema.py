@@ -14,6 +14,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "kvmgr.control.models",
     "kvmgr.control.backup_models",
     "kvmgr.store.ownership",
+    "kvmgr.control.host_models",
 )
 
 
