@@ -28,8 +28,8 @@ from kvmgr.control.hosts import (
     parse_labels,
 )
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound
+from kvmgr.store import ownership
 from kvmgr.store.db import Store
-from kvmgr.store.models import VMOwner
 
 DATA = Path(__file__).parent.parent / "data" / "domains"
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -208,13 +208,15 @@ def test_remove_refuses_while_kvmgr_vms_live_there(store: Store, tmp_path: Path)
     registry.add("m", f"test://{path}")
     uuid = made.findtext("uuid")
     with store.session() as session:
-        session.add(VMOwner(uuid=uuid, name="web01", owner="ann"))
+        ownership.record(session, "vm", str(uuid), 1, None, host="m", label="web01")
+        ownership.record(session, "vm", str(uuid), 1, None, host="elsewhere", label="web01")
     with pytest.raises(InvalidState, match="web01") as err:
         registry.remove("m")
     assert "--force" in (err.value.hint or "")
     assert registry.remove("m", force=True) == ["web01"]
     with store.session() as session:
-        assert session.get(VMOwner, uuid) is None  # forgotten; the VM itself is untouched
+        assert ownership.get(session, "vm", str(uuid), host="m") is None  # forgotten
+        assert ownership.get(session, "vm", str(uuid), host="elsewhere") is not None
     assert registry.all() == []
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import libvirt
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection, default_uri, is_local, validate_uri
@@ -45,7 +45,8 @@ from kvmgr.control.host_models import Host
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, libvirt_errors
 from kvmgr.names import validate_name
 from kvmgr.store.db import Store
-from kvmgr.store.models import VMOwner, aware, utcnow
+from kvmgr.store.models import aware, utcnow
+from kvmgr.store.ownership import ObjectOwner
 
 LOCAL = "local"
 _SECURE_TRANSPORTS = {"", "unix", "ssh", "libssh", "libssh2", "tls"}
@@ -420,7 +421,8 @@ class HostRegistry:
 
     def remove(self, name: str, *, force: bool = False) -> list[str]:
         """Forget a host.  Refused while VMs kvmgr made live there, unless ``force``: then kvmgr
-        forgets what it recorded of them (owners) and leaves the VMs themselves alone.  A host
+        forgets what it recorded of objects there (their owners) and leaves the VMs themselves
+        alone.  A host
         that does not answer cannot show it has none: refused too, unless ``force``.
         Returns the names of the VMs forgotten."""
         record = self.get(name)
@@ -444,10 +446,8 @@ class HostRegistry:
                 hint="move or delete them first, or forget them (they keep running): --force",
             )
         with self.store.session() as session:
-            uuids = [uuid for _vm, uuid in made]
-            if uuids:
-                for owner in session.scalars(select(VMOwner).where(VMOwner.uuid.in_(uuids))):
-                    session.delete(owner)
+            # everything kvmgr recorded of objects there (owners of VMs, volumes, networks...)
+            session.execute(delete(ObjectOwner).where(ObjectOwner.host == name))
             session.delete(self._row(session, name))
         with _connections_lock:
             conn_to_close = _connections.pop(record.uri, None)
