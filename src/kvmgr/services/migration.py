@@ -1,0 +1,484 @@
+"""Moving a VM to another host: live with its local disks copied, or offline.
+
+Live (:func:`migrate` on a running VM): the destination's volumes are made first in the pools of
+the same names (libvirt's storage API, sparse, flattened for linked clones), then one
+``virDomainMigrate3`` call with ``LIVE | PERSIST_DEST | UNDEFINE_SOURCE | NON_SHARED_DISK``
+(QEMU mirrors each disk over NBD with synchronous writes, so the mirror converges, then pre-copies
+memory with auto-converge) while this thread reads the job's statistics for progress, raises the
+allowed downtime step by step when memory does not converge, and aborts the job on a cancel
+request or Ctrl-C: the VM then runs on the source, unchanged, and the destination's volumes go.
+
+Offline (a shut-off VM): each disk is copied through two storage streams (sparse: holes are sent
+as holes), both copies are read back and compared (size and SHA-256), then libvirt's offline
+migration moves the definition and undefines the source.
+
+Two journals, one per host, because recovery actions run on one host's connection:
+``dest_steps`` (undo: remove the volumes made on the destination) and ``source_steps`` (finish:
+remove the source's volumes).  Both actions remove a volume only while no VM of that host uses it,
+so whatever point a process is killed at, recovery never removes a disk a VM still has: before the
+switch the source VM holds its disks, after it the destination VM holds the new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from kvmgr.connect import Connection
+from kvmgr.errors import InvalidState, KvmgrError, OperationFailed, libvirt_errors, translate
+from kvmgr.services import storage
+from kvmgr.services.migration_checks import DiskCopy, Preflight, preflight
+from kvmgr.services.steps import LocalSteps, Steps, recovery_action
+from kvmgr.units import MIB
+from kvmgr.xml.domain import Domain
+
+POLL_INTERVAL = 0.5
+#: Downtime QEMU may take for the switch-over, start and ceiling of the step-by-step raise (ms).
+DOWNTIME_START_MS = 300
+DOWNTIME_CEILING_MS = 5000
+#: Memory passes after which the allowed downtime doubles (the dirty rate outruns the copy).
+PASSES_PER_RAISE = 3
+_CHUNK = 4 * MIB
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    offline: bool | None = None  # None: live when running, offline when shut off
+    max_downtime_ms: int | None = None  # None: start at DOWNTIME_START_MS and raise it
+    bandwidth_mib: int | None = None
+    parallel: int | None = None
+    postcopy: bool = False
+    dest_address: str | None = None  # where the destination's QEMU listens (tcp://ADDR)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One sample of the migration job (bytes; rates in bytes/s)."""
+
+    phase: str  # disks, memory, switch-over, copying <disk>, verifying, done
+    elapsed: float
+    disk_done: int = 0
+    disk_total: int = 0
+    memory_done: int = 0
+    memory_total: int = 0
+    memory_remaining: int = 0
+    rate: float = 0.0
+    passes: int = 0
+    downtime_ms: int | None = None
+
+    @property
+    def eta(self) -> float | None:
+        left = (self.disk_total - self.disk_done) + self.memory_remaining
+        return left / self.rate if self.rate > 0 else None
+
+
+@dataclass
+class MigrationResult:
+    name: str
+    mode: str
+    seconds: float
+    downtime_ms: int | None
+    data_bytes: int
+    removed_on_source: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # offline: disks verified by checksum
+
+
+# ------------------------------------------------------------------------------ recovery actions
+@recovery_action("migrate.remove_unused_volume")
+def _remove_unused_volume(conn: Connection, args: dict[str, Any]) -> None:
+    """Delete volume ``name`` of ``pool`` unless a VM (or an overlay) of this host uses it."""
+    remove_if_unused(conn, str(args["pool"]), str(args["name"]))
+
+
+def remove_if_unused(conn: Connection, pool: str, name: str) -> bool:
+    """Delete ``pool``/``name`` unless something of this host uses it; True when deleted."""
+    try:
+        vol = conn.virconn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+        path = vol.path()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() in (
+            libvirt.VIR_ERR_NO_STORAGE_VOL,
+            libvirt.VIR_ERR_NO_STORAGE_POOL,
+        ):
+            return False  # never made, or removed already
+        raise translate(err, f"looking up volume {name}") from err
+    if storage.volume_users(conn).get(path):
+        return False  # the VM is (still, or now) here: its disk stays
+    with libvirt_errors(f"deleting volume {path}"):
+        vol.delete(0)
+    return True
+
+
+# ------------------------------------------------------------------------------ entry point
+def migrate(
+    src: Connection,
+    dst: Connection,
+    name: str,
+    options: MigrateOptions | None = None,
+    *,
+    dest_steps: Steps | None = None,
+    source_steps: Steps | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> MigrationResult:
+    """Move VM ``name`` from ``src`` to ``dst``; refuses with the preflight's reasons first."""
+    options = options or MigrateOptions()
+    check = preflight(src, dst, name, offline=options.offline)
+    if not check.ok:
+        raise InvalidState(
+            f"VM {name} cannot move: " + "; ".join(check.problems),
+            hint="'kvmgr vm migrate --dry-run' lists every check",
+        )
+    local_dest, local_source = LocalSteps(), LocalSteps()
+    try:
+        result = _move(
+            src, dst, check, options,
+            dest_steps or local_dest, source_steps or local_source,
+            progress or (lambda _p: None), cancel or threading.Event(),
+        )  # fmt: skip
+    except BaseException:
+        # Library callers without a journal: undo here what a control plane would undo.
+        if dest_steps is None:
+            local_dest.recover(dst)
+        if source_steps is None:
+            local_source.recover(src)
+        raise
+    return result
+
+
+def _move(
+    src: Connection,
+    dst: Connection,
+    check: Preflight,
+    options: MigrateOptions,
+    dest_steps: Steps,
+    source_steps: Steps,
+    report: Callable[[Progress], None],
+    cancel: threading.Event,
+) -> MigrationResult:
+    started = time.monotonic()
+    made = _make_target_volumes(dst, check.disks, dest_steps)
+    for disk in check.disks:
+        source_steps.finish_with("migrate.remove_unused_volume", pool=disk.pool, name=disk.volume)
+    dom = src.virconn.lookupByName(check.name)
+    if check.live:
+        downtime = _live(src, dst, dom, check, options, made, report, cancel, started)
+        checked: list[str] = []
+    else:
+        checked = _offline(src, dst, dom, check, made, report, cancel, started)
+        downtime = None
+    removed = []
+    for disk in check.disks:  # the finish actions, done now rather than by recovery
+        if remove_if_unused(src, disk.pool, disk.volume):
+            removed.append(disk.source_path)
+    seconds = time.monotonic() - started
+    report(Progress("done", seconds, downtime_ms=downtime))
+    return MigrationResult(
+        check.name, "live" if check.live else "offline", seconds, downtime, check.copy_bytes,
+        removed, checked,
+    )  # fmt: skip
+
+
+def _make_target_volumes(dst: Connection, disks: list[DiskCopy], steps: Steps) -> dict[str, str]:
+    """Create each disk's volume on the destination; target dev -> its path there."""
+    made = {}
+    for disk in disks:
+        steps.undo_with("migrate.remove_unused_volume", pool=disk.pool, name=disk.volume)
+        steps.progress(f"creating {disk.pool}/{disk.volume} on the destination")
+        ref = storage.create_volume(dst, disk.pool, disk.volume, disk.capacity, disk.fmt)
+        made[disk.target] = ref.path
+    return made
+
+
+def _target_xml(dom: libvirt.virDomain, made: dict[str, str], *, inactive: bool) -> str:
+    """The VM's definition for the destination: disks at their new paths, chains flattened."""
+    flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
+    if inactive:
+        flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
+    with libvirt_errors(f"reading the definition of VM {dom.name()}"):
+        domain = Domain.from_xml(dom.XMLDesc(flags))
+    for disk in domain.devices.disks:
+        if disk.target_dev in made:
+            disk.source_file = made[disk.target_dev]
+            for backing in disk.element.findall("backingStore"):
+                disk.element.remove(backing)  # the copy has no base: libvirt reads the image
+    return domain.to_xml()
+
+
+# ------------------------------------------------------------------------------ live
+def _live_request(
+    dom: libvirt.virDomain, check: Preflight, options: MigrateOptions, made: dict[str, str]
+) -> tuple[dict[str, Any], int]:
+    """The parameters and flags of the virDomainMigrate3 call."""
+    params: dict[str, Any] = {
+        libvirt.VIR_MIGRATE_PARAM_DEST_XML: _target_xml(dom, made, inactive=False),
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: _target_xml(dom, made, inactive=True),
+    }
+    if check.disks:
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = [d.target for d in check.disks]
+    if options.dest_address:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{options.dest_address}"
+        params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = f"tcp://{options.dest_address}"
+    if options.bandwidth_mib:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mib
+    flags = (
+        libvirt.VIR_MIGRATE_LIVE
+        | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        | libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+    )
+    if check.disks:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
+    if options.parallel and options.parallel > 1:
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel
+    if options.postcopy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    return params, flags
+
+
+def _live(
+    src: Connection,
+    dst: Connection,
+    dom: libvirt.virDomain,
+    check: Preflight,
+    options: MigrateOptions,
+    made: dict[str, str],
+    report: Callable[[Progress], None],
+    cancel: threading.Event,
+    started: float,
+) -> int | None:
+    params, flags = _live_request(dom, check, options, made)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            dom.migrate3(dst.virconn, params, flags)
+        except BaseException as err:  # handed to the waiting thread
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name=f"migrate-{check.name}", daemon=True)
+    worker.start()
+    watcher = _Watcher(dom, options, report, started)
+    try:
+        while worker.is_alive():
+            worker.join(POLL_INTERVAL)
+            if cancel.is_set():
+                watcher.abort()
+            elif worker.is_alive():
+                watcher.sample()
+    except BaseException:  # Ctrl-C: abort the job so the VM stays on the source, then re-raise
+        watcher.abort()
+        worker.join()
+        raise
+    if failure:
+        err = failure[0]
+        if watcher.aborted:
+            raise InvalidState(
+                f"migration of VM {check.name} was aborted; it runs on the source, unchanged"
+            ) from err
+        if isinstance(err, libvirt.libvirtError):
+            raise translate(err, f"migrating VM {check.name}") from err
+        raise err
+    return _completed_downtime(dst, check.name)
+
+
+class _Watcher:
+    """Reads the job's statistics for progress and raises the downtime while memory lags."""
+
+    def __init__(
+        self,
+        dom: libvirt.virDomain,
+        options: MigrateOptions,
+        report: Callable[[Progress], None],
+        started: float,
+    ) -> None:
+        self.dom, self.options, self.report, self.started = dom, options, report, started
+        self.downtime = options.max_downtime_ms or DOWNTIME_START_MS
+        self.fixed = options.max_downtime_ms is not None
+        self.set_downtime = False
+        self.raised_at = 0
+        self.aborted = False
+        self.postcopy_started = False
+
+    def sample(self) -> None:
+        try:
+            stats = self.dom.jobStats(0)
+        except libvirt.libvirtError:
+            return  # the job ended between the check and the call
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return
+        passes = int(stats.get("memory_iteration", 0))
+        if not self.set_downtime:
+            self._downtime(self.downtime)
+            self.set_downtime = True
+        elif not self.fixed and passes - self.raised_at >= PASSES_PER_RAISE:
+            if self.downtime < DOWNTIME_CEILING_MS:
+                self._downtime(min(self.downtime * 2, DOWNTIME_CEILING_MS))
+            self.raised_at = passes
+        if self.options.postcopy and passes >= 2 and not self.postcopy_started:
+            try:
+                self.dom.migrateStartPostCopy(0)
+                self.postcopy_started = True
+            except libvirt.libvirtError:
+                pass  # not yet in the memory phase: the next sample tries again
+        disk_total = int(stats.get("disk_total", 0))
+        disk_done = int(stats.get("disk_processed", 0))
+        memory_total = int(stats.get("memory_total", 0))
+        phase = "disks" if disk_total and disk_done < disk_total and not passes else "memory"
+        self.report(
+            Progress(
+                phase,
+                time.monotonic() - self.started,
+                disk_done=disk_done,
+                disk_total=disk_total,
+                memory_done=int(stats.get("memory_processed", 0)),
+                memory_total=memory_total,
+                memory_remaining=int(stats.get("memory_remaining", 0)),
+                rate=float(stats.get("memory_bps", 0) or stats.get("disk_bps", 0) or 0),
+                passes=passes,
+                downtime_ms=self.downtime,
+            )
+        )
+
+    def _downtime(self, milliseconds: int) -> None:
+        try:
+            self.dom.migrateSetMaxDowntime(milliseconds, 0)
+            self.downtime = milliseconds
+        except libvirt.libvirtError:
+            pass  # the job is not in a phase that takes it yet; the next sample retries
+
+    def abort(self) -> None:
+        if self.aborted:
+            return
+        self.aborted = True
+        with contextlib.suppress(libvirt.libvirtError):  # ended already: the worker says how
+            self.dom.abortJob()
+
+
+def _completed_downtime(dst: Connection, name: str) -> int | None:
+    """The downtime QEMU measured, from the destination's record of the completed job."""
+    try:
+        stats = dst.virconn.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        return None
+    value = stats.get("downtime")
+    return int(value) if value is not None else None
+
+
+# ------------------------------------------------------------------------------ offline
+def _offline(
+    src: Connection,
+    dst: Connection,
+    dom: libvirt.virDomain,
+    check: Preflight,
+    made: dict[str, str],
+    report: Callable[[Progress], None],
+    cancel: threading.Event,
+    started: float,
+) -> list[str]:
+    total = sum(d.allocation for d in check.disks)
+    done = 0
+    checked = []
+    for disk in check.disks:
+        report(Progress(f"copying {disk.target}", time.monotonic() - started, done, total))
+        source = src.virconn.storagePoolLookupByName(disk.pool).storageVolLookupByName(disk.volume)
+        target = dst.virconn.storageVolLookupByPath(made[disk.target])
+        _copy_volume(src, dst, source, target, cancel)
+        done += disk.allocation
+        report(Progress(f"verifying {disk.target}", time.monotonic() - started, done, total))
+        ours, theirs = _digest(src, source), _digest(dst, target)
+        if ours != theirs:
+            raise OperationFailed(
+                f"the copy of disk {disk.target} differs from the source "
+                f"({ours[0]} bytes sha256 {ours[1][:12]}… against {theirs[0]} bytes "
+                f"{theirs[1][:12]}…); nothing was moved"
+            )
+        checked.append(f"{disk.target}: {ours[0]} bytes, sha256 {ours[1]}")
+    params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: _target_xml(dom, made, inactive=True)}
+    flags = (
+        libvirt.VIR_MIGRATE_OFFLINE
+        | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    )
+    with libvirt_errors(f"moving the definition of VM {check.name}"):
+        dom.migrate3(dst.virconn, params, flags)
+    return checked
+
+
+def _copy_volume(
+    src: Connection,
+    dst: Connection,
+    source: libvirt.virStorageVol,
+    target: libvirt.virStorageVol,
+    cancel: threading.Event,
+) -> None:
+    """Stream ``source``'s file into ``target``, holes as holes."""
+    down = src.virconn.newStream(0)
+    up = dst.virconn.newStream(0)
+    try:
+        with libvirt_errors(f"copying volume {source.path()}"):
+            source.download(down, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+            target.upload(up, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+
+            def data(_stream: libvirt.virStream, chunk: bytes, _opaque: object) -> int:
+                if cancel.is_set():
+                    return -1
+                view = memoryview(chunk)
+                while view:
+                    sent = up.send(view.tobytes())
+                    view = view[sent:]
+                return len(chunk)
+
+            def hole(_stream: libvirt.virStream, length: int, _opaque: object) -> int:
+                up.sendHole(length, 0)
+                return 0
+
+            down.sparseRecvAll(data, hole, None)
+            down.finish()
+            up.finish()
+    except (KvmgrError, libvirt.libvirtError):
+        for stream in (down, up):
+            with contextlib.suppress(libvirt.libvirtError):  # finished or broken already
+                stream.abort()
+        if cancel.is_set():
+            raise InvalidState("the copy was cancelled; the VM stays on the source") from None
+        raise
+
+
+def _digest(conn: Connection, vol: libvirt.virStorageVol) -> tuple[int, str]:
+    """Length and SHA-256 of a volume's file as libvirt streams it (holes read as zeros)."""
+    digest = hashlib.sha256()
+    length = 0
+    zeros = bytes(_CHUNK)
+    stream = conn.virconn.newStream(0)
+    with libvirt_errors(f"reading volume {vol.path()}"):
+        vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+
+        def data(_stream: libvirt.virStream, chunk: bytes, _opaque: object) -> int:
+            nonlocal length
+            digest.update(chunk)
+            length += len(chunk)
+            return len(chunk)
+
+        def hole(_stream: libvirt.virStream, size: int, _opaque: object) -> int:
+            nonlocal length
+            length += size
+            while size:
+                step = min(size, _CHUNK)
+                digest.update(zeros[:step])
+                size -= step
+            return 0
+
+        stream.sparseRecvAll(data, hole, None)
+        stream.finish()
+    return length, digest.hexdigest()
