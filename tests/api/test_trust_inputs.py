@@ -63,6 +63,11 @@ def volume(libvirt_conn: libvirt.virConnect) -> Iterator[str]:
             vol.delete(0)
 
 
+def _host(app: FastAPI) -> str:
+    """The host name the app records ownership under (its URI's registered host)."""
+    return str(app.state.ctx.host_name())
+
+
 def _principal(app: FastAPI, name: str) -> users.Principal:
     with app.state.ctx.store.session() as session:
         user = users.get_user(session, name)
@@ -114,16 +119,18 @@ def test_another_groups_volume_is_refused_a_free_one_is_taken(
     app: FastAPI, as_user: dict[str, As], op1_vm: str, volume: str
 ) -> None:
     store = app.state.ctx.store
-    ownership.record_owner(store, "volume", volume, _principal(app, "op3"))  # team-b's
+    ownership.record_owner(
+        store, "volume", volume, _principal(app, "op3"), host=_host(app)
+    )  # team-b's
     refused = as_user["op1"].post(f"/api/v1/vms/{op1_vm}/disks", json={"path": volume})
     assert refused.status_code == 403 and "another user or group" in refused.json()["error"]
-    ownership.forget_owner(store, "volume", volume)  # now free: op1 may take it
+    ownership.forget_owner(store, "volume", volume, host=_host(app))  # now free: op1 may take it
     name = "t-api-trust-taker"
     try:
         taken = _create(as_user["op1"], name=name, disks=[f"path={volume}"], networks=["none"])
         assert taken.status_code == 202, taken.text
         assert wait_task(as_user["op1"], taken.json()["id"])["state"] == "done"
-        owner = ownership.owner_of(store, "volume", volume)
+        owner = ownership.owner_of(store, "volume", volume, host=_host(app))
         assert owner is not None and owner.owner == "op1" and owner.group == "team-a"
         # op3 (team-b) may not take it for a VM of their own now.
         refused = _create(as_user["op3"], disks=[f"path={volume}"], networks=["none"])
@@ -132,7 +139,7 @@ def test_another_groups_volume_is_refused_a_free_one_is_taken(
         assert refused.status_code == 403  # nor attach to op1's VM (not theirs to act on)
     finally:
         remove_vm(name)
-        ownership.forget_owner(store, "volume", volume)
+        ownership.forget_owner(store, "volume", volume, host=_host(app))
 
 
 def test_a_template_base_image_is_never_attached(
@@ -155,26 +162,30 @@ def test_a_template_base_image_is_never_attached(
         with open_connection(TEST_URI) as conn:
             clones.mark_template(conn, template)
         # Even owning the template's disk does not let op1 write it.
-        ownership.record_owner(app.state.ctx.store, "volume", volume, _principal(app, "op1"))
+        ownership.record_owner(
+            app.state.ctx.store, "volume", volume, _principal(app, "op1"), host=_host(app)
+        )
         for caller in ("op1", "admin"):
             refused = as_user[caller].post(f"/api/v1/vms/{op1_vm}/disks", json={"path": volume})
             assert refused.status_code == 403, (caller, refused.text)
             assert "template" in refused.json()["error"]
     finally:
-        ownership.forget_owner(app.state.ctx.store, "volume", volume)
+        ownership.forget_owner(app.state.ctx.store, "volume", volume, host=_host(app))
         remove_vm(template)
 
 
 def test_operator_disks_only_in_pools_they_may_use(app: FastAPI, as_user: dict[str, As]) -> None:
     store = app.state.ctx.store
-    ownership.record_owner(store, "pool", POOL, _principal(app, "admin"), group="team-b")
+    ownership.record_owner(
+        store, "pool", POOL, _principal(app, "admin"), group="team-b", host=_host(app)
+    )
     try:
         refused = _create(as_user["op1"], disks=[f"pool={POOL},size=1M"], networks=["none"])
         assert refused.status_code == 403 and "team-b" in refused.json()["error"]
         refused = _create(as_user["op1"], disks=["pool=kvmgr-isos,size=1M"], networks=["none"])
         assert refused.status_code == 403
     finally:
-        ownership.forget_owner(store, "pool", POOL)
+        ownership.forget_owner(store, "pool", POOL, host=_host(app))
 
 
 # ------------------------------------------------------------------ networks and bridges
@@ -189,12 +200,14 @@ def test_a_group_network_serves_only_its_group(
     app: FastAPI, as_user: dict[str, As], op1_vm: str
 ) -> None:
     store = app.state.ctx.store
-    ownership.record_owner(store, "network", "default", _principal(app, "admin"), group="team-b")
+    ownership.record_owner(
+        store, "network", "default", _principal(app, "admin"), group="team-b", host=_host(app)
+    )
     try:
         refused = as_user["op1"].post(f"/api/v1/vms/{op1_vm}/nics", json={"network": "default"})
         assert refused.status_code == 403 and "team-b" in refused.json()["error"]
     finally:
-        ownership.forget_owner(store, "network", "default")
+        ownership.forget_owner(store, "network", "default", host=_host(app))
 
 
 # ------------------------------------------------------------------ pools
@@ -224,3 +237,15 @@ def test_no_pool_in_the_state_dir(app: FastAPI, as_user: dict[str, As]) -> None:
         "/api/v1/pools", json={"name": "t-api-trust-p", "path": f"{state}/pool"}
     )
     assert refused.status_code == 422, refused.text
+
+
+def test_no_system_file_is_imported_into_the_iso_library(
+    as_user: dict[str, As], tmp_path: Path
+) -> None:
+    """An imported file becomes bootable by every operator: never /etc/shadow, by any name."""
+    link = tmp_path / "setup.iso"
+    link.symlink_to("/etc/shadow")
+    for path in ("/etc/shadow", str(link), f"{tmp_path}/../../../../etc/shadow"):
+        refused = as_user["admin"].post("/api/v1/isos", json={"path": path, "name": "t-api-x"})
+        assert refused.status_code == 403 and "/etc" in refused.json()["error"], path
+    assert _no_task_for(as_user["admin"], "t-api-x")

@@ -42,3 +42,12 @@ def test_cli_refuses_pools_on_system_directories(tmp_path: Path) -> None:
         code, output = _run("pool", "create", "t-cli-trust-p", "--path", path)
         assert code == 1, (path, output)
         assert "system directory" in output
+
+
+def test_cli_refuses_to_import_a_system_file_as_an_iso(tmp_path: Path) -> None:
+    link = tmp_path / "setup.iso"
+    link.symlink_to("/etc/passwd")
+    for path in ("/etc/passwd", str(link)):
+        code, output = _run("iso", "import", path, "--name", "t-cli-trust-iso")
+        assert code == 1, (path, output)
+        assert "system directory /etc" in output

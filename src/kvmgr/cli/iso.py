@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.common import authz, conn, report_errors
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object, emit_rows, err_console
 from kvmgr.units import format_size
 
@@ -46,6 +46,7 @@ def import_cmd(
 
     from kvmgr.services import isos
 
+    path = Path(authz().import_source(str(path.absolute())))  # never a system file
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

@@ -297,6 +297,23 @@ class Authz:
             raise NotFound(f"{what} {given!r} does not exist", hint="give an existing file")
         return resolved
 
+    def import_source(self, path: str) -> str:
+        """A file kvmgr itself reads to upload into the library (``iso import``): resolved here,
+        where kvmgr runs, and never a system file (it would become bootable by operators)."""
+        if not self.admin:
+            raise self._refuse("may not import files into the ISO library", "ask an admin")
+        if not path.startswith("/") or "\x00" in path:
+            raise InvalidInput(f"ISO path {path!r} must be an absolute path")
+        resolved = os.path.realpath(path)
+        tree = self.protected(resolved)
+        if tree is not None and not (tree == "/dev" and _is_block_device(resolved)):
+            shown = path if path == resolved else f"{path} (resolves to {resolved})"
+            raise Forbidden(
+                f"ISO {shown} lies in the system directory {tree}",
+                hint="import ISO images from a directory of their own",
+            )
+        return resolved
+
     # ------------------------------------------------------------------ pools, ISOs, networks
     def pool(self, name: str) -> None:
         """Refuse a pool the caller may not allocate or take volumes in."""

@@ -53,15 +53,19 @@ def list_isos(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
 @router.post("", status_code=202, summary="Import an ISO file from the host (a task)")
 def import_iso(body: IsoImport, who: Admin, ctx: Ctx) -> dict[str, Any]:
     label = body.name or body.path
-    if body.name is not None:
-        # Checked now, so a bad name is a 422 at once rather than a failed task later.
-        ctx.audited(who, "iso.import.request", label, lambda: _check_name(body.name))
+
+    def check() -> str:
+        # Checked now, so a bad name or path is a 422 or 403 at once, not a failed task later.
+        _check_name(body.name)
+        return ctx.authz(ctx.conn(), who).import_source(body.path)
+
+    source = ctx.audited(who, "iso.import.request", label, check)
 
     def work(report: Report) -> dict[str, Any]:
         def progress(done: int, total: int) -> None:
             report(f"uploaded {done} of {total} bytes", done * 100 // total if total else None)
 
-        info = iso_service.import_iso(ctx.conn(), body.path, body.name, progress=progress)
+        info = iso_service.import_iso(ctx.conn(), source, body.name, progress=progress)
         return asdict(info)
 
     def done(outcome: Outcome) -> None:

@@ -66,7 +66,9 @@ def create_network(body: NetworkCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
         if body.group is not None:
             validate_name(body.group, what="group name")
         made = net_service.create_network(conn, spec).as_dict()
-        ownership.record_owner(ctx.store, "network", body.name, who, group=body.group)
+        ownership.record_owner(
+            ctx.store, "network", body.name, who, group=body.group, host=ctx.host_name()
+        )
         return made
 
     return ctx.act(who, "net.create", body.name, work)
@@ -122,7 +124,7 @@ def unreserve(name: str, ip: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 def delete_network(name: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, str]:
     def work(conn: Connection) -> None:
         net_service.delete_network(conn, name, force=force)
-        ownership.forget_owner(ctx.store, "network", name)
+        ownership.forget_owner(ctx.store, "network", name, host=ctx.host_name())
 
     ctx.act(who, "net.delete", name, work)
     return {"status": "deleted", "name": name}

@@ -99,7 +99,9 @@ def create_snapshot(name: str, body: SnapshotCreate, who: Operator, ctx: Ctx) ->
             live=body.live,
             disk_only=body.disk_only,
         ).as_dict()
-        ownership.record_owner(ctx.store, "snapshot", f"{uuid}/{body.name}", who)
+        ownership.record_owner(
+            ctx.store, "snapshot", f"{uuid}/{body.name}", who, host=ctx.host_name()
+        )
         return made
 
     names = ((body.name, "snapshot name"),)
@@ -128,7 +130,7 @@ def delete_snapshot(
         uuid = ctx.vm_uuid(ctx.conn(), name)
         deleted = snap_service.delete_snapshot(ctx.conn(), name, snapshot, children=children)
         for gone in deleted:
-            ownership.forget_owner(ctx.store, "snapshot", f"{uuid}/{gone}")
+            ownership.forget_owner(ctx.store, "snapshot", f"{uuid}/{gone}", host=ctx.host_name())
         return {"deleted": deleted}
 
     return _task(ctx, who, name, "snapshot.delete", f"{name}/{snapshot}", work)
@@ -147,7 +149,9 @@ def clone_vm(name: str, body: CloneCreate, who: Operator, ctx: Ctx) -> dict[str,
                 start=body.start,
                 snapshot=body.snapshot,
             )
-        ownership.record_owner(ctx.store, "vm", result.uuid, who, label=result.name)
+        ownership.record_owner(
+            ctx.store, "vm", result.uuid, who, label=result.name, host=ctx.host_name()
+        )
         return result.as_dict()
 
     names = ((body.name, "VM name"), (body.snapshot, "snapshot name"))

@@ -54,7 +54,9 @@ def create_pool(body: PoolCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
             validate_name(body.group, what="group name")
         path = ctx.authz(conn, who).pool_path(body.path)
         made = storage_service.create_pool(conn, body.name, path, body.type).as_dict()
-        ownership.record_owner(ctx.store, "pool", body.name, who, group=body.group)
+        ownership.record_owner(
+            ctx.store, "pool", body.name, who, group=body.group, host=ctx.host_name()
+        )
         return made
 
     return ctx.act(who, "pool.create", body.name, work)
@@ -71,7 +73,7 @@ def refresh_pool(pool: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 def delete_pool(pool: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
         deleted = asdict(storage_service.delete_pool(conn, pool, force=force))
-        ownership.forget_owner(ctx.store, "pool", pool)
+        ownership.forget_owner(ctx.store, "pool", pool, host=ctx.host_name())
         return deleted
 
     return ctx.act(who, "pool.delete", pool, work)

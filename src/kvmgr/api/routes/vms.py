@@ -78,7 +78,7 @@ class Autostart(BaseModel):
 # ---------------------------------------------------------------------------------- reading
 def _with_owners(ctx: AppContext, who: Principal, rows: list[dict[str, Any]]) -> None:
     """Add each VM's owner and whether the caller may act on it (the UI shows buttons by it)."""
-    owners = ownership.owners_of_kind(ctx.store, "vm")
+    owners = ownership.owners_of_kind(ctx.store, "vm", host=ctx.host_name())
     for row in rows:
         owner = owners.get(row["uuid"])
         row["owner"] = owner.owner if owner else None
@@ -175,8 +175,12 @@ def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
 
         with ctx.name_lease(who, spec.name, "create"):
             result = create_service.create_vm(conn, spec, progress)
-        ownership.record_owner(ctx.store, "vm", result.uuid, who, label=result.name)
-        ownership.record_owners(ctx.store, "volume", [*result.volumes, *taken], who)
+        ownership.record_owner(
+            ctx.store, "vm", result.uuid, who, label=result.name, host=ctx.host_name()
+        )
+        ownership.record_owners(
+            ctx.store, "volume", [*result.volumes, *taken], who, host=ctx.host_name()
+        )
         return asdict(result)
 
     def done(outcome: Outcome) -> None:
@@ -243,7 +247,7 @@ def vm_add_disk(name: str, body: DiskAdd, who: Operator, ctx: Ctx) -> dict[str, 
             conn, name, size=size, path=path, pool=body.pool, fmt=body.format, bus=body.bus
         )
         if change.path and (change.owned or take):
-            ownership.record_owner(ctx.store, "volume", change.path, who)
+            ownership.record_owner(ctx.store, "volume", change.path, who, host=ctx.host_name())
         return asdict(change)
 
     return ctx.act(who, "vm.disk.add", name, work, vm=name)
@@ -260,7 +264,7 @@ def vm_remove_disk(
     def work(conn: Connection) -> dict[str, Any]:
         change = resources_service.remove_disk(conn, name, target, delete_volume=delete_volume)
         if change.volume_deleted and change.path:
-            ownership.forget_owner(ctx.store, "volume", change.path)
+            ownership.forget_owner(ctx.store, "volume", change.path, host=ctx.host_name())
         return asdict(change)
 
     return ctx.act(who, "vm.disk.remove", f"{name}/{target}", work, vm=name)
@@ -314,9 +318,9 @@ def vm_delete(
     def work(conn: Connection) -> list[str]:
         uuid = ctx.vm_uuid(conn, name)
         removed = vms_service.delete(conn, name, force=force, keep_disks=keep_disks)
-        ownership.forget_owner(ctx.store, "vm", uuid)
+        ownership.forget_owner(ctx.store, "vm", uuid, host=ctx.host_name())
         for path in removed:
-            ownership.forget_owner(ctx.store, "volume", path)
+            ownership.forget_owner(ctx.store, "volume", path, host=ctx.host_name())
         return removed
 
     removed = ctx.act(who, "vm.delete", name, work, vm=name)
