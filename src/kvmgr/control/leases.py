@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from kvmgr.control.models import Lease
 from kvmgr.errors import Busy, OperationFailed, Unsupported
@@ -142,17 +143,66 @@ class Leases:
         A held lease raises :class:`Busy` ("<what> is busy: <op> by <who> since <t>") at once,
         or, with ``wait``, once ``timeout`` seconds have passed (never without a timeout).
         """
-        if self._reenter(key):
-            try:
-                yield
-            finally:
-                self._leave(key)
-            return
-        self._acquire(key, operation, actor, what or key, wait=wait, timeout=timeout)
+        self.take(key, operation, actor=actor, what=what, wait=wait, timeout=timeout)
         try:
             yield
         finally:
-            self._leave(key)
+            self.drop([key])
+
+    def take(
+        self,
+        key: str,
+        operation: str,
+        *,
+        actor: str,
+        what: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Take ``key`` (or enter it again from the thread holding it); :meth:`drop` gives it
+        back.  :meth:`hold` is the usual way; this pair lets an operation release every lease
+        it holds in the transaction that marks it done."""
+        if not self._reenter(key):
+            self._acquire(key, operation, actor, what or key, wait=wait, timeout=timeout)
+
+    def adopt(self, info: LeaseInfo) -> None:
+        """Count as held a lease row the caller inserted in its own transaction (a fresh key,
+        such as an operation's own, which nobody else can hold)."""
+        with self._guard:
+            self._held[info.key] = _Held(threading.get_ident(), 1, info)
+        self._start_renewer()
+
+    def drop(self, keys: list[str], session: Session | None = None) -> None:
+        """Leave ``keys``; the rows of those left for the last time are deleted, in ``session``
+        when given (so they go in the caller's transaction), else in one of their own."""
+        gone: list[str] = []
+        with self._guard:
+            for key in keys:
+                held = self._held[key]
+                held.depth -= 1
+                if not held.depth:
+                    del self._held[key]
+                    gone.append(key)
+        if not gone:
+            return
+        stmt = delete(Lease).where(Lease.key.in_(gone), Lease.holder == holder_id())
+        if session is not None:
+            session.execute(stmt)
+            return
+        try:
+            with self._session() as own:
+                own.execute(stmt)
+        except OperationFailed as err:
+            # Not fatal: the rows expire by themselves once nobody renews them.
+            log.warning("could not release leases %s: %s", gone, err)
+
+    def row(self, key: str, operation: str, actor: str) -> tuple[Lease, LeaseInfo]:
+        """A new lease row held by this process, for :meth:`adopt` after the caller commits it."""
+        now = utcnow()
+        info = LeaseInfo(
+            key, holder_id(), operation[:200], actor[:64], now, now + timedelta(seconds=self.ttl)
+        )
+        return Lease(**info.__dict__), info
 
     def holds(self, key: str) -> bool:
         """Whether this thread holds ``key``."""
@@ -286,20 +336,6 @@ class Leases:
                 held.depth += 1
                 return True
         return False
-
-    def _leave(self, key: str) -> None:
-        with self._guard:
-            held = self._held[key]
-            held.depth -= 1
-            if held.depth:
-                return
-            del self._held[key]
-        try:
-            with self._session() as session:
-                session.execute(delete(Lease).where(Lease.key == key, Lease.holder == holder_id()))
-        except OperationFailed as err:
-            # Not fatal: the row expires by itself once nobody renews it.
-            log.warning("could not release lease %s: %s", key, err)
 
     def _start_renewer(self) -> None:
         with self._guard:
