@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bench import api, boot, cli_startup, clone, inventory, provision, snapshot, vmstats
+from bench import api, boot, cli_startup, clone, control, inventory, provision, snapshot, vmstats
 from bench.core import Context, Line
 
 Benchmark = Callable[[Context], Iterator[Line]]
@@ -16,6 +16,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("cli-startup", cli_startup.run),
     ("provision", provision.run),
     ("snapshot", snapshot.run),
+    ("control", control.run),
     ("events", api.run_events),
     ("clone", clone.run),
     ("boot", boot.run),
