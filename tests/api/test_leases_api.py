@@ -33,7 +33,7 @@ def held(app: FastAPI, test_vm: str) -> Iterator[str]:
     uuid = ctx.conn().virconn.lookupByName(test_vm).UUIDString()
     ready, release = FORK.Event(), FORK.Event()
     holder = FORK.Process(
-        target=_hold, args=(ctx.store.url, vm_key("local", uuid).key, ready, release)
+        target=_hold, args=(ctx.store.url, vm_key(ctx.host_name(), uuid).key, ready, release)
     )
     holder.start()
     assert ready.wait(30)

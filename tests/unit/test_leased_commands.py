@@ -31,6 +31,17 @@ def _fresh_cli_state() -> Iterator[None]:
     state.close()  # CliRunner bypasses run(): drop the cached connection and plane
 
 
+def _key() -> str:
+    """The lease key of VM 'test' on the host the CLI registers for the test driver's URI."""
+    from kvmgr.control.hosts import HostRegistry
+
+    store = Store(Settings().database_url)
+    try:
+        return vm_key(HostRegistry(store).ensure_uri(URI).name, _uuid()).key
+    finally:
+        store.dispose()
+
+
 def _uuid() -> str:
     conn = open_connection(URI)
     try:
