@@ -1,9 +1,10 @@
-"""The three-host lab (kvmgr.host.lab) as a session fixture, for every test in tests/lab.
+"""The lab (kvmgr.host.lab) as a session fixture, for every test in tests/lab.
 
-``lab`` builds three libvirt hosts in their own namespaces once per session and removes them at
-the end whatever happened; a run killed before that leaves a lab the next run reclaims (its owner
-pid is gone) and ``scripts/lab down --all`` removes.  With ``KVMGR_LAB=kvl0`` the tests use a lab
-made by ``scripts/lab up`` instead and leave it running (quick iteration by hand).
+``lab`` builds its libvirt hosts (three, and a fourth for evacuation) once per session and
+removes them at the end whatever happened; a run killed before that leaves a lab the next run
+reclaims (its owner pid is gone) and ``scripts/lab down --all`` removes.  With
+``KVMGR_LAB=kvl0`` the tests use a lab made by ``scripts/lab up --hosts 4`` instead and leave it
+running (quick iteration by hand).
 
 Tests here are marked ``lab`` and ``integration`` (they need root and real daemons), so
 ``pytest -m lab`` runs just them and ``-m "not integration"`` leaves them out.
@@ -25,6 +26,8 @@ from tests.integration.conftest import demo_iso  # noqa: F401  (the fixture, sha
 
 _LAB_DIR = Path(__file__).parent
 LAB_ENV = "KVMGR_LAB"
+#: Three hosts, and a fourth so that evacuation has three destinations (issue 14's test).
+LAB_HOSTS = 4
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,7 +43,7 @@ def lab() -> Iterator[labs.Lab]:
     if reuse:
         yield labs.load(reuse)
         return
-    built = labs.up(3, owner_pid=os.getpid())
+    built = labs.up(LAB_HOSTS, owner_pid=os.getpid())
     try:
         yield built
     finally:

@@ -9,13 +9,14 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli import host_registry
+from kvmgr.cli import host_registry, vm_migrate
 from kvmgr.cli.common import conn, report_errors
 from kvmgr.cli.host_daemons import app as daemons_app
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 
 app = typer.Typer(no_args_is_help=True)
 host_registry.register(app)
+vm_migrate.register_host(app)  # host evacuate
 app.add_typer(
     daemons_app, name="daemons", help="Start libvirtd/virtlogd where there is no systemd."
 )

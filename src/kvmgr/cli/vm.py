@@ -192,7 +192,12 @@ def state(name: NameArg) -> None:
 
 
 # Commands that change a VM's configuration, its definition, and stats live in their own module.
-for _module in ("kvmgr.cli.vm_config", "kvmgr.cli.vm_console", "kvmgr.cli.vm_clone"):
+for _module in (
+    "kvmgr.cli.vm_config",
+    "kvmgr.cli.vm_console",
+    "kvmgr.cli.vm_clone",
+    "kvmgr.cli.vm_migrate",
+):
     try:
         importlib.import_module(_module).register(app)
     except ModuleNotFoundError as _err:

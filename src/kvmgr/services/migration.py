@@ -88,6 +88,7 @@ class MigrationResult:
     data_bytes: int
     removed_on_source: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)  # offline: disks verified by checksum
+    paths: dict[str, str] = field(default_factory=dict)  # source path -> path on the destination
 
 
 # ------------------------------------------------------------------------------ recovery actions
@@ -182,7 +183,7 @@ def _move(
     report(Progress("done", seconds, downtime_ms=downtime))
     return MigrationResult(
         check.name, "live" if check.live else "offline", seconds, downtime, check.copy_bytes,
-        removed, checked,
+        removed, checked, {d.source_path: made[d.target] for d in check.disks},
     )  # fmt: skip
 
 
@@ -204,11 +205,17 @@ def _target_xml(dom: libvirt.virDomain, made: dict[str, str], *, inactive: bool)
         flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
     with libvirt_errors(f"reading the definition of VM {dom.name()}"):
         domain = Domain.from_xml(dom.XMLDesc(flags))
+    moved = {}
     for disk in domain.devices.disks:
         if disk.target_dev in made:
+            if disk.source_file:
+                moved[disk.source_file] = made[disk.target_dev]
             disk.source_file = made[disk.target_dev]
             for backing in disk.element.findall("backingStore"):
                 disk.element.remove(backing)  # the copy has no base: libvirt reads the image
+    meta = domain.kvmgr_metadata()
+    if meta is not None and moved:  # kvmgr's record of the volumes it made names the new paths
+        meta.owned_volumes = [moved.get(path, path) for path in meta.owned_volumes]
     return domain.to_xml()
 
 
