@@ -35,9 +35,9 @@ def _plane(url: str, actor: str) -> ControlPlane:
     return ControlPlane(Store(url), actor, lambda _host: conn)
 
 
-def _crash_midway(url: str, notes: str, ready: Any) -> None:
+def _crash_midway(url: str, notes: str, ready: Any, host: str) -> None:
     plane = _plane(url, "cli:victim")
-    with plane.operation("create", "web1", "local", keys=[KEY]) as steps:
+    with plane.operation("create", "web1", host, keys=[KEY]) as steps:
         steps.undo_with("test.core.append", path=notes, what="delete volume web1.qcow2")
         steps.undo_with("test.core.append", path=notes, what="undefine web1")
         ready.set()
@@ -51,9 +51,9 @@ def url(tmp_path: Path) -> Iterator[str]:
     yield url
 
 
-def _killed_victim(url: str, notes: Path) -> None:
+def _killed_victim(url: str, notes: Path, host: str = "local") -> None:
     ready = FORK.Event()
-    victim = FORK.Process(target=_crash_midway, args=(url, str(notes), ready))
+    victim = FORK.Process(target=_crash_midway, args=(url, str(notes), ready, host))
     victim.start()
     assert ready.wait(30)
     plane = _plane(url, "cli:observer")
@@ -109,3 +109,37 @@ def test_two_processes_recovering_at_once_undo_once(url: str, tmp_path: Path) ->
     assert results == ["", "undone"]
     lines = notes.read_text().splitlines()
     assert len(lines) == 2 and len({line.split(" by ")[1] for line in lines}) == 1
+
+
+def test_ops_commands_list_and_recover(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from kvmgr.cli.common import state
+    from kvmgr.cli.main import app
+    from kvmgr.control.hosts import HostRegistry
+
+    notes = tmp_path / "notes"
+    plane = _plane(url, "cli:done")
+    host = HostRegistry(plane.store).ensure_uri("test:///default").name  # as the CLI names it
+    _killed_victim(url, notes, host)
+    with plane.operation("start", "web2", host):
+        pass
+    monkeypatch.setenv("KVMGR_DB_URL", url)
+    try:
+        runner = CliRunner()
+        # Any command's open of the plane recovers first, and says so.
+        listed = runner.invoke(app, ["--connect", "test:///default", "ops", "list"])
+        assert listed.exit_code == 0, listed.output
+        assert f"recovered: create web1 on {host}" in listed.output
+        assert "undone" in listed.output and "web1" in listed.output
+        assert "web2" not in listed.output  # done: shown with --all only
+        assert len(notes.read_text().splitlines()) == 2
+        again = runner.invoke(app, ["--connect", "test:///default", "ops", "recover"])
+        assert again.exit_code == 0, again.output
+        assert again.output.strip() == "nothing to recover"
+        every = runner.invoke(app, ["--connect", "test:///default", "ops", "list", "--all"])
+        assert "web2" in every.output and "done" in every.output
+    finally:
+        state.close()
