@@ -146,7 +146,57 @@ def translate(err: libvirt.libvirtError, doing: str) -> KvmgrError:
             message,
             hint="is libvirtd running? start it with 'kvmgr host daemons start'",
         )
+    if connection_lost(err):
+        return ConnectionFailed(
+            f"lost the connection to libvirt while {doing}: {detail}",
+            hint="the daemon stopped or restarted: check it ('kvmgr host daemons status') and "
+            "run the command again; kvmgr finishes or undoes a half-done operation on its "
+            "next run",
+        )
     return OperationFailed(message)
+
+
+#: What libvirt says when the daemon went away under a call (the codes vary by where it noticed).
+_LOST_CONNECTION_TEXT = (
+    "client socket is closed",
+    "end of file while reading data",
+    "cannot recv data",
+    "cannot write data",
+    "connection reset",
+    "broken pipe",
+    "no connection driver available",
+    "connection is closed",
+)
+
+
+def connection_lost(err: libvirt.libvirtError) -> bool:
+    """True when ``err`` says the connection to the daemon is gone (not that a call failed)."""
+    if err.get_error_code() in (libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_NO_CONNECT):
+        return True
+    detail = (err.get_error_message() or str(err)).lower()
+    return any(text in detail for text in _LOST_CONNECTION_TEXT)
+
+
+def at_the_boundary(err: BaseException) -> KvmgrError | None:
+    """The kvmgr error an interface shows for an exception that escaped a service, or None.
+
+    Services translate libvirt's errors where they call it; this is the last line for a call
+    that did not (a lookup when the connection drops), and for a file that could not be read
+    or written.  A user sees one clear line, never a traceback; anything else is a bug.
+    """
+    if isinstance(err, KvmgrError):
+        return err
+    if isinstance(err, libvirt.libvirtError):
+        return translate(err, "talking to libvirt")
+    if isinstance(err, OSError):
+        where = f" {err.filename}" if err.filename else ""
+        return OperationFailed(f"cannot use{where}: {err.strerror or err}")
+    if isinstance(err, ValueError) and "null byte" in str(err):
+        # os.* refuses such a path; no file name can hold it (JSON bodies can carry \u0000)
+        return InvalidInput(
+            "a path or name contains a NUL character", hint="remove the \\0 from the value"
+        )
+    return None
 
 
 @contextmanager

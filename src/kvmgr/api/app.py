@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import libvirt
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +41,7 @@ from kvmgr.api.routes import (
 )
 from kvmgr.api.routes import pages as web_pages
 from kvmgr.api.settings import Settings
-from kvmgr.errors import KvmgrError
+from kvmgr.errors import KvmgrError, at_the_boundary
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -159,6 +160,16 @@ def _install_handlers(app: FastAPI) -> None:
         body = {"error": err.message, "hint": err.hint, "kind": err.__class__.__name__}
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(err, Unauthorized) else None
         return JSONResponse(body, status_code=err.http_status, headers=headers)
+
+    @app.exception_handler(libvirt.libvirtError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(ValueError)
+    async def escaped_error(request: Request, err: Exception) -> Response:
+        # A service let a libvirt or file error through: answer as for its kvmgr translation.
+        translated = at_the_boundary(err)
+        if translated is None:
+            raise err
+        return await kvmgr_error(request, translated)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> Response:

@@ -26,7 +26,7 @@ __all__ = [
 ]
 from kvmgr.connect import Connection, open_connection
 from kvmgr.connect.uri import URI_ENV
-from kvmgr.errors import InvalidInput, KvmgrError
+from kvmgr.errors import InvalidInput, at_the_boundary
 
 if TYPE_CHECKING:  # SQLAlchemy costs ~0.4 s to import: only commands that use the store pay
     from kvmgr.control.hosts import HostRegistry
@@ -188,13 +188,20 @@ def name_lease(name: str, operation: str) -> Iterator[None]:
 
 
 def report_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn a :class:`KvmgrError` into one clear line on stderr and exit status 1."""
+    """Turn a :class:`KvmgrError` into one clear line on stderr and exit status 1.
+
+    A ``libvirtError`` or ``OSError`` that a service let through gets the same treatment
+    (:func:`kvmgr.errors.at_the_boundary`): users see a sentence, not a traceback.
+    """
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except KvmgrError as err:
+        except Exception as raised:
+            err = at_the_boundary(raised)
+            if err is None:
+                raise
             err_console.print(f"[bold red]error:[/] {err.message}", highlight=False)
             if err.hint:
                 err_console.print(f"[yellow]hint:[/] {err.hint}", highlight=False)

@@ -1,0 +1,74 @@
+"""No CLI command ends in a traceback when the daemon dies in the middle of it.
+
+A proxy in front of the real libvirtd forwards each command's RPC messages and cuts the
+connection right after the n-th one, for every n the command sends: to kvmgr that is a daemon
+that died while answering.  Every command of the CLI tree is run this way (those that change
+this machine excepted, see tests/sweep/cli_tree.py), read commands against a real VM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmgr.connect import Connection
+from tests.integration.conftest import remove_vm
+from tests.sweep.cli_tree import NOT_RUN, Command, all_commands
+from tests.sweep.proxy import CuttingProxy, cutting_proxy
+from tests.sweep.test_cli_sweep import check_clean, invoke
+
+VM = "t-sweep-cut"
+#: Commands that read a VM get a real one, so the cut lands in the middle of real work.
+READS_A_VM = {"vm info", "vm state", "vm xml", "vm ip", "vm stats", "snap list"}
+MAX_CUTS = 6  # most commands send a few messages; longer ones are cut at spread points
+SYSTEM_SOCKET = "/run/libvirt/libvirt-sock"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def sweep_vm(conn: Connection) -> Iterator[str]:
+    remove_vm(conn, VM)
+    conn.virconn.defineXML(
+        f"<domain type='qemu'><name>{VM}</name><memory unit='MiB'>64</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
+    yield VM
+    remove_vm(conn, VM)
+
+
+@pytest.fixture
+def proxy(
+    tmp_path: Path, libvirt_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CuttingProxy]:
+    monkeypatch.setenv("KVMGR_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("KVMGR_PASSWORD", "sweep password 1")
+    with cutting_proxy(tmp_path, SYSTEM_SOCKET) as running:
+        yield running
+
+
+def _argv(command: Command, vm: str) -> list[str]:
+    if command.name in READS_A_VM:
+        return [*command.path, vm, *command.arguments[1:]]
+    return command.argv()
+
+
+def _cut_points(messages: int) -> list[int]:
+    if messages <= MAX_CUTS:
+        return list(range(1, messages + 1))
+    step = messages / MAX_CUTS
+    return sorted({max(1, round(step * i)) for i in range(1, MAX_CUTS + 1)})
+
+
+@pytest.mark.parametrize(
+    "command", [c for c in all_commands() if c.name not in NOT_RUN], ids=lambda c: c.name
+)
+def test_daemon_dies_mid_command(command: Command, proxy: CuttingProxy, sweep_vm: str) -> None:
+    argv = ["-c", proxy.uri, *_argv(command, sweep_vm)]
+    proxy.cut_after = None
+    invoke(*argv)  # counts the messages the whole command sends
+    for cut in _cut_points(proxy.messages):
+        proxy.cut_after = cut
+        check_clean(argv)
