@@ -32,7 +32,7 @@ _VALUES = {
     "role": "viewer",
     "mac": "52:54:00:00:0e:99",
     "target": "vdz",
-    "uri": "qemu+ssh://root@192.0.2.1/system",
+    "uri": "qemu+ssh://root@127.0.0.1:1/system",  # loopback, closed port: refused at once
 }
 _MISSING_PATH = "/nonexistent/kvmgr-sweep/file"
 

@@ -22,9 +22,14 @@ COMMANDS = [command for command in all_commands() if command.name not in NOT_RUN
 DEAD_URI = "qemu+unix:///system?socket=/nonexistent/kvmgr-sweep/libvirt-sock"
 
 
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sweep-state")  # one store for the module: made once
+
+
 @pytest.fixture(autouse=True)
-def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("KVMGR_STATE_DIR", str(tmp_path))
+def private_state(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("KVMGR_STATE_DIR", str(state_dir))
     monkeypatch.delenv("KVMGR_DB_URL", raising=False)
     monkeypatch.setenv("KVMGR_PASSWORD", "sweep password 1")
     yield
@@ -69,4 +74,5 @@ def test_malformed_arguments(command: Command) -> None:
 
 def test_every_command_is_swept_or_excused() -> None:
     assert len(COMMANDS) > 60
-    assert all(command.name in {c.name for c in all_commands()} for command in COMMANDS)
+    excused = {command.name for command in all_commands()} - {c.name for c in COMMANDS}
+    assert excused <= set(NOT_RUN)
