@@ -204,6 +204,14 @@ def test_lease_reentrant_in_its_thread(plane: ControlPlane) -> None:
     assert plane.busy("vm:local/u1") is None
 
 
+def test_two_planes_of_one_process_refuse_each_other(plane: ControlPlane) -> None:
+    """The API's plane and a worker's, say: separate objects, the same holder id in the rows."""
+    worker = ControlPlane(plane.store, "worker", plane.connect)
+    assert worker.leases is not plane.leases
+    with plane.lease("vm:local/u1", "reboot"), pytest.raises(Busy, match="reboot by cli:tester"):
+        _other_thread(lambda: worker.lease("vm:local/u1", "start").__enter__())
+
+
 def test_wait_gives_up_after_timeout(plane: ControlPlane) -> None:
     with plane.lease("vm:local/u1", "reboot"), pytest.raises(Busy):
         _other_thread(

@@ -123,3 +123,5 @@ def test_a_command_takes_the_lease_and_releases_it() -> None:
     assert time.monotonic() - began < 2
     code, output = _kvmgr("vm", "info", "test", "-o", "json")
     assert '"busy": null' in output
+    code, output = _kvmgr("vm", "resume", "test")  # test:///default is shared by the process
+    assert code == 0, output

@@ -13,7 +13,8 @@ time makes a recycled pid count as another process.
 
 Inside one process a lease is re-entrant for the thread that holds it (a clone takes a snapshot
 of its source under the lease it already holds); another thread of the same process is refused
-like any other process, since the database row cannot tell them apart.
+like any other process: the database row cannot tell them apart, so the process keeps a registry
+of what it holds per database, shared by every :class:`Leases` on it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -107,6 +108,41 @@ class _Held:
     thread: int
     depth: int
     info: LeaseInfo
+    ttl: float
+
+
+@dataclass
+class _Registry:
+    """What this process holds in one database, shared by every :class:`Leases` on it: two
+    planes in one process (the API's and a worker's) must refuse each other like processes do,
+    which the rows cannot tell (same holder id)."""
+
+    held: dict[str, _Held] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    renewer: threading.Thread | None = None
+
+
+_REGISTRIES: dict[str, _Registry] = {}
+_REGISTRIES_GUARD = threading.Lock()
+
+
+def _registry(url: str) -> _Registry:
+    with _REGISTRIES_GUARD:
+        return _REGISTRIES.setdefault(url, _Registry())
+
+
+def _forget_after_fork() -> None:
+    # A forked child holds nothing: its pid, hence its holder id, is not the parent's.  (The
+    # guard is taken around the fork, so no other thread held it at that moment.)
+    _REGISTRIES.clear()
+    _REGISTRIES_GUARD.release()
+
+
+os.register_at_fork(
+    before=_REGISTRIES_GUARD.acquire,
+    after_in_parent=_REGISTRIES_GUARD.release,
+    after_in_child=_forget_after_fork,
+)
 
 
 class Leases:
@@ -121,10 +157,10 @@ class Leases:
             )
         self.store = store
         self.ttl = ttl
-        self._held: dict[str, _Held] = {}
-        self._guard = threading.Lock()
-        self._renewer: threading.Thread | None = None
-        self._wake = threading.Event()
+        registry = _registry(store.url)
+        self._registry = registry
+        self._held = registry.held
+        self._guard = registry.guard
 
     # -------------------------------------------------------------- public
     @contextlib.contextmanager
@@ -169,7 +205,7 @@ class Leases:
         """Count as held a lease row the caller inserted in its own transaction (a fresh key,
         such as an operation's own, which nobody else can hold)."""
         with self._guard:
-            self._held[info.key] = _Held(threading.get_ident(), 1, info)
+            self._held[info.key] = _Held(threading.get_ident(), 1, info, self.ttl)
         self._start_renewer()
 
     def drop(self, keys: list[str], session: Session | None = None) -> None:
@@ -273,7 +309,7 @@ class Leases:
             log.info("lease %s taken over from dead holder %s", key, info.holder)
             break
         with self._guard:
-            self._held[key] = _Held(threading.get_ident(), 1, taken)
+            self._held[key] = _Held(threading.get_ident(), 1, taken, self.ttl)
         return None
 
     def _upsert(self, key: str, operation: str, actor: str, me: str) -> LeaseInfo | None:
@@ -338,27 +374,33 @@ class Leases:
         return False
 
     def _start_renewer(self) -> None:
+        registry = self._registry
         with self._guard:
-            if self._renewer is not None and self._renewer.is_alive():
+            if registry.renewer is not None and registry.renewer.is_alive():
                 return
-            self._renewer = threading.Thread(
+            registry.renewer = threading.Thread(
                 target=self._renew_loop, name="kvmgr-lease-renewal", daemon=True
             )
-            self._renewer.start()
+            registry.renewer.start()
 
     def _renew_loop(self) -> None:
         while True:
-            self._wake.wait(self.ttl / 3)
             with self._guard:
-                keys = list(self._held)
-                if not keys:
-                    self._renewer = None
+                ttls = {held.ttl for held in self._held.values()}
+            time.sleep(min(ttls, default=self.ttl) / 3)
+            with self._guard:
+                by_ttl: dict[float, list[str]] = {}
+                for key, held in self._held.items():
+                    by_ttl.setdefault(held.ttl, []).append(key)
+                if not by_ttl:
+                    self._registry.renewer = None
                     return
-            self.renew(keys)
+            for ttl, keys in by_ttl.items():
+                self.renew(keys, ttl)
 
-    def renew(self, keys: list[str]) -> None:
+    def renew(self, keys: list[str], ttl: float | None = None) -> None:
         """Push the expiry of ``keys`` (held by this process) one ttl ahead."""
-        expires = utcnow() + timedelta(seconds=self.ttl)
+        expires = utcnow() + timedelta(seconds=self.ttl if ttl is None else ttl)
         stmt = (
             update(Lease)
             .where(Lease.key.in_(keys), Lease.holder == holder_id())
