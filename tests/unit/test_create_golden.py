@@ -1,12 +1,11 @@
 """The definitions ``vm create`` builds, per OS, compared with reviewed golden files.
 
 Policy changes show up here as a diff to review.  Regenerate after an intended change with
-``KVMGR_UPDATE_GOLDEN=1 pytest tests/unit/test_create_golden.py`` and read the diff.
+``scripts/regen-golden`` and read the diff.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from kvmgr.osinfo import generic_profile, get_profile
 from kvmgr.services.create import DiskRequest, NicRequest, VMSpec, build_domain
 from kvmgr.services.storage import VolumeRef
 from kvmgr.units import GIB
+from tests.golden import check_golden_text
 
 GOLDEN = Path(__file__).parent.parent / "data" / "golden"
 ISO = "/var/lib/kvmgr/isos/installer.iso"
@@ -67,10 +67,7 @@ def test_definition_matches_golden(conn: Connection, case: str) -> None:
     xml = build_domain(
         conn, spec, profile, "kvm", spec.memory or 0, 1, ISO, disks, volumes
     ).to_xml()
-    golden = GOLDEN / f"{case}.xml"
-    if os.environ.get("KVMGR_UPDATE_GOLDEN"):
-        golden.write_text(xml)
-    assert xml == golden.read_text(), f"policy changed for {case}: review and regenerate"
+    check_golden_text(GOLDEN / f"{case}.xml", xml)  # a policy change: review the diff
 
 
 LIBVIRT_SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,9 @@ from kvmgr.host.bridge import (
     validate_ifname,
 )
 from kvmgr.host.osrelease import parse_os_release
+from tests.golden import check_golden_json
 
 DATA = Path(__file__).parent.parent / "data" / "os-release"
-REGEN = os.environ.get("KVMGR_REGEN_GOLDEN") == "1"
 
 UPLINK = LinkState(
     name="eth0",
@@ -90,10 +88,7 @@ def test_bridge_plan_matches_golden(distro: str) -> None:
             plans[label] = PERSISTENT_BACKENDS[backend](
                 BridgeSpec.from_state("br0", state)
             ).as_dict()
-    golden = DATA / distro / "bridge-plan.json"
-    if REGEN:
-        golden.write_text(json.dumps(plans, indent=2) + "\n")
-    assert plans == json.loads(golden.read_text())
+    check_golden_json(DATA / distro / "bridge-plan.json", plans)
 
 
 def test_spec_from_state_separates_static_and_dhcp() -> None:

@@ -2,13 +2,11 @@
 
 The ifcfg and netplan plans are built from copies of realistic configuration files (a CentOS 7
 installer's ifcfg file with a route file, an Ubuntu cloud-init netplan file) and compared with
-golden files.  Regenerate the goldens with KVMGR_REGEN_GOLDEN=1 and review the diff.
+golden files.  Regenerate the goldens with scripts/regen-golden and review the diff.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,9 +28,9 @@ from kvmgr.host.bridge_backends import (
     plan_nmcli_connections,
     split_terse,
 )
+from tests.golden import check_golden_json
 
 DATA = Path(__file__).parent.parent / "data" / "bridge-backends"
-REGEN = os.environ.get("KVMGR_REGEN_GOLDEN") == "1"
 BRIDGE = "t-host2-br0"
 
 UPLINK = LinkState(
@@ -49,11 +47,7 @@ SPEC = BridgeSpec.from_state(BRIDGE, UPLINK)
 
 
 def _golden(name: str, data: object) -> None:
-    path = DATA / "golden" / f"{name}.json"
-    if REGEN:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    assert data == json.loads(path.read_text())
+    check_golden_json(DATA / "golden" / f"{name}.json", data)
 
 
 def _root(tmp_path: Path, fixture: str) -> Path:

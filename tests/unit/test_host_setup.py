@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,10 +17,10 @@ from kvmgr.host.setup import (
     installed_packages,
     profile_for,
 )
+from tests.golden import check_golden_json
 
 DATA = Path(__file__).parent.parent / "data" / "os-release"
 DISTROS = sorted(path.name for path in DATA.iterdir() if (path / "os-release").exists())
-REGEN = os.environ.get("KVMGR_REGEN_GOLDEN") == "1"
 
 
 def _facts(distro: str, **changes: object) -> SetupFacts:
@@ -39,10 +37,7 @@ def test_fixtures_cover_the_required_distributions() -> None:
 @pytest.mark.parametrize("distro", DISTROS)
 def test_fresh_host_plan_matches_golden(distro: str) -> None:
     plan = build_plan(_facts(distro)).as_dict()
-    golden = DATA / distro / "setup-plan.json"
-    if REGEN:
-        golden.write_text(json.dumps(plan, indent=2) + "\n")
-    assert plan == json.loads(golden.read_text())
+    check_golden_json(DATA / distro / "setup-plan.json", plan)
 
 
 def test_parse_os_release_quotes_comments_and_id_like() -> None:
