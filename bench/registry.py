@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from bench import api, boot, cli_startup, clone, control, inventory, provision, snapshot, vmstats
+from bench import (
+    api,
+    boot,
+    cli_startup,
+    clone,
+    control,
+    fleet,
+    inventory,
+    provision,
+    snapshot,
+    vmstats,
+)
 from bench.core import Context, Line
 
 Benchmark = Callable[[Context], Iterator[Line]]
 
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("inventory", inventory.run),
+    ("fleet", fleet.run),
     ("stats", vmstats.run),
     ("rest", api.run_rest),
     ("cli-startup", cli_startup.run),

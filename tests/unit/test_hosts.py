@@ -308,3 +308,35 @@ def test_cli_host_commands_and_host_option(tmp_path: Path, hosts: list[str]) -> 
     assert info["maintenance"] is True and info["default"] is True and info["uri"] == hosts[0]
     gone = kvmgr(tmp_path, "host", "remove", "h1", "-o", "json")
     assert json.loads(gone.stdout) == {"removed": "h1", "vms_forgotten": []}
+
+
+def test_fleet_listing_names_hosts_and_shows_the_dead_one(
+    store: Store, hosts: list[str], silent_port: int
+) -> None:
+    registry = HostRegistry(store, timeout=1.5)
+    for index, uri in enumerate(hosts):
+        registry.add(f"h{index}", uri)
+    registry.add(
+        "hung", f"qemu+tcp://127.0.0.1:{silent_port}/system", insecure_transport=True, verify=False
+    )
+    began = time.monotonic()
+    rows, down = registry.fleet_vms()
+    assert time.monotonic() - began < 2.5
+    assert sorted({row["host"] for row in rows}) == ["h0", "h1", "h2"]
+    assert len(rows) == 15 and all(row["name"].startswith("t-bench-") for row in rows)
+    assert [(d["host"], "no answer within 1.5 s" in d["error"]) for d in down] == [("hung", True)]
+
+
+def test_cli_vm_list_all_hosts(tmp_path: Path, hosts: list[str]) -> None:
+    for index, uri in enumerate(hosts[:2]):
+        assert kvmgr(tmp_path, "host", "add", f"h{index}", uri).returncode == 0
+    dead = f"qemu+tcp://127.0.0.1:{closed_port()}/system"
+    registry = HostRegistry(Store(f"sqlite:///{tmp_path / 'state' / 'db' / 'kvmgr.db'}"))
+    registry.add("dead", dead, insecure_transport=True, verify=False)
+    listed = kvmgr(tmp_path, "vm", "list", "--all-hosts", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert sorted({row["host"] for row in rows if row.get("name")}) == ["h0", "h1"]
+    assert [r["host"] for r in rows if r["state"] == "unreachable"] == ["dead"]
+    table = kvmgr(tmp_path, "vm", "list", "--all-hosts")
+    assert "HOST" in table.stdout and "unreachable" in table.stdout

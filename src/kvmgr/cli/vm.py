@@ -32,13 +32,28 @@ def list_cmd(
     ips: Annotated[
         bool, typer.Option("--ips/--no-ips", help="discover IPs (one call per running VM)")
     ] = True,
+    all_hosts: Annotated[
+        bool,
+        typer.Option(
+            "--all-hosts",
+            help="every registered host, queried in parallel; a host that does not answer "
+            "within KVMGR_HOST_TIMEOUT seconds is listed as unreachable",
+        ),
+    ] = False,
 ) -> None:
     """List every VM (those made by virt-install or virsh too)."""
-    rows = [row.as_dict() for row in vms.list_vms(conn(), with_ips=ips)]
+    columns = ["name", "state", "vcpus", "memory", "ips", "autostart"]
+    if all_hosts:
+        rows, down = cli_state.hosts().fleet_vms(with_ips=ips)
+        # a host that did not answer is a row too, so no reader mistakes it for a host without VMs
+        rows += [{"host": d["host"], "state": "unreachable", "error": d["error"]} for d in down]
+        columns = ["host", *columns, "error"] if down else ["host", *columns]
+    else:
+        rows = [row.as_dict() for row in vms.list_vms(conn(), with_ips=ips)]
     if output.for_people:
         for row in rows:
-            row["memory"] = format_size(row["memory"]) if row["memory"] else None
-    emit_rows(rows, output, ["name", "state", "vcpus", "memory", "ips", "autostart"])
+            row["memory"] = format_size(row["memory"]) if row.get("memory") else None
+    emit_rows(rows, output, columns)
 
 
 @app.command()

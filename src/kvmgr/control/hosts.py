@@ -492,6 +492,36 @@ class HostRegistry:
                         )
 
 
+    # ---------------------------------------------------------------- VMs of many
+    def fleet_vms(
+        self, hosts: list[HostRecord] | None = None, *, with_ips: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every VM of every host (``vm list --all-hosts``): one bulk listing per host
+        (:func:`kvmgr.services.vms.list_vms`), all hosts at once, each within the bound.
+
+        Returns (VM rows with their ``host``, rows of the hosts that did not answer).  A host
+        that is down or hangs costs the others nothing: its row says why.
+        """
+        from kvmgr.services import vms
+
+        hosts = self.all() if hosts is None else hosts
+
+        def listing(host: HostRecord) -> list[dict[str, Any]]:
+            conn = connect_uri(host.uri, self.timeout)
+            return [row.as_dict() for row in vms.list_vms(conn, with_ips=with_ips)]
+
+        outcomes = fan_out(hosts, listing, self.timeout)
+        rows: list[dict[str, Any]] = []
+        down: list[dict[str, Any]] = []
+        for host, outcome in zip(hosts, outcomes, strict=True):
+            if outcome.ok and outcome.value is not None:
+                rows.extend({"host": host.name, **row} for row in outcome.value)
+            else:
+                down.append({"host": host.name, "uri": host.uri, "error": _reason(outcome)})
+        self.seen([h.name for h, o in zip(hosts, outcomes, strict=True) if o.ok])
+        return rows, down
+
+
 def status_row(host: HostRecord, outcome: Outcome[dict[str, Any]]) -> dict[str, Any]:
     row = host.as_dict()
     if outcome.ok and outcome.value is not None:
