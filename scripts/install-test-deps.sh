@@ -2,11 +2,12 @@
 # What the API, PostgreSQL and browser tests need beyond scripts/install-system-deps.sh:
 # Debian's chromium (Playwright drives it; no browser is ever downloaded), PostgreSQL (the tests
 # start a throw-away cluster themselves), the web UI's npm libraries, and virtinst (virt-install,
-# virt-clone: the peers that tests prove interoperability with and bench/ measures against).
+# virt-clone: the peers that tests prove interoperability with and bench/ measures against), and
+# netplan.io (its real `netplan generate` parses the bridge files kvmgr writes).
 # Idempotent.
 set -eu
 missing=""
-for pkg in chromium postgresql virtinst; do
+for pkg in chromium postgresql virtinst netplan.io; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 # node/npm may come from elsewhere than Debian (e.g. NodeSource); any working npm will do.

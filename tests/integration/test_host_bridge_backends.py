@@ -6,12 +6,15 @@ of realistic configuration files; every ``ip`` read and change inside a network 
 namespace as the gateway 10.232.1.1, so ``--ping`` really crosses the bridge); the verification
 and the rollback checks.
 
-What is not: ``netplan``, ``ifup`` and ``ifdown`` mean nothing on this Debian host (no netplan,
-and Debian's ifup reads /etc/network/interfaces, not ifcfg files).  Only those "bring live"
-commands go to :class:`NetworkService`, which records them and reproduces the effect the real
-tool would have on the namespace: it reads the configuration files under the temporary root (as
-the real tool does) and, when the bridge file is there, creates the bridge with the real ``ip``
-commands of the iproute2 backend; when it is gone, it puts the uplink back.
+Also real: ``netplan generate`` (Debian's netplan.io) parses the YAML kvmgr wrote, under the
+temporary root, each time kvmgr would run ``netplan apply``; the bridge counts as configured only
+when netplan itself rendered a networkd ``Kind=bridge`` netdev for it with the uplink enslaved.
+
+What is not: ``netplan apply``, ``ifup`` and ``ifdown`` would act on this machine's real network
+(and Debian's ifup reads /etc/network/interfaces, not ifcfg files).  Those "bring live" commands
+go to :class:`NetworkService`, which records them and reproduces the effect the real tool would
+have on the namespace: when the bridge is configured, it creates it with the real ``ip``
+commands of the iproute2 backend; when it is not, it puts the uplink back.
 """
 
 from __future__ import annotations
@@ -93,15 +96,48 @@ class NetworkService(Runner):
             self._reload()
         return subprocess.CompletedProcess(list(argv), 0, "", "")
 
+    def _configured(self) -> bool:
+        if self.backend != "netplan":
+            return under(self.lab.root, BRIDGE_FILE[self.backend]).exists()
+        rendered = netplan_generate(self.lab.root)
+        netdev = rendered.get(f"10-netplan-{BRIDGE}.netdev", "")
+        uplink = rendered.get(f"10-netplan-{self.lab.uplink}.network", "")
+        if f"Name={BRIDGE}" in netdev:
+            assert "Kind=bridge" in netdev
+            assert f"Bridge={BRIDGE}" in uplink, uplink  # the uplink is enslaved, by netplan
+            return True
+        return False
+
     def _reload(self) -> None:
         ip = self.lab.ip
-        configured = under(self.lab.root, BRIDGE_FILE[self.backend]).exists()
+        configured = self._configured()
         if configured and self.works and not ip.link_exists(BRIDGE):
             for step in plan_create(self.original, BRIDGE):
                 ip.run(step)
         elif not configured:
             for step in plan_restore(self.original, ip):
                 ip.run(step)
+
+
+def netplan_generate(root: Path) -> dict[str, str]:
+    """Run the real ``netplan generate`` on ``root``; the networkd files it rendered, by name.
+
+    Its output (under root/run) is removed again: it is netplan's, not part of what kvmgr wrote.
+    """
+    if shutil.which("netplan") is None:
+        pytest.fail("netplan.io is not installed: scripts/install-test-deps.sh installs it")
+    done = subprocess.run(
+        ["netplan", "generate", "--root-dir", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"netplan refused kvmgr's files: {done.stderr}"
+    out = root / "run" / "systemd" / "network"
+    rendered = {path.name: path.read_text() for path in out.glob("*")} if out.exists() else {}
+    shutil.rmtree(root / "run", ignore_errors=True)
+    return rendered
 
 
 @pytest.fixture
