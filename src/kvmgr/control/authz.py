@@ -69,7 +69,6 @@ PROTECTED_TREES = (
     "/var/log",
     "/var/run",
     "/var/spool",
-    "/var/cache",
 )
 #: Directories a pool may not *be* (a dir pool lists every file as a volume).
 PROTECTED_EXACT = ("/", "/home", "/mnt", "/media", "/opt", "/srv", "/tmp", "/var", "/var/tmp")  # noqa: S108 - names refused, never used
