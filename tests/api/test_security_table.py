@@ -162,3 +162,37 @@ def test_operators_are_refused_objects_they_do_not_own(as_user: dict[str, As]) -
         assert "may not" in answer.json()["error"], (method, path)
         checked += 1
     assert checked == len(OWN_SAMPLES)
+
+
+def test_own_routes_admit_the_owners_group_and_refuse_other_groups(
+    app: FastAPI, as_user: dict[str, As]
+) -> None:
+    """Each ``own`` route on a VM op1 (team-a) made: op3 (team-b) is refused, op2 (team-a) passes
+    the ownership check (the test driver may then refuse the work itself: 409, 501, ...)."""
+    from tests.api.conftest import remove_vm
+    from tests.api.test_vms import wait_task
+
+    vm = "t-api-sec-owned"
+    made = as_user["op1"].post(
+        "/api/v1/vms",
+        json={"name": vm, "graphics": "none", "start": False, "disks": ["none"],
+              "networks": ["none"]},
+    )  # fmt: skip
+    assert made.status_code == 202, made.text
+    assert wait_task(as_user["op1"], made.json()["id"])["state"] == "done"
+    cells = matrix()
+    own = [route for route, row in route_rows().items()
+           if cells[row]["operator"] == "own" and route[0] != "WS"]  # fmt: skip
+    own.sort(key=lambda route: route == ("DELETE", "/api/v1/vms/{name}"))  # the delete last
+    try:
+        for method, path in own:
+            sample = OWN_SAMPLES[(method, path)]
+            refused = as_user["op3"].request(method, concrete(path, vm), **sample)
+            assert refused.status_code == 403, (method, path, refused.text[:200])
+            allowed = as_user["op2"].request(method, concrete(path, vm), **sample)
+            assert allowed.status_code not in (401, 403), (method, path, allowed.text[:200])
+            if allowed.status_code == 202:  # a task: let it end before the next request
+                wait_task(as_user["op2"], allowed.json()["id"])
+    finally:
+        remove_vm(vm)
+        remove_vm("t-api-sec-clone")
