@@ -49,6 +49,7 @@ def remove_domain(
         libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
         | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA  # backup benchmarks leave some
     )
     roots = tuple(os.path.join(root, "") for root in disks_under)
     removed = []

@@ -347,6 +347,7 @@ def tool_versions() -> dict[str, str]:
         ("libvirt", ["virsh", "--version"]),
         ("virt-install", ["virt-install", "--version"]),
         ("qemu", ["qemu-system-x86_64", "--version"]),
+        ("virtnbdbackup", ["virtnbdbackup", "--version"]),
     ):
         try:
             versions[name] = run_command(argv, timeout=30).splitlines()[0].strip()

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 from bench import (
     api,
+    backup,
     boot,
     cli_startup,
     clone,
@@ -31,5 +32,6 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("control", control.run),
     ("events", api.run_events),
     ("clone", clone.run),
+    ("backup", backup.run),
     ("boot", boot.run),
 ]

@@ -176,3 +176,13 @@ def test_restored_qcow2_is_valid_and_holds_the_disk(repo: Repository, tmp_path: 
         )
         assert same.returncode == 0, same.stdout + same.stderr
         os.unlink(image)
+
+
+def test_a_repository_without_compression_stores_chunks_as_they_are(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "plain", compress=False)
+    assert Repository(tmp_path / "plain").compress is False
+    first, _ = _data()
+    full = _point(repo, "a.1", first, None)
+    assert all(ref.flags == 0 for ref in repo.disk_map(full, "vda").values())
+    assert full["bytes_stored"] == sum(len(d) for d in first.values() if any(d))
+    assert verify_point(repo, "a.1").ok

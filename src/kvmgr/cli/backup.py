@@ -36,17 +36,23 @@ def repo_add(
     name: Annotated[str, typer.Argument(help="repository name")],
     path: Annotated[str, typer.Argument(help="absolute directory path (created if missing)")],
     default: Annotated[bool, typer.Option("--default", help="make it the default")] = False,
+    compress: Annotated[
+        bool,
+        typer.Option(
+            "--compress/--no-compress", help="zstd where it pays (fewer bytes, more CPU time)"
+        ),
+    ] = True,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Register a repository; the first one is the default."""
-    emit_object(_backups().add_repo(name, path, default=default), output)
+    """Register a repository (a new one, or one already on disk); the first is the default."""
+    emit_object(_backups().add_repo(name, path, default=default, compress=compress), output)
 
 
 @repo_app.command("list")
 @report_errors
 def repo_list(output: OutputFormat = OutputOption) -> None:
     """Show the repositories."""
-    emit_rows(_backups().repos(), output, ["name", "path", "default"])
+    emit_rows(_backups().repos(), output, ["name", "path", "default", "compress"])
 
 
 @app.command()

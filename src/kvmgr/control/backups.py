@@ -33,14 +33,16 @@ class Backups:
     plane: ControlPlane
 
     # ------------------------------------------------------------------ repositories
-    def add_repo(self, name: str, path: str, *, default: bool = False) -> dict[str, Any]:
+    def add_repo(
+        self, name: str, path: str, *, default: bool = False, compress: bool = True
+    ) -> dict[str, Any]:
         """Register ``path`` (created if missing) as repository ``name``; the first is default.
 
         A directory that already holds a repository (moved from another host, an NFS share
         others write to) is adopted, and its points enter the catalog.
         """
         validate_name(name, what="repository name")
-        repo = Repository.init(Path(path))
+        repo = Repository.init(Path(path), compress=compress)
         with self.plane.store.session() as session:
             if session.get(BackupRepo, name) is not None:
                 raise AlreadyExists(f"backup repository {name!r} exists already")
@@ -246,7 +248,13 @@ class Backups:
 
 
 def _repo_dict(row: BackupRepo) -> dict[str, Any]:
-    return {"name": row.name, "path": row.path, "default": row.is_default}
+    info: dict[str, Any] = {"name": row.name, "path": row.path, "default": row.is_default}
+    try:
+        info["compress"] = Repository(row.path).compress
+    except KvmgrError as err:  # unmounted share, moved directory: say so, list the rest
+        info["compress"] = None
+        info["problem"] = str(err)
+    return info
 
 
 def _row(repo: str, manifest: dict[str, Any]) -> BackupPoint:

@@ -26,7 +26,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +41,7 @@ from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, InvalidState, KvmgrError, libvirt_errors
 from kvmgr.services import vms
 from kvmgr.services.backup import nbd
-from kvmgr.services.backup.repository import CHUNK, DiskMap, DiskWriter, Repository
+from kvmgr.services.backup.repository import CHUNK, DiskMap, DiskWriter, Prepared, Repository
 from kvmgr.services.steps import Steps, recovery_action
 from kvmgr.xml.domain import Domain
 
@@ -47,6 +49,9 @@ from kvmgr.xml.domain import Domain
 #: pipeline several.
 _RUN = 64
 _SCRATCH_PREFIX = "kvmgr-backup-"
+#: Threads hashing and compressing chunks, and how many chunks may wait for them (16 MiB).
+_WORKERS = 2
+_IN_FLIGHT = 256
 CHECKPOINT_PREFIX = "kvmgr-"
 
 
@@ -150,7 +155,7 @@ def create_backup(
         ],
     }
     repo.commit(manifest, writers)
-    _finish(conn, run, steps)
+    _finish(conn, dom, run, steps)
     manifest["duration"] = round(time.monotonic() - started, 3)
     return manifest
 
@@ -219,22 +224,28 @@ def _copy_disks(
     return writers
 
 
-def _finish(conn: Connection, run: _Run, steps: Steps) -> None:
+def _finish(conn: Connection, dom: libvirt.virDomain, run: _Run, steps: Steps) -> None:
     """The point exists: from here recovery rolls forward, never removing it or its checkpoint.
 
-    It ends the job, drops the parent's checkpoint (the new one tracks changes from now on),
-    stops the VM started paused and removes the scratch directory.
+    It ends the job, drops the VM's older kvmgr checkpoints (the new one tracks changes from
+    now on; each kept one would cost a bitmap update on every guest write), stops the VM
+    started paused and removes the scratch directory.
     """
-    old = run.parent.get("checkpoint") if run.parent else None
+    with libvirt_errors(f"listing the checkpoints of VM {run.name}"):
+        old = [
+            cp.getName()
+            for cp in dom.listAllCheckpoints(0)
+            if cp.getName().startswith(CHECKPOINT_PREFIX) and cp.getName() != run.checkpoint
+        ]
     steps.finish_with("backup.job.abort", uuid=run.uuid)
-    if old:
-        steps.finish_with("backup.checkpoint.delete", uuid=run.uuid, name=old)
+    for name in old:
+        steps.finish_with("backup.checkpoint.delete", uuid=run.uuid, name=name)
     if run.offline:
         steps.finish_with("backup.vm.stop_paused", uuid=run.uuid)
     steps.finish_with("backup.scratch.remove", path=run.scratch)
     _end_job(conn, {"uuid": run.uuid})
-    if old:
-        _delete_checkpoint(conn, {"uuid": run.uuid, "name": old})
+    for name in old:
+        _delete_checkpoint(conn, {"uuid": run.uuid, "name": name})
     if run.offline:
         _stop_paused(conn, {"uuid": run.uuid})
     _remove_scratch(conn, {"path": run.scratch})
@@ -349,12 +360,23 @@ def _copy_disk(
         runs = list(_runs(wanted, client.size))
         total = sum(length for _, length in runs) or 1
         done = 0
-        for (offset, length), data in zip(runs, client.read_many(runs), strict=True):
-            view = memoryview(data)
-            for at in range(0, length, CHUNK):
-                writer.put((offset + at) // CHUNK, view[at : at + CHUNK])
-            done += length
-            steps.progress(f"disk {writer.target}: {done * 100 // total}%", done * 100 // total)
+        # Hashing and compressing (both release the GIL) run in threads while this one reads
+        # the next requests from QEMU and appends finished chunks to the pack in disk order.
+        pending: deque[tuple[int, Future[Prepared]]] = deque()
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            for (offset, length), data in zip(runs, client.read_many(runs), strict=True):
+                view = memoryview(data)
+                for at in range(0, length, CHUNK):
+                    chunk = view[at : at + CHUNK]
+                    pending.append(((offset + at) // CHUNK, pool.submit(writer.prepare, chunk)))
+                while len(pending) > _IN_FLIGHT:
+                    number, future = pending.popleft()
+                    writer.store(number, future.result())
+                done += length
+                steps.progress(f"disk {writer.target}: {done * 100 // total}%", done * 100 // total)
+            while pending:
+                number, future = pending.popleft()
+                writer.store(number, future.result())
 
 
 @contextlib.contextmanager

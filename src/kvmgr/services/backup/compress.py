@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 from dataclasses import dataclass
 
 from kvmgr.errors import OperationFailed
@@ -27,6 +28,17 @@ def _load() -> ctypes.CDLL | None:
     lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
     lib.ZSTD_compress.restype = ctypes.c_size_t
     lib.ZSTD_compress.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+    ]
+    lib.ZSTD_createCCtx.restype = ctypes.c_void_p
+    lib.ZSTD_createCCtx.argtypes = []
+    lib.ZSTD_compressCCtx.restype = ctypes.c_size_t
+    lib.ZSTD_compressCCtx.argtypes = [
+        ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_size_t,
         ctypes.c_void_p,
@@ -52,16 +64,34 @@ def available() -> bool:
     return _LIB is not None
 
 
+_local = threading.local()
+
+
+def _context() -> int:
+    """This thread's compression context: reusing one saves an allocation per chunk."""
+    assert _LIB is not None
+    ctx: int | None = getattr(_local, "cctx", None)
+    if ctx is None:
+        ctx = _LIB.ZSTD_createCCtx()
+        if not ctx:
+            raise OperationFailed("zstd could not allocate a compression context")
+        _local.cctx = ctx
+    return ctx
+
+
 def compress(data: bytes | bytearray | memoryview) -> bytes:
     if _LIB is None:
         raise OperationFailed("libzstd is not installed", hint="apt-get install libzstd1")
-    bound = _LIB.ZSTD_compressBound(len(data))
+    size = len(data)
+    bound = _LIB.ZSTD_compressBound(size)
     out = ctypes.create_string_buffer(bound)
-    src = (ctypes.c_char * len(data)).from_buffer_copy(data)
-    size = _LIB.ZSTD_compress(out, bound, src, len(data), LEVEL)
-    if _LIB.ZSTD_isError(size):
+    view = memoryview(data)
+    # A writable buffer (the NBD client's bytearray) is passed without a copy.
+    src = (ctypes.c_char * size).from_buffer(view) if not view.readonly else bytes(view)
+    got = _LIB.ZSTD_compressCCtx(_context(), out, bound, src, size, LEVEL)
+    if _LIB.ZSTD_isError(got):
         raise OperationFailed("zstd could not compress a chunk")
-    return out.raw[:size]
+    return ctypes.string_at(out, got)
 
 
 def decompress(data: bytes, size: int) -> bytes:
@@ -90,9 +120,10 @@ class Payoff:
     #: a compressed chunk must be at most this fraction of the original to be kept
     KEEP_BELOW = 0.875
     skipping: int = 0
+    enabled: bool = True
 
     def should_try(self) -> bool:
-        if _LIB is None:
+        if _LIB is None or not self.enabled:
             return False
         if self.skipping:
             self.skipping -= 1

@@ -59,6 +59,16 @@ class ChunkRef:
 DiskMap = dict[int, ChunkRef]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A chunk ready to store: its raw size, sha256 (None: all zeros), stored bytes, flags."""
+
+    size: int
+    sha256: bytes | None
+    data: bytes | bytearray | memoryview
+    flags: int
+
+
 @dataclass
 class DiskWriter:
     """Writes one disk of a new point: its chunks into a pack, its map into an index."""
@@ -72,29 +82,40 @@ class DiskWriter:
     bytes_stored: int = 0
     chunks_read: int = 0
     _offset: int = 0
-    _payoff: compress.Payoff = field(default_factory=compress.Payoff)
+    payoff: compress.Payoff = field(default_factory=compress.Payoff)
 
     def __post_init__(self) -> None:
         self._pack = open(self.path, "wb")  # noqa: SIM115 - closed in close()
 
     def put(self, number: int, data: bytes | bytearray | memoryview) -> None:
         """Chunk ``number`` now holds ``data`` (a chunk's worth, or the disk's short tail)."""
-        self.bytes_read += len(data)
-        self.chunks_read += 1
+        self.store(number, self.prepare(data))
+
+    def prepare(self, data: bytes | bytearray | memoryview) -> Prepared:
+        """Hash and (where it pays) compress a chunk: the CPU work, safe to run in threads."""
         if data == ZERO_CHUNK[: len(data)]:
+            return Prepared(len(data), None, b"", 0)
+        digest = hashlib.sha256(data).digest()
+        if self.payoff.should_try():
+            packed = compress.compress(data)
+            if self.payoff.judge(len(data), len(packed)):
+                return Prepared(len(data), digest, packed, FLAG_ZSTD)
+        return Prepared(len(data), digest, data, 0)
+
+    def store(self, number: int, chunk: Prepared) -> None:
+        """Append a prepared chunk to the pack (in the caller's order) and map it."""
+        self.bytes_read += chunk.size
+        self.chunks_read += 1
+        if chunk.sha256 is None:
             self.chunks.pop(number, None)  # zeros are never written
             return
-        digest = hashlib.sha256(data).digest()
-        stored: bytes | bytearray | memoryview = data
-        flags = 0
-        if self._payoff.should_try():
-            packed = compress.compress(data)
-            if self._payoff.judge(len(data), len(packed)):
-                stored, flags = packed, FLAG_ZSTD
-        self._pack.write(stored)
-        self.chunks[number] = ChunkRef(self.pack_name, self._offset, len(stored), flags, digest)
-        self._offset += len(stored)
-        self.bytes_stored += len(stored)
+        self._pack.write(chunk.data)
+        stored = len(chunk.data)
+        self.chunks[number] = ChunkRef(
+            self.pack_name, self._offset, stored, chunk.flags, chunk.sha256
+        )
+        self._offset += stored
+        self.bytes_stored += stored
 
     def close(self) -> None:
         self._pack.flush()
@@ -119,11 +140,16 @@ class Repository:
             raise InvalidInput(f"cannot read {marker}: {err}") from err
         if meta.get("format") != FORMAT or meta.get("chunk_size") != CHUNK:
             raise InvalidInput(f"{self.path} holds a backup repository of an unknown format")
+        #: whether new chunks are compressed where it pays (reading handles either)
+        self.compress = bool(meta.get("compress", True))
         self.points = self.path / "points"
 
     @classmethod
-    def init(cls, path: str | Path) -> Repository:
-        """Create a repository in ``path`` (empty or missing), or open the one already there."""
+    def init(cls, path: str | Path, *, compress: bool = True) -> Repository:
+        """Create a repository in ``path`` (empty or missing), or open the one already there.
+
+        ``compress``: zstd where it pays (fewer bytes, more CPU time per backup).
+        """
         root = Path(path)
         if not root.is_absolute():
             raise InvalidInput(f"repository path {path} is relative", hint="give an absolute path")
@@ -137,7 +163,8 @@ class Repository:
         (root / "points").mkdir(parents=True, exist_ok=True)
         root.chmod(0o700)  # disk contents of VMs: readable by root only
         marker = root / MARKER
-        marker.write_text(json.dumps({"format": FORMAT, "chunk_size": CHUNK}) + "\n")
+        meta = {"format": FORMAT, "chunk_size": CHUNK, "compress": compress}
+        marker.write_text(json.dumps(meta) + "\n")
         return cls(root)
 
     # --------------------------------------------------------------------------- points
@@ -183,9 +210,11 @@ class Repository:
 
     def disk_writer(self, point: str, target: str, capacity: int) -> DiskWriter:
         _check_point_id(target)
-        return DiskWriter(
+        writer = DiskWriter(
             target, capacity, f"{point}/{target}.pack", self.partial_dir(point) / f"{target}.pack"
         )
+        writer.payoff.enabled = self.compress
+        return writer
 
     def commit(self, manifest: dict[str, Any], disks: list[DiskWriter]) -> None:
         """Write the indexes and the manifest, fsync them, and make the point exist (rename)."""
