@@ -249,3 +249,24 @@ def test_no_system_file_is_imported_into_the_iso_library(
         refused = as_user["admin"].post("/api/v1/isos", json={"path": path, "name": "t-api-x"})
         assert refused.status_code == 403 and "/etc" in refused.json()["error"], path
     assert _no_task_for(as_user["admin"], "t-api-x")
+
+
+def test_a_volume_record_does_not_outweigh_the_vm_using_it(
+    app: FastAPI, as_user: dict[str, As], op1_vm: str, volume: str, libvirt_conn: libvirt.virConnect
+) -> None:
+    """A stale record (the VM deleted outside the API, the path reused by an admin's VM) gives
+    op1 no right to a disk an admin's VM uses."""
+    other = "t-api-trust-admins"
+    libvirt_conn.defineXML(
+        f"""<domain type='test'><name>{other}</name><memory unit='MiB'>64</memory>
+        <os><type>hvm</type></os><devices><disk type='file' device='disk'>
+        <source file='{volume}'/><target dev='vda' bus='virtio'/></disk></devices></domain>"""
+    )
+    store = app.state.ctx.store
+    try:
+        ownership.record_owner(store, "volume", volume, _principal(app, "op1"), host=_host(app))
+        refused = as_user["op1"].post(f"/api/v1/vms/{op1_vm}/disks", json={"path": volume})
+        assert refused.status_code == 403 and other in refused.json()["error"]
+    finally:
+        ownership.forget_owner(store, "volume", volume, host=_host(app))
+        remove_vm(other)

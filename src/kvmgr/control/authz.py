@@ -236,13 +236,13 @@ class Authz:
             )
         self.pool(pool)
         row = self._row("volume", resolved)
-        if row is not None:
-            if ownership.may_act(self.who, row):
-                return Resolved(resolved, volume=True)
+        if row is not None and not ownership.may_act(self.who, row):
             raise self._refuse(
                 f"may not use volume {resolved}: another user or group owns it",
                 "use a volume of your own, or a new one (size=...)",
             )
+        # Whatever the record says (it may outlive a VM deleted outside the API), a volume a VM
+        # the caller may not act on uses is not theirs to attach.
         users = [user for user in self._usage_map().get(resolved, []) if user.startswith("VM ")]
         foreign = [user for user in users if not self._may_act_on_vm_name(user[3:])]
         if foreign:
@@ -250,7 +250,7 @@ class Authz:
                 f"may not use volume {resolved}: {', '.join(foreign)} uses it",
                 "use a volume of your own, or a new one (size=...)",
             )
-        return Resolved(resolved, volume=True, record=True)
+        return Resolved(resolved, volume=True, record=row is None)
 
     def _may_act_on_vm_name(self, name: str) -> bool:
         try:

@@ -491,7 +491,6 @@ class HostRegistry:
                             .values(host_uuid=identity)
                         )
 
-
     # ---------------------------------------------------------------- VMs of many
     def fleet_vms(
         self, hosts: list[HostRecord] | None = None, *, with_ips: bool = False
