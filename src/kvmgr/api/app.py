@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import libvirt
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kvmgr import __version__
 from kvmgr.api.context import AppContext, Unauthorized
-from kvmgr.api.deps import SAFE_METHODS, identify
+from kvmgr.api.deps import SAFE_METHODS, identify, request_host
 from kvmgr.api.limits import MAX_BODY_BYTES, BodyLimit
 from kvmgr.api.routes import (
     audit,
@@ -30,6 +30,7 @@ from kvmgr.api.routes import (
     console,
     events,
     host,
+    hosts,
     isos,
     metrics,
     networks,
@@ -78,6 +79,7 @@ def _routers() -> list[object]:
         tasks,
         events,
         host,
+        hosts,
         snapshots,
         vms,
         console,
@@ -107,6 +109,7 @@ def create_app(settings: Settings, *, context: AppContext | None = None) -> Fast
         docs_url=None,  # served by pages.py with local assets (the CSP allows no CDN)
         redoc_url=None,
         lifespan=lifespan,
+        dependencies=[Depends(request_host)],
     )
     app.state.ctx = ctx
     # console's router must come before vms': '/{name}/console-token' vs '/{name}/{action}'.

@@ -10,7 +10,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, TypeVar
 
 import libvirt
 
@@ -27,7 +28,14 @@ from kvmgr.store.db import Store
 from kvmgr.store.tasks import TaskRunner
 from kvmgr.store.users import Principal
 
+if TYPE_CHECKING:
+    from kvmgr.control.hosts import HostRegistry
+
 log = logging.getLogger(__name__)
+
+#: The registered host a request names (``?host=NAME`` on any route), else None: the server's
+#: own.  Set by kvmgr.api.deps.request_host; tasks and thread-pool calls inherit it.
+REQUEST_HOST: ContextVar[str | None] = ContextVar("kvmgr_request_host", default=None)
 T = TypeVar("T")
 
 
@@ -88,6 +96,9 @@ class AppContext:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        from kvmgr.control.hosts import close_connections
+
+        close_connections()
         self.store.dispose()
 
     @property
@@ -95,8 +106,18 @@ class AppContext:
         return self._events is not None
 
     # ---------------------------------------------------------------- libvirt
+    @property
+    def hosts(self) -> HostRegistry:
+        from kvmgr.control.hosts import HostRegistry
+
+        return HostRegistry(self.store)
+
     def conn(self) -> Connection:
-        """The shared libvirt connection (libvirt's calls are thread-safe); reopened if it died."""
+        """The connection to the request's host (``?host=``), else the server's own: shared
+        (libvirt's calls are thread-safe), reopened if it died."""
+        named = REQUEST_HOST.get()
+        if named is not None and named != self.own_host():
+            return self.hosts.connect(named)  # bounded, keepalive, kept for the process
         with self._conn_lock:
             if self._conn is not None and not _alive(self._conn):
                 self._conn.close()
@@ -107,8 +128,16 @@ class AppContext:
 
     # ---------------------------------------------------------------- control plane
     def host_name(self) -> str:
-        """The registered host requests act on: the one with the server's URI (registered on
-        first use, as the CLI's ``-c`` is; see kvmgr.control.hosts)."""
+        """The registered host a request acts on: the one it names (``?host=``), else the one
+        with the server's URI (registered on first use, as the CLI's ``-c`` is; see
+        kvmgr.control.hosts)."""
+        named = REQUEST_HOST.get()
+        if named is not None:
+            return named
+        return self.own_host()
+
+    def own_host(self) -> str:
+        """The registered name of the server's own libvirt URI."""
         if self._host_name is None:
             from kvmgr.connect import default_uri
             from kvmgr.control.hosts import HostRegistry

@@ -12,10 +12,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from kvmgr.api.context import AppContext, Unauthorized
+from kvmgr.api.context import REQUEST_HOST, AppContext, Unauthorized
 from kvmgr.errors import Forbidden
 from kvmgr.store import users as users_store
 from kvmgr.store.models import Role
@@ -90,3 +90,24 @@ def require(role: Role) -> Callable[[Request, AppContext, Principal], Awaitable[
 Viewer = Annotated[Principal, Depends(require(Role.viewer))]
 Operator = Annotated[Principal, Depends(require(Role.operator))]
 Admin = Annotated[Principal, Depends(require(Role.admin))]
+
+
+async def request_host(
+    host: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="registered host to act on (GET /api/v1/hosts); default: the server's",
+        ),
+    ] = None,
+) -> None:
+    """``?host=NAME`` on any route: the host its libvirt work and lease keys are for.
+
+    An app-wide dependency, so no route can forget it.  Each request runs in its own context,
+    so the value never leaks to another request; tasks it submits inherit it.
+    """
+    if host is not None:
+        from kvmgr.names import validate_name
+
+        validate_name(host, what="host name")
+    REQUEST_HOST.set(host)

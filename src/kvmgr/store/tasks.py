@@ -7,6 +7,7 @@ same progress, and a server restart marks what was running as ``interrupted``.
 
 from __future__ import annotations
 
+import contextvars
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,7 +95,9 @@ class TaskRunner:
             session.flush()
             snapshot = as_dict(task)
         self._notify(snapshot)
-        future: Future[None] = self._pool.submit(self._run, task_id, work, on_done)
+        # The task runs in the submitting request's context: its host (?host=) goes with it.
+        context = contextvars.copy_context()
+        future: Future[None] = self._pool.submit(context.run, self._run, task_id, work, on_done)
         del future  # the row is the record; the future is not needed
         return snapshot
 

@@ -76,9 +76,11 @@ class Autostart(BaseModel):
 
 
 # ---------------------------------------------------------------------------------- reading
-def _with_owners(ctx: AppContext, who: Principal, rows: list[dict[str, Any]]) -> None:
+def _with_owners(
+    ctx: AppContext, who: Principal, rows: list[dict[str, Any]], host: str | None = None
+) -> None:
     """Add each VM's owner and whether the caller may act on it (the UI shows buttons by it)."""
-    owners = ownership.owners_of_kind(ctx.store, "vm", host=ctx.host_name())
+    owners = ownership.owners_of_kind(ctx.store, "vm", host=host or ctx.host_name())
     for row in rows:
         owner = owners.get(row["uuid"])
         row["owner"] = owner.owner if owner else None
@@ -109,10 +111,22 @@ class VMRow(BaseModel):
     response_model=list[VMRow],
 )
 def list_vms(
-    who: Viewer, ctx: Ctx, ips: Annotated[bool, Query(description="discover addresses")] = False
+    who: Viewer,
+    ctx: Ctx,
+    ips: Annotated[bool, Query(description="discover addresses")] = False,
+    all_hosts: Annotated[
+        bool,
+        Query(
+            description="every registered host in parallel: rows gain 'host'; a host that does "
+            "not answer in time is a row with state 'unreachable' and its 'error'"
+        ),
+    ] = False,
 ) -> Response:
-    rows = [vm.as_dict() for vm in vms_service.list_vms(ctx.conn(), with_ips=ips)]
-    _with_owners(ctx, who, rows)
+    if all_hosts:
+        rows = _fleet_rows(ctx, who, ips)
+    else:
+        rows = [vm.as_dict() for vm in vms_service.list_vms(ctx.conn(), with_ips=ips)]
+        _with_owners(ctx, who, rows)
     # Serialised here: FastAPI's validation of a list[dict[str, Any]] answer against the model
     # and its encoder cost more than json.dumps of rows that are all str/int/bool/None/list[str].
     # Returning a Response skips them; response_model above keeps the OpenAPI schema.
@@ -120,6 +134,17 @@ def list_vms(
     del rows  # at 5,000 VMs the rows are megabytes; drop them before the answer is sent
     release_after_big_answer(len(body))
     return Response(body, media_type="application/json")
+
+
+def _fleet_rows(ctx: AppContext, who: Principal, ips: bool) -> list[dict[str, Any]]:
+    ctx.own_host()  # the server's own daemon is a host too (registered on first use)
+    rows, down = ctx.hosts.fleet_vms(with_ips=ips)
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_host.setdefault(row["host"], []).append(row)
+    for host, host_rows in by_host.items():
+        _with_owners(ctx, who, host_rows, host)
+    return rows + [{"host": d["host"], "state": "unreachable", "error": d["error"]} for d in down]
 
 
 @router.get("/{name}", summary="One VM: definition facts, disks, NICs, consoles, addresses")
