@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 
 from kvmgr.control.models import Operation, OperationRecord
 from kvmgr.services.steps import ACTIONS, Record
 from kvmgr.store.db import Store
 
+_RECORDS: Table = OperationRecord.__table__  # type: ignore[assignment]
 #: Progress messages are written at most this often (the last one always is, at the end).
 PROGRESS_SECONDS = 1.0
 
@@ -28,9 +30,16 @@ class JournalSteps:
     """The journal of operation ``operation_id``; ``say`` also gets each progress message."""
 
     def __init__(
-        self, store: Store, operation_id: str, say: Callable[[str], None] | None = None
+        self,
+        store: Store,
+        operation_id: str,
+        say: Callable[[str], None] | None = None,
+        *,
+        quick: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.store = store
+        #: A transaction that need not survive a power cut, for progress messages.
+        self.quick = quick or store.session
         self.operation_id = operation_id
         self.say = say
         self.undo: list[Record] = []
@@ -55,7 +64,7 @@ class JournalSteps:
         if now - self._last_progress < PROGRESS_SECONDS:
             return
         self._last_progress = now
-        with self.store.session() as session:
+        with self.quick() as session:
             session.execute(
                 update(Operation)
                 .where(Operation.id == self.operation_id)
@@ -68,15 +77,16 @@ class JournalSteps:
         # Fail here, in the service's process, rather than in recovery: args must be JSON.
         json.dumps(args)
         self._seq += 1
-        with self.store.session() as session:
-            session.add(
-                OperationRecord(
-                    operation_id=self.operation_id,
-                    seq=self._seq,
-                    phase=phase,
-                    action=action,
-                    args=args,
-                )
+        with self.store.session() as session:  # synced: this is what recovery reads
+            session.execute(
+                _RECORDS.insert(),
+                {
+                    "operation_id": self.operation_id,
+                    "seq": self._seq,
+                    "phase": phase,
+                    "action": action,
+                    "args": args,
+                },
             )
 
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import BindParameter, Table, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -83,6 +83,45 @@ def holder_alive(holder: str) -> bool | None:
 
 def when(moment: datetime) -> str:
     return aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# ------------------------------------------------------------------ statements, built once
+
+_LEASES: Table = Lease.__table__  # type: ignore[assignment]
+_COLUMNS = ("key", "holder", "operation", "actor", "acquired", "expires")
+
+
+@cache
+def _statements(dialect: str) -> dict[str, Any]:
+    """The statements of a lease's life with bound parameters (named ``b_<column>``): built
+    and compiled once, since each lifecycle command pays for them (constructing them cost more
+    than the SQL itself)."""
+    c = _LEASES.c
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    base = insert(_LEASES).values({name: bindparam(f"b_{name}") for name in _COLUMNS})
+    mine: BindParameter[str] = bindparam("b_holder")
+    keys: BindParameter[list[str]] = bindparam("b_keys", expanding=True)
+    return {
+        # Taken over only when expired, or when the row is our own (left by a failed release:
+        # no thread of ours holds it, or the registry would have re-entered).
+        "upsert": base.on_conflict_do_update(
+            index_elements=[c.key],
+            set_={name: base.excluded[name] for name in _COLUMNS if name != "key"},
+            where=(c.expires < bindparam("b_acquired")) | (c.holder == mine),
+        ).returning(c.key),
+        "take_over": update(_LEASES)
+        .where(c.key == bindparam("b_key"), c.holder == bindparam("b_dead"))
+        .values({name: bindparam(f"b_{name}") for name in _COLUMNS if name != "key"}),
+        "read": select(_LEASES).where(c.key == bindparam("b_key")),
+        "release": delete(_LEASES).where(c.key.in_(keys), c.holder == mine),
+        "renew": update(_LEASES)
+        .where(c.key.in_(keys), c.holder == mine)
+        .values(expires=bindparam("b_expires")),
+    }
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {f"b_{name}": value for name, value in values.items()}
 
 
 # ------------------------------------------------------------------ the registry of held leases
@@ -157,6 +196,7 @@ class Leases:
             )
         self.store = store
         self.ttl = ttl
+        self._sql = _statements(store.engine.dialect.name)
         registry = _registry(store.url)
         self._registry = registry
         self._held = registry.held
@@ -221,24 +261,27 @@ class Leases:
                     gone.append(key)
         if not gone:
             return
-        stmt = delete(Lease).where(Lease.key.in_(gone), Lease.holder == holder_id())
+        stmt = self._sql["release"]
+        params = _params(keys=gone, holder=holder_id())
         if session is not None:
-            session.execute(stmt)
+            session.execute(stmt, params)
             return
         try:
-            with self._session() as own:
-                own.execute(stmt)
+            with self.lax_transaction() as own:
+                own.execute(stmt, params)
         except OperationFailed as err:
             # Not fatal: the rows expire by themselves once nobody renews them.
             log.warning("could not release leases %s: %s", gone, err)
 
-    def row(self, key: str, operation: str, actor: str) -> tuple[Lease, LeaseInfo]:
-        """A new lease row held by this process, for :meth:`adopt` after the caller commits it."""
+    def insert(self, connection: Any, key: str, operation: str, actor: str) -> LeaseInfo:
+        """Insert a fresh lease row held by this process in the caller's transaction; pass the
+        result to :meth:`adopt` once committed."""
         now = utcnow()
         info = LeaseInfo(
             key, holder_id(), operation[:200], actor[:64], now, now + timedelta(seconds=self.ttl)
         )
-        return Lease(**info.__dict__), info
+        connection.execute(_LEASES.insert(), info.__dict__)
+        return info
 
     def holds(self, key: str) -> bool:
         """Whether this thread holds ``key``."""
@@ -295,8 +338,8 @@ class Leases:
             taken = self._upsert(key, operation, actor, me)
             if taken is not None:
                 break
-            with self._session() as session:
-                row = session.get(Lease, key)
+            with self.lax_transaction() as session:
+                row = session.execute(self._sql["read"], _params(key=key)).first()
                 info = _info(row) if row is not None else None
             if info is None:
                 continue  # released between our two statements: try again
@@ -312,9 +355,9 @@ class Leases:
             self._held[key] = _Held(threading.get_ident(), 1, taken, self.ttl)
         return None
 
-    def _upsert(self, key: str, operation: str, actor: str, me: str) -> LeaseInfo | None:
+    def _values(self, key: str, operation: str, actor: str, me: str) -> dict[str, Any]:
         now = utcnow()
-        values: dict[str, Any] = {
+        return {
             "key": key,
             "holder": me,
             "operation": operation[:200],
@@ -322,42 +365,22 @@ class Leases:
             "acquired": now,
             "expires": now + timedelta(seconds=self.ttl),
         }
-        dialect = self.store.engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(Lease).values(**values)
-        # Taken over only when expired, or when the row is our own (left by a failed release:
-        # no thread of ours holds it, or the registry would have re-entered).
-        upsert = stmt.on_conflict_do_update(
-            index_elements=[Lease.key],
-            set_={name: stmt.excluded[name] for name in values if name != "key"},
-            where=(Lease.expires < now) | (Lease.holder == me),
-        ).returning(Lease.key)
-        with self._session() as session:
-            if session.execute(upsert).first() is None:
+
+    def _upsert(self, key: str, operation: str, actor: str, me: str) -> LeaseInfo | None:
+        values = self._values(key, operation, actor, me)
+        with self.lax_transaction() as session:
+            taken = session.execute(self._sql["upsert"], _params(**values))
+            if taken.first() is None:
                 return None
         return LeaseInfo(**values)
 
     def _take_over(
         self, key: str, operation: str, actor: str, me: str, dead: str
     ) -> LeaseInfo | None:
-        now = utcnow()
-        info = LeaseInfo(
-            key, me, operation[:200], actor[:64], now, now + timedelta(seconds=self.ttl)
-        )
-        stmt = (
-            update(Lease)
-            .where(Lease.key == key, Lease.holder == dead)
-            .values(
-                holder=me,
-                operation=info.operation,
-                actor=info.actor,
-                acquired=now,
-                expires=info.expires,
-            )
-        )
-        with self._session() as session:
-            changed = session.execute(stmt).rowcount
-        return info if changed else None
+        values = self._values(key, operation, actor, me)
+        with self.lax_transaction() as session:
+            changed = session.execute(self._sql["take_over"], _params(**values, dead=dead)).rowcount
+        return LeaseInfo(**values) if changed else None
 
     def _free(self, info: LeaseInfo) -> bool:
         if aware(info.expires) < utcnow():
@@ -401,14 +424,10 @@ class Leases:
     def renew(self, keys: list[str], ttl: float | None = None) -> None:
         """Push the expiry of ``keys`` (held by this process) one ttl ahead."""
         expires = utcnow() + timedelta(seconds=self.ttl if ttl is None else ttl)
-        stmt = (
-            update(Lease)
-            .where(Lease.key.in_(keys), Lease.holder == holder_id())
-            .values(expires=expires)
-        )
+        params = _params(keys=keys, holder=holder_id(), expires=expires)
         try:
-            with self._session() as session:
-                renewed = session.execute(stmt).rowcount
+            with self.lax_transaction() as session:
+                renewed = session.execute(self._sql["renew"], params).rowcount
         except OperationFailed as err:
             log.warning("could not renew leases %s: %s", keys, err)
             return
@@ -416,10 +435,34 @@ class Leases:
             log.error("lost %d of the leases %s (expired unrenewed)", len(keys) - renewed, keys)
 
     @contextlib.contextmanager
-    def _session(self) -> Iterator[Any]:
+    def lax_transaction(self) -> Iterator[Any]:
+        """A transaction whose commit need not survive a power cut, so it costs no fsync.
+
+        A lease is only worth something while its holder lives: if the machine loses power,
+        every holder on it dies with it, and a lost release leaves a row whose holder (pid and
+        start time of a process of the previous boot) counts as dead.  The journal and the
+        operations' rows stay durable (they go through :meth:`Store.session`), and SQLite's
+        next durable commit writes these out with it.  On PostgreSQL the commit is
+        asynchronous (``synchronous_commit off``), on SQLite the WAL is not synced
+        (``synchronous NORMAL``, safe against corruption) for this one transaction.
+        """
         try:
-            with self.store.session() as session:
-                yield session
+            with self.store.engine.connect() as connection:
+                sqlite = connection.dialect.name == "sqlite"
+                if sqlite:
+                    # Only outside a transaction; pysqlite begins one before DML, not here.
+                    level = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+                    connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                    connection.commit()
+                try:
+                    with connection.begin():
+                        if not sqlite:
+                            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        yield connection
+                finally:
+                    if sqlite:
+                        connection.exec_driver_sql(f"PRAGMA synchronous={int(level or 2)}")
+                        connection.commit()
         except SQLAlchemyError as err:
             raise OperationFailed(
                 f"lease database error: {err.__class__.__name__}: {err}",

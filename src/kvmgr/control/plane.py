@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection
@@ -47,6 +48,7 @@ from kvmgr.store.db import Store
 from kvmgr.store.models import aware, utcnow
 
 log = logging.getLogger(__name__)
+_OPERATIONS: Table = Operation.__table__  # type: ignore[assignment]
 
 
 class Key(NamedTuple):
@@ -169,31 +171,38 @@ class ControlPlane:
                     name, description, actor=self.actor, what=what, wait=wait, timeout=timeout
                 )
                 held.append(name)
-            lease, info = self.leases.row(recovery.op_key(op_id), description, self.actor)
-            with self.store.session() as session:
-                session.add(
-                    Operation(
-                        id=op_id,
-                        kind=clip(Operation, "kind", kind),
-                        target=clip(Operation, "target", target),
-                        host=clip(Operation, "host", host),
-                        actor=clip(Operation, "actor", self.actor),
-                        holder=holder_id(),
-                        keys=[name for name, _what in split],
-                        state=RUNNING,
-                    )
+            # Not synced: the first journal record's commit writes it out with it, and an
+            # operation lost with no record left nothing to undo.
+            with self.leases.lax_transaction() as connection:
+                connection.execute(
+                    _OPERATIONS.insert(),
+                    {
+                        "id": op_id,
+                        "kind": clip(Operation, "kind", kind),
+                        "target": clip(Operation, "target", target),
+                        "host": clip(Operation, "host", host),
+                        "actor": clip(Operation, "actor", self.actor),
+                        "holder": holder_id(),
+                        "keys": [name for name, _what in split],
+                        "state": RUNNING,
+                    },
                 )
-                session.add(lease)
+                info = self.leases.insert(
+                    connection, recovery.op_key(op_id), description, self.actor
+                )
             self.leases.adopt(info)
             held.append(info.key)
-            steps = JournalSteps(self.store, op_id, say)
+            steps = JournalSteps(self.store, op_id, say, quick=self.leases.lax_transaction)
             try:
                 yield steps
             except BaseException as err:
                 self._failed(op_id, host, steps, err)
                 raise
-            with self.store.session() as session:
-                self._end_in(session, op_id, DONE, None, steps.message, drop_records=True)
+            # Durable once records exist: a lost "done" would have recovery undo finished work.
+            journaled = bool(steps.undo or steps.finish)
+            end = self.store.session() if journaled else self.leases.lax_transaction()
+            with end as session:
+                self._end_in(session, op_id, DONE, None, steps.message, drop_records=journaled)
                 self.leases.drop(held, session)
                 held = []
         finally:
@@ -234,7 +243,7 @@ class ControlPlane:
 
     @staticmethod
     def _end_in(
-        session: Session,
+        session: Session | DBConnection,
         op_id: str,
         state: str,
         error: str | None,
