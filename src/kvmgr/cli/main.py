@@ -111,14 +111,19 @@ def root(
         state.host = host
 
 
-def take_host_option(argv: list[str]) -> tuple[str | None, list[str]]:
-    """``--host NAME`` / ``--host=NAME`` anywhere before ``--``, and argv without it.
+#: Global options accepted anywhere on the command line, by the state attribute they set.
+_ANYWHERE = {"--host": "host", "--connect": "uri", "-c": "uri"}
 
-    Every VM, network, pool, volume, snapshot and ISO command acts on one host, so the option
-    belongs to all of them; taken out here, no command has to declare it and it may follow the
-    subcommand (``kvmgr vm list --host h1``) as well as precede it.
+
+def take_global_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--host NAME`` and ``-c/--connect URI`` (also ``--opt=value``) anywhere before ``--``.
+
+    Every VM, network, pool, volume, snapshot and ISO command acts on one host, so the options
+    belong to all of them; taken out here, no command has to declare them and they may follow
+    the subcommand (``kvmgr vm list --host h1``, ``kvmgr vm list -c qemu+ssh://...``), as
+    virsh users type them, as well as precede it.
     """
-    host: str | None = None
+    found: dict[str, str] = {}
     rest: list[str] = []
     args = iter(argv)
     for arg in args:
@@ -126,19 +131,28 @@ def take_host_option(argv: list[str]) -> tuple[str | None, list[str]]:
             rest.append(arg)
             rest.extend(args)
             break
-        if arg == "--host":
+        option, equals, inline = arg.partition("=")
+        if option in _ANYWHERE and equals and option.startswith("--"):
+            found[_ANYWHERE[option]] = inline
+        elif arg in _ANYWHERE:
             value = next(args, None)
             if value is None or value.startswith("-"):
                 rest.append(arg)  # let the parser report the missing value
                 if value is not None:
                     rest.append(value)
                 continue
-            host = value
-        elif arg.startswith("--host="):
-            host = arg.partition("=")[2]
+            found[_ANYWHERE[arg]] = value
         else:
             rest.append(arg)
-    return host, rest
+    return found, rest
+
+
+def take_host_option(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--host`` (and ``-c``) taken out of ``argv``; ``-c`` is put back in front for the root."""
+    found, rest = take_global_options(argv)
+    if "uri" in found:
+        rest = ["--connect", found["uri"], *rest]
+    return found.get("host"), rest
 
 
 def run() -> None:

@@ -194,9 +194,24 @@ def delete(
     keep_disks: Annotated[bool, typer.Option(help="keep the disks kvmgr created for it")] = False,
 ) -> None:
     """Delete a VM and the disks kvmgr created for it (never ISOs or disks others use)."""
+    disks = [
+        str(disk["source"])
+        for disk in vms.vm_info(conn(), name)["disks"]
+        if disk["device"] == "disk" and disk["source"]
+    ]
     with vm_lease(name, "delete"):
         removed = vms.delete(conn(), name, force=force, keep_disks=keep_disks)
     console.print(f"{name}: deleted" + (f"; removed {', '.join(removed)}" if removed else ""))
+    kept = [path for path in disks if path not in removed]
+    if kept:
+        # A VM made by virt-install or by hand: its disks are not kvmgr's to remove.
+        why = "as asked" if keep_disks else "kvmgr did not create them"
+        console.print(f"kept {', '.join(kept)} ({why})", highlight=False)
+        console.print(
+            "remove one with 'kvmgr vol delete POOL NAME' ('kvmgr vol list POOL' shows it) "
+            "once nothing uses it",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -212,6 +227,7 @@ for _module in (
     "kvmgr.cli.vm_console",
     "kvmgr.cli.vm_clone",
     "kvmgr.cli.vm_migrate",
+    "kvmgr.cli.vm_habits",
 ):
     try:
         importlib.import_module(_module).register(app)
