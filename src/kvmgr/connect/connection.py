@@ -78,17 +78,80 @@ def open_connection(uri: str | None = None, *, readonly: bool = False) -> Connec
     except libvirt.libvirtError as err:
         raise ConnectionFailed(
             f"cannot connect to {uri}: {err.get_error_message()}",
-            hint=_connect_hint(uri),
+            hint=_connect_hint(uri, err.get_error_message() or ""),
         ) from err
     return Connection(uri=uri, virconn=virconn)
 
 
-def _connect_hint(uri: str) -> str:
+#: (transport, words in libvirt's message, what to do): the first match gives the hint.
+_TRANSPORT_HINTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "ssh",
+        ("host key verification failed",),
+        "the host's SSH key is not known: 'ssh USER@HOST' once to check and accept it",
+    ),
+    (
+        "ssh",
+        ("permission denied", "publickey"),
+        "SSH refused the login: give a key the host accepts (ssh-copy-id USER@HOST, or "
+        "?keyfile=PATH in the URI)",
+    ),
+    ("ssh", ("connection refused",), "nothing listens for SSH there: is sshd running on the host?"),
+    (
+        "ssh",
+        ("no route to host", "could not resolve", "name or service not known", "timed out"),
+        "the host cannot be reached: check its name or address and the network",
+    ),
+    (
+        "ssh",
+        ("nc: ", "virt-ssh-helper", "command not found"),
+        "libvirt's ssh transport needs virt-ssh-helper (or nc) on the host: install libvirt "
+        "there ('kvmgr host add NAME ssh://root@HOST --setup')",
+    ),
+    (
+        "ssh",
+        ("failed to connect socket", "no such file"),
+        "SSH worked but libvirtd does not run on the host: start it there",
+    ),
+    (
+        "tls",
+        ("certificate", "ca file", "cacert", "pkipath", "gnutls"),
+        "TLS failed: check the CA, the client certificate and key (?pkipath=DIR in the URI) and "
+        "that the server's certificate names the host",
+    ),
+    (
+        "tls",
+        ("connection refused",),
+        "nothing listens for TLS there: libvirtd needs listen_tls (port 16514) or virtproxyd-tls",
+    ),
+    (
+        "tcp",
+        ("connection refused",),
+        "nothing listens on libvirt's TCP port there (16509): libvirtd needs listen_tcp",
+    ),
+)
+
+
+def _connect_hint(uri: str, detail: str = "") -> str:
+    """What to do about a failed connection: by transport, and by what libvirt said."""
     if uri.startswith("test:"):
         return "the test driver's file must be a valid <node> document"
-    if is_local(uri):
+    scheme = uri.split(":", 1)[0]
+    transport = scheme.partition("+")[2]
+    if transport in ("", "unix") and is_local(uri):
+        # The local socket: the daemon is the only thing that can be missing.  (ssh/tls/tcp to
+        # 127.0.0.1 is "local" to the KVM probe, but fails for transport reasons.)
         return "is libvirtd running? start it with 'kvmgr host daemons start'"
-    return "check the host name, that libvirtd runs there, and your SSH/TLS credentials"
+    transport = transport or "tls"  # qemu://host/ is TLS in libvirt
+    words = detail.lower()
+    for kind, needles, hint in _TRANSPORT_HINTS:
+        if kind == transport and any(needle in words for needle in needles):
+            return hint
+    if transport == "ssh":
+        return "check the host name, your SSH key for it, and that libvirtd runs there"
+    if transport == "tls":
+        return "check the host name, the TLS certificates (?pkipath=DIR) and libvirtd's listen_tls"
+    return "check the host name and that libvirtd runs and listens there"
 
 
 def choose_domain_type(conn: Connection) -> DomainTypeChoice:
