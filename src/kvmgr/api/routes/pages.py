@@ -49,7 +49,9 @@ def login_page(request: Request, ctx: Ctx) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, who: Viewer, ctx: Ctx) -> Response:
-    return render(request, who, "dashboard.html", host=host_info(ctx.conn()))
+    return render(
+        request, who, "dashboard.html", host=host_info(ctx.conn()), own_host=ctx.own_host()
+    )
 
 
 @router.get("/vms/new", response_class=HTMLResponse)
@@ -76,6 +78,11 @@ def vm_page(request: Request, name: str, who: Viewer, ctx: Ctx) -> Response:
 def vnc_page(request: Request, name: str, who: Viewer, ctx: Ctx) -> Response:
     info = vms_service.vm_info(ctx.conn(), name)
     return render(request, who, "vnc.html", vm=info)
+
+
+@router.get("/hosts", response_class=HTMLResponse)
+def hosts_page(request: Request, who: Viewer) -> Response:
+    return render(request, who, "hosts.html")
 
 
 @router.get("/networks", response_class=HTMLResponse)

@@ -13,6 +13,15 @@ function sameOriginPath(next) {
 
 const kvmgr = (() => {
   const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+  // A page opened with ?host=NAME (a VM of another host) sends every API call there too.
+  const pageHost = new URLSearchParams(location.search).get("host");
+
+  function withHost(path) {
+    if (!pageHost || !path.startsWith("/api/v1/") || path.startsWith("/api/v1/hosts")) return path;
+    const url = new URL(path, location.origin);
+    if (!url.searchParams.has("host") && !url.searchParams.has("all_hosts")) url.searchParams.set("host", pageHost);
+    return url.pathname + url.search;
+  }
 
   async function api(method, path, body) {
     const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
@@ -21,7 +30,7 @@ const kvmgr = (() => {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }
-    const response = await fetch(path, options);
+    const response = await fetch(withHost(path), options);
     const data = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
     if (!response.ok) {
       const message = data?.error ? data.error + (data.hint ? ` (${data.hint})` : "") : response.statusText;
@@ -155,7 +164,7 @@ const kvmgr = (() => {
     return `${iso.replace("T", " ").slice(0, 19)} UTC`;
   }
 
-  return { api, flash, bytes, fillTable, link, events, waitForTask, confirmByName, button, group, showError, attempt, utc };
+  return { api, pageHost, flash, bytes, fillTable, link, events, waitForTask, confirmByName, button, group, showError, attempt, utc };
 })();
 
 // ---------------------------------------------------------------------------------- pages
@@ -177,7 +186,7 @@ const pages = {
     });
   },
 
-  dashboard() {
+  async dashboard() {
     // The VM list comes from /api/v1/vms when something changes (a lifecycle or task event, or a
     // stats sample whose VMs or states differ from the table); CPU and memory come pushed in the
     // server's "stats" events: one bulk libvirt call per interval for all open dashboards.
@@ -194,24 +203,42 @@ const pages = {
       }
       return `${kvmgr.bytes(vm.memory)} / ${kvmgr.bytes(vm.max_memory)}`;
     };
+    // Which host's VMs: all of them (one parallel request), or the one picked; the live stats
+    // come from the server's own host, so only its rows get them.
+    const filter = document.getElementById("host-filter");
+    const own = document.getElementById("vm-table").dataset.ownHost;
+    const ownRows = () => rows.filter((vm) => (vm.host ?? own) === own && vm.name);
     const render = () => {
-      document.getElementById("vm-count").textContent = rows.length;
+      const vmsShown = rows.filter((vm) => vm.name);
+      document.getElementById("vm-count").textContent = vmsShown.length;
+      const hostOf = (vm) => vm.host ?? filter.value ?? own;
       kvmgr.fillTable("vm-table", rows, [
-        (vm) => kvmgr.link(`/vms/${encodeURIComponent(vm.name)}`, vm.name),
-        (vm) => vm.state,
+        (vm) => hostOf(vm),
+        (vm) => (vm.name ? kvmgr.link(`/vms/${encodeURIComponent(vm.name)}?host=${encodeURIComponent(hostOf(vm))}`, vm.name) : "–"),
+        (vm) => (vm.error ? `${vm.state}: ${vm.error}` : vm.state),
         (vm) => vm.vcpus ?? "–",
-        cpu,
-        memory,
+        (vm) => (hostOf(vm) === own ? cpu(vm) : "–"),
+        (vm) => (vm.name ? (hostOf(vm) === own ? memory(vm) : `${kvmgr.bytes(vm.memory)} / ${kvmgr.bytes(vm.max_memory)}`) : "–"),
         (vm) => vm.owner ?? "–",
       ]);
     };
-    const refresh = async () => { rows = await kvmgr.api("GET", "/api/v1/vms"); render(); };
+    const refresh = async () => {
+      const query = filter.value ? `host=${encodeURIComponent(filter.value)}` : "all_hosts=true";
+      rows = await kvmgr.api("GET", `/api/v1/vms?${query}`);
+      render();
+    };
     const onStats = (event) => {
       live = new Map(event.vms.map((rate) => [rate.name, rate]));
-      const changed = rows.length !== live.size ||
-        rows.some((vm) => !live.has(vm.name) || live.get(vm.name).state !== vm.state);
+      const mine = ownRows();
+      const watching = !filter.value || filter.value === own;
+      const changed = watching && (mine.length !== live.size ||
+        mine.some((vm) => !live.has(vm.name) || live.get(vm.name).state !== vm.state));
       if (changed) refresh(); else render();
     };
+    const hosts = await kvmgr.api("GET", "/api/v1/hosts").catch(() => []);
+    for (const h of hosts) filter.add(new Option(h.reachable ? h.name : `${h.name} (down)`, h.name));
+    filter.value = kvmgr.pageHost && hosts.some((h) => h.name === kvmgr.pageHost) ? kvmgr.pageHost : "";
+    filter.addEventListener("change", refresh);
     const refreshTasks = async () => renderTasks(await kvmgr.api("GET", "/api/v1/tasks?limit=10"));
     refresh(); refreshTasks();
     kvmgr.events(
