@@ -270,3 +270,9 @@ def test_a_volume_record_does_not_outweigh_the_vm_using_it(
     finally:
         ownership.forget_owner(store, "volume", volume, host=_host(app))
         remove_vm(other)
+
+
+def test_api_paths_must_be_absolute(as_user: dict[str, As]) -> None:
+    """An API client has no working directory: a relative path is a 422, never the server's."""
+    refused = _create(as_user["admin"], disks=["path=../../etc/shadow"])
+    assert refused.status_code == 422 and "absolute" in refused.json()["error"]

@@ -51,3 +51,16 @@ def test_cli_refuses_to_import_a_system_file_as_an_iso(tmp_path: Path) -> None:
         code, output = _run("iso", "import", path, "--name", "t-cli-trust-iso")
         assert code == 1, (path, output)
         assert "system directory /etc" in output
+
+
+def test_cli_relative_paths_are_resolved_and_checked_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shadow.iso").symlink_to("/etc/shadow")
+    (tmp_path / "disk.img").symlink_to("/etc/shadow")
+    monkeypatch.chdir(tmp_path)
+    for option in (["--iso", "shadow.iso", "--disk", "none"], ["--disk", "path=disk.img"]):
+        code, output = _run("vm", "create", "t-cli-trust", *option, "--network", "none",
+                            "--no-start", "--graphics", "none")  # fmt: skip
+        assert code == 1, (option, output)
+        assert "system directory /etc" in output, option

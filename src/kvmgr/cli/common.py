@@ -230,4 +230,5 @@ def authz() -> Authz:
         plane.store,
         host=state.host_name(),
         state_dirs=state_dirs(Settings().state_dir),
+        relative_paths=True,
     )

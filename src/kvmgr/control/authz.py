@@ -102,6 +102,8 @@ class Authz:
     store: Store | None
     host: str = LOCAL_HOST
     state_dirs: tuple[str, ...] = ()
+    #: The CLI's caller names files relative to their directory; an API client has none.
+    relative_paths: bool = False
     _usage: dict[str, list[str]] | None = field(default=None, repr=False)
     _templates: dict[str, str] | None = field(default=None, repr=False)
 
@@ -165,13 +167,18 @@ class Authz:
     def resolve(self, path: str, *, what: str) -> str:
         """The path with symlinks and ``..`` resolved, as the host will open it.
 
-        On a local daemon this is the real path.  A remote host's symlinks cannot be read from
-        here, so there only the lexical form counts and host paths stay volumes-only.
+        On a local daemon this is the real path (a relative one from the CLI's directory).  A
+        remote host's symlinks cannot be read from here, so there only the lexical form of an
+        absolute path counts and host paths stay volumes-only.
         """
-        if not path.startswith("/") or "\x00" in path:
+        if "\x00" in path:
+            raise InvalidInput(f"{what} {path!r} contains a NUL byte")
+        if not path.startswith("/") and not self.relative_paths:
             raise InvalidInput(f"{what} {path!r} must be an absolute path")
         if is_local(self.conn.uri):  # the test driver too: its files are (fake) local paths
             return os.path.realpath(path)
+        if not path.startswith("/"):
+            raise InvalidInput(f"{what} {path!r} must be an absolute path on a remote host")
         return posixpath.normpath(path)
 
     def protected(self, path: str) -> str | None:
@@ -331,7 +338,9 @@ class Authz:
 
     def iso(self, ref: str) -> str:
         """The path of the ISO to boot: the library's for operators."""
-        if self.admin and os.sep in ref:
+        # An existing file by a bare name (in the CLI's directory) is a path too, and checked so.
+        bare_file = self.relative_paths and os.path.isfile(ref)
+        if self.admin and (os.sep in ref or bare_file):
             resolved = self.resolve(ref, what="ISO path")
             if find_volume_by_path(self.conn, resolved) is not None:
                 return resolved
