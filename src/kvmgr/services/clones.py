@@ -17,8 +17,8 @@ disks are only read (full) or used as a backing file (linked).
 
 from __future__ import annotations
 
-import contextlib
 import time
+import uuid as uuid_module
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,14 +29,15 @@ from kvmgr.connect import Connection
 from kvmgr.errors import (
     AlreadyExists,
     InvalidState,
-    KvmgrError,
     Unsupported,
     libvirt_errors,
 )
 from kvmgr.names import validate_name
+from kvmgr.services import vm_removal as _registers_domain_actions  # noqa: F401
 from kvmgr.services import vms
 from kvmgr.services.snapshots import drop_backing_chain
-from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
+from kvmgr.services.steps import Steps, owned_steps
+from kvmgr.services.storage import find_volume_by_path, refuse_taken_name
 from kvmgr.xml.domain import Disk, Domain
 from kvmgr.xml.storage import StorageVolume
 
@@ -65,8 +66,15 @@ def clone_vm(
     linked: bool = False,
     start: bool = False,
     snapshot: str | None = None,
+    steps: Steps | None = None,
 ) -> CloneResult:
-    """Make VM ``name`` from ``source`` (optionally from its external snapshot ``snapshot``)."""
+    """Make VM ``name`` from ``source`` (optionally from its external snapshot ``snapshot``).
+
+    Before each new volume and the definition are made, ``steps`` records how to undo them
+    (``volume.delete``, ``domain.undefine`` by the UUID kvmgr gives the clone), so a clone that
+    fails or is killed leaves nothing once its journal is undone.  Starting it is not part of
+    the clone: a clone that does not start is kept and says so.
+    """
     began = time.monotonic()
     validate_name(name, what="VM name")
     if vms.exists(conn, name):
@@ -81,7 +89,8 @@ def clone_vm(
             hint=f"mark it a template first ('kvmgr vm template {source}'), "
             "or make a full clone (drop --linked)",
         )
-    result = _build_clone(conn, spec, images, name, linked=linked)
+    with owned_steps(conn, steps) as journal:
+        result = _build_clone(conn, spec, images, name, linked=linked, journal=journal)
     if start:
         vms.start(conn, name)
         result.state = vms.state(conn, name)
@@ -129,43 +138,43 @@ def _copied_disks(spec: Domain) -> list[Disk]:
 
 
 def _build_clone(
-    conn: Connection, spec: Domain, images: dict[str, str], name: str, *, linked: bool
+    conn: Connection,
+    spec: Domain,
+    images: dict[str, str],
+    name: str,
+    *,
+    linked: bool,
+    journal: Steps,
 ) -> CloneResult:
     source = spec.name or "?"
     clone = Domain.from_xml(spec.to_xml())
     clone.name = name
-    clone.uuid = None  # libvirt makes a new one
+    # kvmgr names the UUID, so the undo record names this VM before it exists
+    clone.uuid = str(uuid_module.uuid4())
     for nic in clone.devices.interfaces:
-        nic.mac = None  # and new MAC addresses
+        nic.mac = None  # libvirt makes new MAC addresses
         nic.target_dev = None
     clone.os.nvram = None  # a fresh copy of the firmware's variable store
     made: list[str] = []
     shared: list[str] = []
-    try:
-        for disk in clone.devices.disks:
-            image = images.get(disk.target_dev or "")
-            if disk not in _copied_disks(clone) or image is None:
-                if disk.source_path:
-                    shared.append(disk.source_path)
-                continue
-            index = len(made)
-            path = _make_disk(conn, image, name, index, disk, linked=linked)
-            made.append(path)
-            disk.type, disk.source_dev, disk.source_file = "file", None, path
-            drop_backing_chain(disk)
-            disk.driver_type = "qcow2" if linked else disk.driver_type
-        _set_metadata(clone, made, source if linked else None)
-        with libvirt_errors(f"defining VM {name}"):
-            dom = conn.virconn.defineXML(clone.to_xml())
-    except BaseException:
-        for path in made:
-            with contextlib.suppress(KvmgrError):
-                delete_volume_by_path(conn, path)
-        raise
-    with libvirt_errors(f"reading VM {name}"):
-        uuid = dom.UUIDString()
+    for disk in clone.devices.disks:
+        image = images.get(disk.target_dev or "")
+        if disk not in _copied_disks(clone) or image is None:
+            if disk.source_path:
+                shared.append(disk.source_path)
+            continue
+        path = _make_disk(conn, image, name, len(made), disk, linked=linked, journal=journal)
+        made.append(path)
+        disk.type, disk.source_dev, disk.source_file = "file", None, path
+        drop_backing_chain(disk)
+        disk.driver_type = "qcow2" if linked else disk.driver_type
+    _set_metadata(clone, made, source if linked else None)
+    journal.undo_with("domain.undefine", uuid=clone.uuid)
+    journal.progress(f"defining VM {name}")
+    with libvirt_errors(f"defining VM {name}"):
+        conn.virconn.defineXML(clone.to_xml())
     return CloneResult(
-        name=name, uuid=uuid, source=source, linked=linked, volumes=made, shared=shared
+        name=name, uuid=clone.uuid, source=source, linked=linked, volumes=made, shared=shared
     )
 
 
@@ -179,7 +188,14 @@ def _set_metadata(clone: Domain, made: list[str], linked_base: str | None) -> No
 
 
 def _make_disk(
-    conn: Connection, image: str, clone: str, index: int, disk: Disk, *, linked: bool
+    conn: Connection,
+    image: str,
+    clone: str,
+    index: int,
+    disk: Disk,
+    *,
+    linked: bool,
+    journal: Steps,
 ) -> str:
     with libvirt_errors(f"looking up the volume behind {image}"):
         base = find_volume_by_path(conn, image)
@@ -190,6 +206,7 @@ def _make_disk(
         )
     with libvirt_errors(f"reading volume {base.name()}"):
         pool = base.storagePoolLookupByVolume()
+        pool_name = pool.name()
         described = StorageVolume.from_xml(base.XMLDesc(0))
         fmt = described.target_format or "raw"
         capacity = described.capacity
@@ -202,15 +219,23 @@ def _make_disk(
         spec.name = f"{clone}{suffix}.qcow2"
         spec.target_format = "qcow2"
         spec.backing_path, spec.backing_format = image, fmt
-        with libvirt_errors(f"creating overlay {spec.name} on {image}"):
+    else:
+        spec.name = f"{clone}{suffix}.{'qcow2' if fmt == 'qcow2' else 'img'}"
+        spec.target_format = fmt
+        if fmt == "qcow2":
+            # Without it libvirt 9.0 converts to the old qcow2 v2 (compat=0.10), which has no
+            # zero clusters; 1.1 is what qemu-img and virt-clone write, and copies faster.
+            spec.compat = "1.1"
+    vol_name = spec.name
+    # A taken name is refused before the undo record, which would otherwise delete it.
+    refuse_taken_name(conn, pool_name, vol_name)
+    journal.undo_with("volume.delete", pool=pool_name, name=vol_name)
+    if linked:
+        journal.progress(f"creating overlay {vol_name} on {image}")
+        with libvirt_errors(f"creating overlay {vol_name} on {image}"):
             return str(pool.createXML(spec.to_xml(), 0).path())
-    spec.name = f"{clone}{suffix}.{'qcow2' if fmt == 'qcow2' else 'img'}"
-    spec.target_format = fmt
-    if fmt == "qcow2":
-        # Without it libvirt 9.0 converts to the old qcow2 v2 (compat=0.10), which has no
-        # zero clusters; 1.1 is what qemu-img and virt-clone write, and copies faster.
-        spec.compat = "1.1"
-    with libvirt_errors(f"copying {image} to {spec.name}"):
+    journal.progress(f"copying {image} to {vol_name}")
+    with libvirt_errors(f"copying {image} to {vol_name}"):
         return str(pool.createXMLFrom(spec.to_xml(), base, 0).path())
 
 
@@ -234,7 +259,7 @@ def mark_template(conn: Connection, name: str, *, template: bool = True) -> dict
     with libvirt_errors(f"marking VM {name} as a template"):
         conn.virconn.defineXML(spec.to_xml())
         if template:
-            # refused above if on; kept for a 'virsh autostart' racing us outside kvmgr's lease
+            # refused above if on; kept for a 'virsh autostart' racing us outside kvmgr's lock
             dom.setAutostart(0)  # a template never starts, with the host or otherwise
     return {"name": name, "template": template, "linked_clones": linked_clones(conn, name)}
 

@@ -28,37 +28,26 @@ never the disk a VM runs on.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import secrets
-import subprocess
-import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.connect.uri import is_local
 from kvmgr.errors import (
     AlreadyExists,
-    Busy,
-    InvalidInput,
     InvalidState,
-    KvmgrError,
     NotFound,
-    OperationFailed,
     Unsupported,
     libvirt_errors,
     translate,
 )
 from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.services import vms
-from kvmgr.services.storage import delete_volume_by_path, find_volume_by_path
+from kvmgr.services.steps import Steps, owned_steps, recovery_action
 from kvmgr.xml.domain import Disk, Domain
-from kvmgr.xml.snapshot import Snapshot, SnapshotDisk
-from kvmgr.xml.storage import StorageVolume
+from kvmgr.xml.snapshot import Snapshot
 
 INTERNAL = "internal"
 EXTERNAL = "external"
@@ -248,26 +237,6 @@ def _existing_kind(dom: libvirt.virDomain) -> str | None:
 
 
 # ============================================================================ metadata
-def _update_owned(
-    dom: libvirt.virDomain,
-    *,
-    add: Sequence[str] = (),
-    remove: Sequence[str] = (),
-) -> None:
-    """Record overlays kvmgr made for (or removed from) the VM in its kvmgr metadata.
-
-    The persistent definition is what ``vms.delete`` reads, so that is what is updated.
-    """
-    spec = vms.definition(dom, inactive=True)
-    meta = spec.kvmgr_metadata(create=True)
-    assert meta is not None
-    owned = [path for path in meta.owned_volumes if path not in remove]
-    owned += [path for path in add if path not in owned]
-    meta.owned_volumes = owned
-    with libvirt_errors(f"recording the volumes of VM {dom.name()}"):
-        dom.connect().defineXML(spec.to_xml())
-
-
 def owned_volumes(dom: libvirt.virDomain) -> list[str]:
     meta = vms.definition(dom, inactive=True).kvmgr_metadata()
     return [] if meta is None else meta.owned_volumes
@@ -282,8 +251,13 @@ def create_snapshot(
     description: str | None = None,
     live: bool = False,
     disk_only: bool = False,
+    steps: Steps | None = None,
 ) -> SnapshotInfo:
-    """Take snapshot ``name`` of ``vm`` (see the module doc for how the kind is chosen)."""
+    """Take snapshot ``name`` of ``vm`` (see the module doc for how the kind is chosen).
+
+    ``steps`` journals it: an internal snapshot is undone (``snapshot.delete``) if the operation
+    does not finish; an external one is journaled step by step (:mod:`.snapshots_external`).
+    """
     validate_name(name, what="snapshot name")
     dom = vms.lookup(conn, vm)
     running = vms.is_active_state(vms.state_of(dom))
@@ -300,11 +274,14 @@ def create_snapshot(
             hint="take a snapshot of the same kind"
             + (" (drop --disk-only)" if existing == INTERNAL else " (add --disk-only)"),
         )
-    if kind == INTERNAL:
-        _create_internal(dom, name, description)
-    else:
-        _create_external(conn, dom, spec, name, description, running=running)
-    return _info(dom, _lookup_snapshot(dom, name))
+    with owned_steps(conn, steps) as journal:
+        if kind == INTERNAL:
+            _create_internal(dom, name, description, journal)
+        else:
+            from kvmgr.services.snapshots_external import create_external
+
+            create_external(conn, dom, spec, name, description, running=running, journal=journal)
+        return _info(dom, _lookup_snapshot(dom, name))
 
 
 def _snapshot_exists(dom: libvirt.virDomain, name: str) -> bool:
@@ -315,100 +292,44 @@ def _snapshot_exists(dom: libvirt.virDomain, name: str) -> bool:
     return True
 
 
-def _create_internal(dom: libvirt.virDomain, name: str, description: str | None) -> None:
+def _create_internal(
+    dom: libvirt.virDomain, name: str, description: str | None, journal: Steps
+) -> None:
     spec = Snapshot()
     spec.name = name
     spec.description = description
+    with libvirt_errors(f"reading VM {dom.name()}"):
+        uuid = dom.UUIDString()
+    journal.undo_with("snapshot.delete", uuid=uuid, name=name)
+    journal.progress(f"taking snapshot {name} of VM {dom.name()}")
     with libvirt_errors(f"taking snapshot {name} of VM {dom.name()}"):
         dom.snapshotCreateXML(spec.to_xml(), 0)
 
 
-def _create_external(
-    conn: Connection,
-    dom: libvirt.virDomain,
-    spec: Domain,
-    name: str,
-    description: str | None,
-    *,
-    running: bool,
-) -> None:
-    snapshot = Snapshot()
-    snapshot.name = name
-    snapshot.description = description
-    snapshot.memory_snapshot = "no"
-    made: list[str] = []
+@recovery_action("snapshot.delete")
+def undo_internal(conn: Connection, args: dict[str, Any]) -> None:
+    """Undo taking internal snapshot ``name`` of VM ``uuid``: delete it if it exists (with its
+    data inside the qcow2 files; the name was refused while taken, so it is this one)."""
+    dom = vms.by_uuid(conn, str(args["uuid"]))
+    if dom is None:
+        return
     try:
-        for disk in spec.devices.disks:
-            entry = SnapshotDisk()
-            entry.name = disk.target_dev
-            if disk in _writable_disks(spec) and disk.source_path:
-                overlay = _new_overlay(conn, spec.name or name, name, disk)
-                made.append(overlay)
-                entry.snapshot, entry.type = "external", "file"
-                entry.driver_type, entry.source_file = "qcow2", overlay
-            else:
-                entry.snapshot = "no"
-            snapshot.disks.append(entry)
-        if not made:
-            raise InvalidInput(f"VM {dom.name()!r} has no writable disk to snapshot")
-        # Recorded first, so the overlays are the VM's (and deleted with it) from the moment
-        # libvirt puts them under its disks.
-        _update_owned(dom, add=made)
-        flags = (
-            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
-            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT  # kvmgr made the overlays itself
-        )
-        if running:
-            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
-        with libvirt_errors(f"taking disk snapshot {name} of VM {dom.name()}"):
-            dom.snapshotCreateXML(snapshot.to_xml(), flags)
-    except BaseException:
-        with contextlib.suppress(KvmgrError):
-            _update_owned(dom, remove=made)
-        for path in made:
-            with contextlib.suppress(KvmgrError):
-                delete_volume_by_path(conn, path)
-        raise
-
-
-def _new_overlay(conn: Connection, vm: str, label: str, disk: Disk) -> str:
-    """A qcow2 volume backed by ``disk``'s current image, in the same pool, named after the VM."""
-    base = disk.source_path or ""
-    with libvirt_errors(f"looking up the volume behind {base}"):
-        vol = find_volume_by_path(conn, base)
-    if vol is None:
-        raise Unsupported(
-            f"disk {disk.target_dev} ({base}) is not in a libvirt storage pool",
-            hint="kvmgr makes overlays through the storage API; put the image in a pool",
-        )
-    return _overlay_on(vol, f"{vm}.{label}.{disk.target_dev}", disk.driver_type or "raw")
-
-
-def _overlay_on(base: libvirt.virStorageVol, stem: str, base_format: str) -> str:
-    with libvirt_errors(f"reading volume {base.name()}"):
-        pool = base.storagePoolLookupByVolume()
-        pool_name = pool.name()
-        capacity = base.info()[1]
-        taken = set(pool.listVolumes())
-    vol_name = f"{stem}.qcow2"
-    while vol_name in taken:  # a name left by an earlier branch: never reuse someone's file
-        vol_name = f"{stem}-{secrets.token_hex(3)}.qcow2"
-    spec = StorageVolume()
-    spec.name, spec.capacity, spec.capacity_unit, spec.allocation = vol_name, capacity, "bytes", 0
-    spec.target_format = "qcow2"
-    spec.backing_path, spec.backing_format = base.path(), base_format
-    # Not storage.create_volume: its free-space check refreshes the pool, which libvirt refuses
-    # while any other volume of the pool is being built; an overlay needs no room check.
-    with libvirt_errors(f"creating overlay {vol_name} in pool {pool_name}"):
-        return str(pool.createXML(spec.to_xml(), 0).path())
+        snap = _lookup_snapshot(dom, str(args["name"]))
+    except NotFound:
+        return
+    with libvirt_errors(f"deleting snapshot {args['name']} of VM {dom.name()}"):
+        snap.delete(0)
 
 
 # ============================================================================ revert
-def revert_snapshot(conn: Connection, vm: str, name: str, *, force: bool = False) -> SnapshotInfo:
+def revert_snapshot(
+    conn: Connection, vm: str, name: str, *, force: bool = False, steps: Steps | None = None
+) -> SnapshotInfo:
     """Bring ``vm`` back to snapshot ``name``: disks, and memory when the snapshot has it.
 
     The VM ends in the snapshot's state (running for a snapshot with memory, shut off for a disk
-    snapshot).  A running VM loses what it did since, so it needs ``force``.
+    snapshot).  A running VM loses what it did since, so it needs ``force``.  An internal revert
+    is one libvirt call; an external one is journaled in ``steps``.
     """
     dom = vms.lookup(conn, vm)
     _refuse_template(vms.definition(dom, inactive=True), vm, "be reverted")
@@ -424,64 +345,14 @@ def revert_snapshot(conn: Connection, vm: str, name: str, *, force: bool = False
         with libvirt_errors(f"reverting VM {vm} to snapshot {name}"):
             dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE if force else 0)
     else:
+        from kvmgr.services.snapshots_external import revert_external
+
         if running:
             with libvirt_errors(f"powering off VM {vm}"):
                 dom.destroy()
-        _revert_external(conn, dom, snap, model)
+        with owned_steps(conn, steps) as journal:
+            revert_external(conn, dom, model, journal)
     return _info(dom, _lookup_snapshot(dom, name))
-
-
-def _revert_external(
-    conn: Connection, dom: libvirt.virDomain, snap: libvirt.virDomainSnapshot, model: Snapshot
-) -> None:
-    frozen = _frozen_images(model)
-    spec = vms.definition(dom, inactive=True)
-    made: dict[str, str] = {}
-    try:
-        for target, image in frozen.items():
-            with libvirt_errors(f"looking up {image}"):
-                vol = find_volume_by_path(conn, image)
-            if vol is None:
-                raise NotFound(
-                    f"the image {image} holding snapshot {model.name}'s disk {target} is gone",
-                    hint="it was removed outside kvmgr; this snapshot cannot be reverted",
-                )
-            made[target] = _overlay_on(vol, f"{dom.name()}.{model.name}.{target}", _format_of(vol))
-        replaced = _point_disks(spec, made)
-        with libvirt_errors(f"pointing VM {dom.name()} at snapshot {model.name}"):
-            conn.virconn.defineXML(spec.to_xml())
-    except BaseException:
-        for path in made.values():
-            with contextlib.suppress(KvmgrError):
-                delete_volume_by_path(conn, path)
-        raise
-    _update_owned(dom, add=list(made.values()))
-    for disk in model.disks:
-        if disk.name in made:
-            disk.source_file = made[disk.name]  # the overlay a later delete merges
-    _redefine(dom, model, current=True)
-    for old in replaced:
-        _drop_if_unneeded(conn, dom, old)
-
-
-def _format_of(vol: libvirt.virStorageVol) -> str:
-    with libvirt_errors(f"reading volume {vol.name()}"):
-        return StorageVolume.from_xml(vol.XMLDesc(0)).target_format or "raw"
-
-
-def _point_disks(spec: Domain, images: dict[str, str]) -> list[str]:
-    """Point disks (by target) at new qcow2 ``images``; return the images they used before."""
-    replaced = []
-    for disk in spec.devices.disks:
-        if disk.target_dev in images:
-            if disk.source_path:
-                replaced.append(disk.source_path)
-            disk.source_dev = None
-            disk.type = "file"
-            disk.source_file = images[disk.target_dev]
-            disk.driver_type = "qcow2"
-            drop_backing_chain(disk)
-    return replaced
 
 
 def drop_backing_chain(disk: Disk) -> None:
@@ -502,79 +373,21 @@ def _redefine(dom: libvirt.virDomain, model: Snapshot, *, current: bool) -> None
         dom.snapshotCreateXML(model.to_xml(), flags)
 
 
-def _drop_if_unneeded(conn: Connection, dom: libvirt.virDomain, path: str) -> bool:
-    """Delete an image the VM no longer runs on, if it is the VM's own and nothing needs it."""
-    if path not in owned_volumes(dom):
-        return False
-    if path in _all_frozen_images(dom) or _children_of(conn, path) or _vm_users(conn, path):
-        return False
-    delete_volume_by_path(conn, path)
-    _update_owned(dom, remove=[path])
-    return True
-
-
-def _all_frozen_images(dom: libvirt.virDomain) -> set[str]:
-    images: set[str] = set()
-    for snap in _all_snapshots(dom):
-        images.update(_frozen_images(_model(snap)).values())
-    return images
-
-
-def _children_of(conn: Connection, path: str) -> list[str]:
-    """Paths of the volumes (in any active pool) whose backing file is ``path``."""
-    children = []
-    with libvirt_errors("listing storage pools"):
-        pools = conn.virconn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
-    for pool in pools:
-        _refresh(pool)  # qemu-img may have changed backing files behind libvirt's back
-        with contextlib.suppress(libvirt.libvirtError):  # a pool that vanished has no children
-            for vol in pool.listAllVolumes(0):
-                if StorageVolume.from_xml(vol.XMLDesc(0)).backing_path == path:
-                    children.append(vol.path())
-    return children
-
-
-def _refresh(pool: libvirt.virStoragePool, timeout: float = 120.0) -> None:
-    """Re-read a pool; libvirt refuses while a volume is being built there, so wait for that.
-
-    Deciding what may be deleted from a stale listing could remove a needed image, so this
-    raises rather than carrying on.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pool.refresh(0)
-            return
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                return
-            if "asynchronous jobs" not in (err.get_error_message() or ""):
-                raise translate(err, f"refreshing storage pool {pool.name()}") from err
-            if time.monotonic() > deadline:
-                raise Busy(
-                    f"storage pool {pool.name()!r} stays busy building volumes",
-                    hint="try again when the running copies have finished",
-                ) from err
-        time.sleep(0.5)
-
-
-def _vm_users(conn: Connection, path: str, *, besides: str | None = None) -> list[str]:
-    """VMs (other than ``besides``) whose disks are or sit directly on ``path``."""
-    from kvmgr.services.storage import volume_users
-
-    return [
-        user[3:]
-        for user in volume_users(conn).get(path, [])
-        if user.startswith("VM ") and user[3:] != besides
-    ]
-
-
 # ============================================================================ delete
-def delete_snapshot(conn: Connection, vm: str, name: str, *, children: bool = False) -> list[str]:
+def delete_snapshot(
+    conn: Connection,
+    vm: str,
+    name: str,
+    *,
+    children: bool = False,
+    steps: Steps | None = None,
+) -> list[str]:
     """Delete snapshot ``name`` (with ``children``, its whole subtree); return what was deleted.
 
     The VM's current state is kept.  Children of a deleted snapshot stay revertible: libvirt
-    re-parents them, and any merge moves data into images they still reach.
+    re-parents them, and any merge moves data into images they still reach.  An internal delete
+    is one libvirt call; an external one rolls forward from ``steps`` (merges first, the record
+    last: :mod:`.snapshots_external`).
     """
     dom = vms.lookup(conn, vm)
     _refuse_template(vms.definition(dom, inactive=True), vm, "lose snapshots")
@@ -593,9 +406,12 @@ def delete_snapshot(conn: Connection, vm: str, name: str, *, children: bool = Fa
         with libvirt_errors(f"deleting snapshot {name} of VM {vm}"):
             snap.delete(flags)
         return doomed
+    from kvmgr.services.snapshots_external import delete_external
+
     order = _subtree_leaves_first(snap) if children else [name]
-    for victim in order:
-        _delete_external(conn, dom, victim)
+    with owned_steps(conn, steps) as journal:
+        for victim in order:
+            delete_external(conn, dom, victim, journal)
     return order
 
 
@@ -606,185 +422,6 @@ def _subtree_leaves_first(snap: libvirt.virDomainSnapshot) -> list[str]:
     for kid in kids:
         names += _subtree_leaves_first(kid)
     return [*names, snap.getName()]
-
-
-def _delete_external(conn: Connection, dom: libvirt.virDomain, name: str) -> None:
-    snap = _lookup_snapshot(dom, name)
-    model = _model(snap)
-    merges = [
-        (target, image) for target, image in _frozen_images(model).items()
-        if _mergeable(conn, dom, image)
-    ]  # fmt: skip
-    others = {s.getName(): _model(s) for s in _all_snapshots(dom) if s.getName() != name}
-    with libvirt_errors(f"deleting the record of snapshot {name}"):
-        snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-    _restore_children(dom, others)
-    # From here the snapshot is gone; its frozen images are merged where nothing else needs them.
-    for target, image in merges:
-        _merge_down(conn, dom, target, image)
-
-
-def _restore_children(dom: libvirt.virDomain, saved: dict[str, Snapshot]) -> None:
-    """Undo libvirt 9.0's rewrite of re-parented children's records.
-
-    Deleting a snapshot's record copies its disk sources into its children's saved definitions,
-    which would make a child revert to its parent's state.  Each child keeps its own record,
-    with only the new parent libvirt chose.
-    """
-    for snap in _all_snapshots(dom):
-        before = saved.get(snap.getName())
-        now = _model(snap)
-        if before is None or _frozen_images(before) == _frozen_images(now):
-            continue
-        before.parent = now.parent
-        with libvirt_errors(f"reading snapshot {snap.getName()}"):
-            current = bool(snap.isCurrent(0))
-        _redefine(dom, before, current=current)
-
-
-def _mergeable(conn: Connection, dom: libvirt.virDomain, image: str) -> bool:
-    """True when ``image`` is the VM's own, has exactly one overlay, and no other VM uses it."""
-    if image not in owned_volumes(dom):
-        return False  # e.g. a template's disk under a linked clone: never written
-    if len(_children_of(conn, image)) != 1:
-        return False  # branches (or nothing) on it: every branch still needs it as it is
-    return not _vm_users(conn, image, besides=dom.name())
-
-
-def _merge_down(conn: Connection, dom: libvirt.virDomain, target: str, base: str) -> None:
-    """Commit the one overlay on ``base`` into it; re-point everything that used the overlay."""
-    # If the overlay is a later snapshot's state, that state survives: after the commit the base
-    # holds exactly the overlay's content, and the later snapshot's record is re-pointed below.
-    (top,) = _children_of(conn, base)
-    active = _active_chain(dom, target)
-    if top in active:
-        _live_commit(dom, target, base, top, active_top=active[0] == top)
-    else:
-        _qemu_img(conn, ["commit", "-d", "-b", base, top], f"merging {top} into {base}")
-    for child in _children_of(conn, top):
-        # Branches qemu did not re-point.  base now holds exactly what top held, so changing
-        # only the header (unsafe rebase) is exact.
-        _qemu_img(
-            conn,
-            ["rebase", "-u", "-b", base, "-F", _format_of_path(conn, base), child],
-            f"re-basing {child} onto {base}",
-        )
-    delete_volume_by_path(conn, top)
-    _update_owned(dom, remove=[top])
-    _replace_references(conn, dom, top, base)
-
-
-def _active_chain(dom: libvirt.virDomain, target: str) -> list[str]:
-    """The running VM's image chain for ``target``, top first; empty when the VM is off."""
-    with libvirt_errors(f"checking the state of VM {dom.name()}"):
-        if not dom.isActive():
-            return []
-    live = vms.definition(dom)
-    for disk in live.devices.disks:
-        if disk.target_dev == target:
-            paths = [disk.source_path] if disk.source_path else []
-            chain = disk.element.iterfind(".//backingStore/source")
-            paths += [node.get("file") or "" for node in chain]
-            return [p for p in paths if p]
-    return []
-
-
-def _live_commit(
-    dom: libvirt.virDomain, target: str, base: str, top: str, *, active_top: bool
-) -> None:
-    with libvirt_errors(f"merging {top} into {base} (VM {dom.name()} running)"):
-        if active_top:
-            dom.blockCommit(target, base, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
-            _wait_block_job(dom, target, until_ready=True)
-            _pivot(dom, target)
-        else:
-            dom.blockCommit(target, base, top, 0, 0)
-            _wait_block_job(dom, target, until_ready=False)
-
-
-def _pivot(dom: libvirt.virDomain, target: str) -> None:
-    """Switch the disk to the merged image once QEMU reports the active commit ready."""
-    deadline = time.monotonic() + BLOCK_JOB_TIMEOUT
-    while True:
-        try:
-            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-            break
-        except libvirt.libvirtError as err:
-            # "not ready yet" while QEMU still copies; anything else is a real failure
-            if "ready" not in (err.get_error_message() or "") or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    _wait_block_job(dom, target, until_ready=False)
-
-
-def _wait_block_job(dom: libvirt.virDomain, target: str, *, until_ready: bool) -> None:
-    """Wait until the block job on ``target`` is gone, or (active commit) ready to pivot."""
-    deadline = time.monotonic() + BLOCK_JOB_TIMEOUT
-    while time.monotonic() < deadline:
-        job = dom.blockJobInfo(target, 0)
-        if not job:
-            return
-        if until_ready and job.get("end") and job.get("cur") == job.get("end"):
-            return
-        time.sleep(0.1)
-    raise OperationFailed(
-        f"merging the disk {target} of VM {dom.name()} did not finish in {BLOCK_JOB_TIMEOUT:g} s",
-        hint="the block job continues in the background; check 'kvmgr snap list' later",
-    )
-
-
-def _qemu_img(conn: Connection, argv: list[str], doing: str) -> None:
-    """qemu-img for the jobs libvirt has no call for (merging images of a shut-off VM)."""
-    if not is_local(conn.uri) or conn.is_test_driver:
-        raise Unsupported(
-            f"{doing} needs qemu-img on the VM's host, and this connection is remote",
-            hint="run kvmgr on that host, or start the VM so libvirt can merge live",
-        )
-    result = subprocess.run(["qemu-img", *argv], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise OperationFailed(f"{doing} failed: {result.stderr.strip() or result.stdout.strip()}")
-
-
-def _format_of_path(conn: Connection, path: str) -> str:
-    with libvirt_errors(f"looking up {path}"):
-        vol = find_volume_by_path(conn, path)
-    return "qcow2" if vol is None else _format_of(vol)
-
-
-def _replace_references(conn: Connection, dom: libvirt.virDomain, old: str, new: str) -> None:
-    """After ``old`` was merged into ``new``: the VM's disks and snapshot records use ``new``."""
-    spec = vms.definition(dom, inactive=True)
-    changed = False
-    for disk in spec.devices.disks:
-        if disk.source_path == old:
-            disk.source_file = new
-            drop_backing_chain(disk)
-            disk.driver_type = _format_of_path(conn, new)
-            changed = True
-    if changed:
-        with libvirt_errors(f"pointing VM {dom.name()} at {new}"):
-            conn.virconn.defineXML(spec.to_xml())
-    for snap in _all_snapshots(dom):
-        model = _model(snap)
-        touched = _swap_paths(model, old, new)
-        if touched:
-            with libvirt_errors(f"reading snapshot {snap.getName()}"):
-                current = bool(snap.isCurrent(0))
-            _redefine(dom, model, current=current)
-
-
-def _swap_paths(model: Snapshot, old: str, new: str) -> bool:
-    touched = False
-    for disk in model.disks:
-        if disk.source_file == old:
-            disk.source_file, touched = new, True
-    if Snapshot.domain.exists(model):
-        for ddisk in model.domain.devices.disks:
-            if ddisk.source_path == old:
-                ddisk.source_file = new
-                drop_backing_chain(ddisk)
-                touched = True
-    return touched
 
 
 # ============================================================================ for clones

@@ -16,7 +16,9 @@ get :class:`LocalSteps`, which keeps the same records in memory and rolls back i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +29,25 @@ Action = Callable[[Connection, dict[str, Any]], None]
 
 #: Every action a journal may name, by name ("volume.delete", "domain.undefine", ...).
 ACTIONS: dict[str, Action] = {}
+
+#: The service modules that register actions: a process recovering an operation it never saw
+#: imports them all first (an action is registered where the object it works on is managed).
+ACTION_MODULES = (
+    "kvmgr.services.storage",
+    "kvmgr.services.vm_removal",
+    "kvmgr.services.resources",  # (and its resources_disks)
+    "kvmgr.services.snapshots",
+    "kvmgr.services.snapshots_external",
+    "kvmgr.services.backup.backup",
+    "kvmgr.services.backup.restore",
+)
+
+
+def load_actions() -> dict[str, Action]:
+    """Import every module that registers actions; returns :data:`ACTIONS`."""
+    for module in ACTION_MODULES:
+        importlib.import_module(module)
+    return ACTIONS
 
 
 def recovery_action(name: str) -> Callable[[Action], Action]:
@@ -94,20 +115,54 @@ class LocalSteps:
         return run_recovery(conn, self.undo, self.finish)
 
 
+@contextmanager
+def owned_steps(
+    conn: Connection, steps: Steps | None, say: Callable[[str], None] | None = None
+) -> Iterator[Steps]:
+    """The operation's journal: the caller's ``steps``, or (library callers) a :class:`LocalSteps`.
+
+    With the caller's journal the caller finishes or undoes a failed operation (the control
+    plane does, in-process or at recovery).  With the local one this block does it: when the
+    operation fails, what was recorded is finished or undone before the error goes on.
+    """
+    if steps is not None:
+        yield steps
+        return
+    local = LocalSteps(say=say or (lambda _message: None))
+    try:
+        yield local
+    except BaseException as err:
+        problems = local.recover(conn)
+        if problems:
+            from kvmgr.errors import KvmgrError
+
+            if isinstance(err, KvmgrError):
+                err.message += "; cleaning up also failed: " + "; ".join(problems)
+        raise
+
+
 def run_recovery(conn: Connection, undo: list[Record], finish: list[Record]) -> list[str]:
-    """Roll forward through ``finish`` when it is not empty, else back through ``undo``."""
-    from kvmgr.errors import KvmgrError
+    """Roll forward through ``finish`` when it is not empty, else back through ``undo``.
+
+    Every action is tried even when an earlier one failed; the problems are returned.
+    """
+    import libvirt
+
+    from kvmgr.errors import KvmgrError, translate
 
     problems: list[str] = []
     todo = list(finish) if finish else list(reversed(undo))
+    actions = ACTIONS if all(r.action in ACTIONS for r in todo) else load_actions()
     for record in todo:
         try:
-            ACTIONS[record.action](conn, record.args)
+            actions[record.action](conn, record.args)
+        except libvirt.libvirtError as err:
+            problems.append(f"{record.action} {record.args}: {translate(err, record.action)}")
         except (KvmgrError, OSError) as err:
             problems.append(f"{record.action} {record.args}: {err}")
     return problems
 
 
 def _known(action: str) -> None:
-    if action not in ACTIONS:
+    if action not in ACTIONS and action not in load_actions():
         raise RuntimeError(f"recovery action {action!r} is not registered (see services.steps)")

@@ -27,6 +27,7 @@ from kvmgr.errors import (
     translate,
 )
 from kvmgr.names import validate_existing_name, validate_name
+from kvmgr.services.steps import recovery_action
 from kvmgr.units import format_size, parse_size
 from kvmgr.xml.domain import Disk
 from kvmgr.xml.storage import StoragePool, StorageVolume
@@ -181,6 +182,73 @@ def delete_volume_by_path(conn: Connection, path: str) -> bool:
             return False
         vol.delete(0)
     return True
+
+
+def refuse_taken_name(conn: Connection, pool_name: str, name: str) -> None:
+    """Refuse a volume name already taken in ``pool_name``, before an operation records that
+    it will delete a volume of that name: undoing must never remove someone else's volume."""
+    with libvirt_errors(f"looking up storage pool {pool_name}"):
+        try:
+            pool = conn.virconn.storagePoolLookupByName(pool_name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return  # create_volume makes the default pool, or says what is missing
+            raise
+        if pool.isActive() and _volume_exists(pool, name):
+            raise AlreadyExists(f"volume {name!r} already exists in pool {pool_name!r}")
+
+
+def planned_volume_path(conn: Connection, pool_name: str, name: str) -> str:
+    """Where volume ``name`` will be in ``pool_name`` (made now if it is the default pool), known
+    before it exists so an operation can record it as a VM's own first."""
+    pool = ensure_pool(conn, pool_name)
+    with libvirt_errors(f"reading storage pool {pool_name}"):
+        target = StoragePool.from_xml(pool.XMLDesc(0)).target_path
+    if not target:
+        raise Unsupported(f"storage pool {pool_name!r} has no directory for new volumes")
+    refuse_taken_name(conn, pool_name, name)
+    return posixpath.join(target, name)
+
+
+@recovery_action("volume.delete")
+def undo_volume(conn: Connection, args: dict[str, Any]) -> None:
+    """Undo making volume ``name`` in ``pool``: delete it unless it is gone or something uses it.
+
+    The volume may never have been made (killed between the record and the act), and after a
+    crash anything may have happened to it since, so a volume a VM definition names or another
+    volume is backed by is kept: recovery must never remove what someone uses.
+    """
+    pool_name, name = str(args["pool"]), str(args["name"])
+    with libvirt_errors(f"looking up volume {name} in pool {pool_name}"):
+        try:
+            vol = conn.virconn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() in (
+                libvirt.VIR_ERR_NO_STORAGE_POOL,
+                libvirt.VIR_ERR_NO_STORAGE_VOL,
+            ):
+                return
+            raise
+        path = vol.path()
+    users = volume_users(conn).get(path, [])
+    if users:
+        raise InvalidState(
+            f"volume {path} was made by an operation that did not finish, but "
+            f"{', '.join(users)} use(s) it now, so it is kept",
+            hint="delete it by hand if it is not needed",
+        )
+    with libvirt_errors(f"deleting volume {path}"):
+        try:
+            vol.delete(0)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+
+
+def undo_volume_args(pool: libvirt.virStoragePool, name: str) -> dict[str, str]:
+    """The ``volume.delete`` arguments for volume ``name`` about to be made in ``pool``."""
+    with libvirt_errors("reading a storage pool's name"):
+        return {"pool": pool.name(), "name": name}
 
 
 # =================================================================================== pools

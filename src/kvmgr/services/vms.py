@@ -19,6 +19,7 @@ from kvmgr.errors import InvalidInput, InvalidState, NotFound, libvirt_errors, t
 from kvmgr.names import validate_existing_name
 
 if TYPE_CHECKING:  # the XML model (lxml) is imported when a definition is read: 'vm list' never
+    from kvmgr.services.steps import Steps
     from kvmgr.xml.domain import Domain
 
 STATE_NAMES = {
@@ -360,8 +361,22 @@ def force_off(conn: Connection, name: str) -> None:
     dom = lookup(conn, name)
     if not is_active_state(state_of(dom)):
         raise InvalidState(f"VM {name!r} is not running")
-    with libvirt_errors(f"powering off VM {name}"):
+    try:
+        # SIGTERM first, so QEMU can flush what it caches of the disks ...
         dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+    except libvirt.libvirtError as err:
+        # ... but a hung QEMU (stuck in I/O, stopped) ignores SIGTERM, and libvirt gives up after
+        # ~10 s without escalating.  The plain destroy sends SIGTERM and then SIGKILL.
+        with libvirt_errors(f"powering off VM {name}"):
+            if not dom.isActive():
+                return
+            if err.get_error_code() not in (
+                libvirt.VIR_ERR_OPERATION_FAILED,
+                libvirt.VIR_ERR_SYSTEM_ERROR,
+                libvirt.VIR_ERR_OPERATION_TIMEOUT,
+            ):
+                raise
+            dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_DEFAULT)
 
 
 def pause(conn: Connection, name: str) -> None:
@@ -407,35 +422,28 @@ def state(conn: Connection, name: str) -> str:
 
 # ------------------------------------------------------------------------------------ delete
 def delete(
-    conn: Connection, name: str, *, force: bool = False, keep_disks: bool = False
+    conn: Connection,
+    name: str,
+    *,
+    force: bool = False,
+    keep_disks: bool = False,
+    steps: Steps | None = None,
 ) -> list[str]:
-    """Remove a VM; return the paths of the volumes deleted with it.
+    """Remove a VM with the volumes kvmgr made for it (:func:`kvmgr.services.vm_removal.delete`)."""
+    from kvmgr.services import vm_removal
 
-    Only volumes kvmgr recorded as created for this VM are deleted (never an ISO, a disk attached
-    by hand, or a disk another VM still uses or is backed by).  A running VM needs ``force``.
-    Callers serialise it with other work on the VM by holding its lease (kvmgr.control).
-    """
-    return _delete_locked(conn, name, force=force, keep_disks=keep_disks)
+    return vm_removal.delete(conn, name, force=force, keep_disks=keep_disks, steps=steps)
 
 
-def _delete_locked(conn: Connection, name: str, *, force: bool, keep_disks: bool) -> list[str]:
-    dom = lookup(conn, name)
-    if is_active_state(state_of(dom)) and not force:
-        raise InvalidState(
-            f"VM {name!r} is running",
-            hint=f"shut it down first, or use 'kvmgr vm delete {name} --force'",
-        )
-    spec = definition(dom, inactive=True)
-    meta = spec.kvmgr_metadata()
-    owned = [] if keep_disks or meta is None else list(meta.owned_volumes)
-    _refuse_if_others_need(conn, name, owned)
-    if is_active_state(state_of(dom)):
-        with libvirt_errors(f"powering off VM {name}"):
-            dom.destroy()
-    undefine(dom)
-    from kvmgr.services.storage import delete_volume_by_path
-
-    return [path for path in owned if delete_volume_by_path(conn, path)]
+def by_uuid(conn: Connection, uuid: str) -> libvirt.virDomain | None:
+    """The domain with ``uuid``, or None when there is none (journals name VMs by UUID: a VM
+    of the same name made later by someone else is never touched)."""
+    try:
+        return conn.virconn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise translate(err, f"looking up VM {uuid}") from err
 
 
 _UNDEFINE_EVERYTHING = (
