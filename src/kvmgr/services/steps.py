@@ -40,6 +40,7 @@ ACTION_MODULES = (
     "kvmgr.services.snapshots_external",
     "kvmgr.services.backup.backup",
     "kvmgr.services.backup.restore",
+    "kvmgr.services.migration",
 )
 
 
