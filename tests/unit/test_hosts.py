@@ -239,6 +239,11 @@ def test_dead_and_hung_hosts_listed_as_down_within_the_bound(
     assert rows["hung"]["state"] == "down" and "no answer within 1.5 s" in rows["hung"]["error"]
     assert took < bound + 1.0, took
     assert rows["h0"]["seconds"] < bound
+    # asking again while the hung open is still in flight waits for it: no second thread
+    again = {row["name"]: row for row in registry.statuses(registry.all())}
+    assert again["hung"]["state"] == "down"
+    opening = [t for t in threading.enumerate() if t.name == f"open {hung}" and t.is_alive()]
+    assert len(opening) == 1
 
 
 # ------------------------------------------------------------------------------------ bounds

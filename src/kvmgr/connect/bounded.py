@@ -97,9 +97,51 @@ def call_bounded(func: Callable[[], T], timeout: float, what: str) -> T:
     return value  # type: ignore[return-value]  # None only when func returns None
 
 
+class _Attempt:
+    """One ``open`` of a URI in flight, shared by everyone who wants that URI meanwhile."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.conn: Connection | None = None
+        self.error: KvmgrError | None = None
+
+
+_attempts: dict[str, _Attempt] = {}
+_attempts_lock = threading.Lock()
+
+
+def _open_into(uri: str, attempt: _Attempt) -> None:
+    attempt.conn, attempt.error = _run(lambda: open_connection(uri))
+    attempt.done.set()
+
+
 def open_bounded(uri: str, timeout: float) -> Connection:
-    """Open ``uri`` within ``timeout`` seconds and turn libvirt's keepalive on."""
-    conn = call_bounded(lambda: open_connection(uri), timeout, f"connecting to {uri}")
+    """Open ``uri`` within ``timeout`` seconds and turn libvirt's keepalive on.
+
+    While an open of ``uri`` is in flight (a hung host), later callers wait for that same open
+    rather than start another: a dashboard polling a dead host holds one thread, not one more
+    per request.
+    """
+    with _attempts_lock:
+        attempt = _attempts.get(uri)
+        if attempt is None or (attempt.done.is_set() and attempt.conn is None):
+            attempt = _Attempt()  # none, or a failed one: try again
+            _attempts[uri] = attempt
+            threading.Thread(
+                target=_open_into, args=(uri, attempt), daemon=True, name=f"open {uri}"
+            ).start()
+    if not attempt.done.wait(timeout):
+        raise TimedOut(
+            f"connecting to {uri}: no answer within {timeout:g} s",
+            hint=f"is the host up and its libvirtd reachable? ({TIMEOUT_ENV} sets the bound)",
+        )
+    with _attempts_lock:
+        if _attempts.get(uri) is attempt:
+            del _attempts[uri]
+    if attempt.error is not None:
+        raise attempt.error
+    conn = attempt.conn
+    assert conn is not None  # done, and no error
     # drivers without a remote protocol (test:///, local embedded) have no keepalive
     with contextlib.suppress(libvirt.libvirtError):
         conn.virconn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
