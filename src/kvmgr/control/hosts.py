@@ -43,6 +43,7 @@ from kvmgr.connect import Connection, default_uri, is_local, validate_uri
 from kvmgr.connect.bounded import Outcome, fan_out, host_timeout, open_bounded
 from kvmgr.control.host_models import Host
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, libvirt_errors
+from kvmgr.host.memory import node_memory
 from kvmgr.names import validate_name
 from kvmgr.store.db import Store
 from kvmgr.store.models import aware, utcnow
@@ -226,7 +227,7 @@ def host_facts(conn: Connection) -> dict[str, Any]:
     """What ``host list`` shows of a reachable host; a handful of calls, none per VM."""
     with libvirt_errors("reading the host's facts"):
         virconn = conn.virconn
-        _arch, memory_mib, cpus, *_ = virconn.getInfo()
+        _arch, _node_mib, cpus, *_ = virconn.getInfo()
         running = virconn.numOfDomains()
         inactive = virconn.numOfDefinedDomains()
         facts: dict[str, Any] = {
@@ -237,34 +238,11 @@ def host_facts(conn: Connection) -> dict[str, Any]:
             "vms_running": running,
             "vms_defined": running + inactive,  # transient VMs count as defined while they run
         }
-    facts.update(_memory(conn, memory_mib))
+    facts.update(node_memory(conn).as_dict())  # all NUMA nodes (issue 16, item 9)
     choice = conn.domain_type()
     facts["domain_type"] = choice.domain_type
     facts["domain_type_reason"] = choice.reason
     return facts
-
-
-def _memory(conn: Connection, memory_mib: int) -> dict[str, int]:
-    """Bytes: total, free, and available (free + buffers + page cache) where libvirt says.
-
-    The node's memory stats over all cells, not ``getInfo``: on a multi-node host the latter
-    reports one node's memory (issue 16, item 9).  The test driver has no stats: its node info.
-    """
-    try:
-        stats = conn.virconn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
-    except libvirt.libvirtError:
-        stats = {}
-    if "total" in stats and "free" in stats:
-        free = stats["free"] * 1024
-        available = free + (stats.get("buffers", 0) + stats.get("cached", 0)) * 1024
-        return {
-            "memory_total": stats["total"] * 1024,
-            "memory_free": free,
-            "memory_available": available,
-        }
-    with libvirt_errors("reading the host's free memory"):
-        free = int(conn.virconn.getFreeMemory())
-    return {"memory_total": memory_mib * 1024 * 1024, "memory_free": free, "memory_available": free}
 
 
 def kvmgr_vms(conn: Connection) -> list[tuple[str, str]]:

@@ -12,7 +12,8 @@ import libvirt
 
 from kvmgr.connect.connection import Connection, libvirt_version
 from kvmgr.errors import KvmgrError, libvirt_errors
-from kvmgr.units import KIB, MIB, format_size
+from kvmgr.host.memory import node_memory
+from kvmgr.units import KIB, format_size
 from kvmgr.xml.capabilities import Capabilities, DomainCapabilities, Guest
 
 
@@ -20,8 +21,7 @@ def host_info(conn: Connection) -> dict[str, Any]:
     """Host CPU, topology, NUMA cells, memory, hugepages and what guests can be given."""
     with libvirt_errors("reading the host's capabilities"):
         caps = Capabilities.from_xml(conn.virconn.getCapabilities())
-        arch, memory_mib, cpus, mhz, *_ = conn.virconn.getInfo()
-        free = conn.virconn.getFreeMemory()
+        arch, _node_mib, cpus, mhz, *_ = conn.virconn.getInfo()
         hostname = conn.virconn.getHostname()
     choice = conn.domain_type()
     info: dict[str, Any] = {
@@ -38,8 +38,8 @@ def host_info(conn: Connection) -> dict[str, Any]:
         "sockets": caps.cpu.sockets,
         "cores_per_socket": caps.cpu.cores,
         "threads_per_core": caps.cpu.threads,
-        "memory_total": format_size(memory_mib * MIB),
-        "memory_free": format_size(free),
+        # all NUMA nodes' memory, not getInfo's (one node on some hosts): kvmgr.host.memory
+        **{key: format_size(value) for key, value in node_memory(conn).as_dict().items()},
         "numa_cells": _cells(conn, caps),
         "hugepages": _hugepages(caps),
     }

@@ -204,9 +204,11 @@ def _choose_profile(os_id: str, iso_path: str | None) -> OSProfile:
 def _check_resources(
     conn: Connection, memory: int, max_memory: int | None, vcpus: int, max_vcpus: int | None
 ) -> None:
+    from kvmgr.host.memory import node_memory
+
     with libvirt_errors("reading the host's resources"):
-        _model, host_mib, host_cpus, *_rest = conn.virconn.getInfo()
-    host_memory = host_mib * MIB
+        _model, _node_mib, host_cpus, *_rest = conn.virconn.getInfo()
+    host_memory = node_memory(conn).total  # all NUMA nodes: getInfo may report one
     for what, value in (("memory", memory), ("--max-memory", max_memory or memory)):
         if value < _MIN_MEMORY:
             raise InvalidInput(

@@ -111,12 +111,13 @@ def preflight(
     _check_cpu_and_machine(dst, domain, check)
     _check_disks(src, dst, domain, check)
     if live:
-        with libvirt_errors("reading the destination's free memory"):
-            free = int(dst.virconn.getFreeMemory())
+        from kvmgr.host.memory import node_memory
+
+        free = node_memory(dst).available  # all NUMA nodes, page cache counted as available
         if free < memory + MEMORY_MARGIN:
             check.problems.append(
-                f"the destination has {free // MIB} MiB free, the VM needs {memory // MIB} MiB "
-                f"(+{MEMORY_MARGIN // MIB} MiB for QEMU)"
+                f"the destination has {free // MIB} MiB available, the VM needs "
+                f"{memory // MIB} MiB (+{MEMORY_MARGIN // MIB} MiB for QEMU)"
             )
     return check
 

@@ -16,6 +16,7 @@ from lxml import etree
 
 from kvmgr.connect import Connection
 from kvmgr.errors import libvirt_errors
+from kvmgr.host.memory import node_memory
 from kvmgr.names import validate_name
 from kvmgr.services import vms
 
@@ -42,17 +43,8 @@ class HostLoad:
 def host_load(conn: Connection, *, with_groups: bool = False) -> HostLoad:
     with libvirt_errors("reading the host's load"):
         virconn = conn.virconn
-        _arch, memory_mib, cpus, *_ = virconn.getInfo()
-        try:
-            stats = virconn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
-        except libvirt.libvirtError:
-            stats = {}  # the test driver has none: its node info
-        if "total" in stats and "free" in stats:
-            total = int(stats["total"]) * 1024
-            available = (stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)) * 1024
-        else:
-            total = int(memory_mib) * 1024 * 1024
-            available = int(virconn.getFreeMemory())
+        _arch, _node_mib, cpus, *_ = virconn.getInfo()
+        memory = node_memory(conn)  # all NUMA nodes; available = free + page cache
         running = virconn.getAllDomainStats(
             libvirt.VIR_DOMAIN_STATS_VCPU, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
         )
@@ -61,7 +53,7 @@ def host_load(conn: Connection, *, with_groups: bool = False) -> HostLoad:
     if with_groups:
         for vm, group in sorted(groups(conn).items()):
             by_group[group.name] = (*by_group.get(group.name, ()), vm)
-    return HostLoad(int(cpus), total, int(available), vcpus, len(running), by_group)
+    return HostLoad(int(cpus), memory.total, memory.available, vcpus, len(running), by_group)
 
 
 def group_of(dom: libvirt.virDomain) -> Group | None:

@@ -10,15 +10,16 @@ from kvmgr.api.deps import Ctx, Viewer
 from kvmgr.connect import Connection
 from kvmgr.connect.connection import libvirt_version
 from kvmgr.errors import libvirt_errors
+from kvmgr.host.memory import node_memory
 
 router = APIRouter(prefix="/api/v1/host", tags=["host"])
 
 
 def host_info(conn: Connection) -> dict[str, Any]:
     with libvirt_errors("reading the host's facts"):
-        model, memory_mib, cpus, mhz, *_rest = conn.virconn.getInfo()
-        free = conn.virconn.getFreeMemory()
+        model, _node_mib, cpus, mhz, *_rest = conn.virconn.getInfo()
         hostname = conn.virconn.getHostname()
+    memory = node_memory(conn)
     choice = conn.domain_type()
     return {
         "hostname": hostname,
@@ -26,8 +27,9 @@ def host_info(conn: Connection) -> dict[str, Any]:
         "arch": model,
         "cpus": cpus,
         "mhz": mhz,
-        "memory": memory_mib * 1024 * 1024,
-        "free_memory": free,
+        "memory": memory.total,
+        "free_memory": memory.free,
+        "available_memory": memory.available,
         "libvirt": libvirt_version(conn),
         "domain_type": choice.domain_type,
         "domain_type_reason": choice.reason,

@@ -18,6 +18,7 @@ from kvmgr.api.context import AppContext, Unauthorized
 from kvmgr.api.deps import Ctx, current_user, get_ctx
 from kvmgr.connect import Connection
 from kvmgr.errors import libvirt_errors
+from kvmgr.host.memory import node_memory
 
 router = APIRouter(tags=["metrics"])
 
@@ -59,20 +60,23 @@ def label(value: str) -> str:
 
 def render(conn: Connection) -> str:
     with libvirt_errors("reading host and VM statistics"):
-        _model, memory_mib, cpus, *_rest = conn.virconn.getInfo()
-        free = conn.virconn.getFreeMemory()
+        _model, _node_mib, cpus, *_rest = conn.virconn.getInfo()
         cpu = conn.virconn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS, 0)
         records = conn.virconn.getAllDomainStats(_STATS, 0)
+    memory = node_memory(conn)
     lines = [
         "# HELP kvmgr_host_cpus CPUs of the host",
         "# TYPE kvmgr_host_cpus gauge",
         f"kvmgr_host_cpus {cpus}",
         "# HELP kvmgr_host_memory_bytes memory of the host",
         "# TYPE kvmgr_host_memory_bytes gauge",
-        f"kvmgr_host_memory_bytes {memory_mib * 1024 * 1024}",
+        f"kvmgr_host_memory_bytes {memory.total}",
         "# HELP kvmgr_host_memory_free_bytes free memory of the host",
         "# TYPE kvmgr_host_memory_free_bytes gauge",
-        f"kvmgr_host_memory_free_bytes {free}",
+        f"kvmgr_host_memory_free_bytes {memory.free}",
+        "# HELP kvmgr_host_memory_available_bytes free plus page cache: what new VMs can have",
+        "# TYPE kvmgr_host_memory_available_bytes gauge",
+        f"kvmgr_host_memory_available_bytes {memory.available}",
         "# HELP kvmgr_host_cpu_seconds_total host CPU time by mode",
         "# TYPE kvmgr_host_cpu_seconds_total counter",
     ]
