@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from kvmgr.connect import Connection, open_connection
 from kvmgr.control.journal import load_records
 from kvmgr.control.leases import holder_alive, holder_id
-from kvmgr.control.models import Operation, OperationRecord
+from kvmgr.control.models import Lease, Operation, OperationRecord
 from kvmgr.control.plane import ControlPlane, vm_key
 from kvmgr.errors import Busy, NotFound, OperationFailed
 from kvmgr.services.steps import recovery_action
@@ -210,6 +210,16 @@ def test_two_planes_of_one_process_refuse_each_other(plane: ControlPlane) -> Non
     assert worker.leases is not plane.leases
     with plane.lease("vm:local/u1", "reboot"), pytest.raises(Busy, match="reboot by cli:tester"):
         _other_thread(lambda: worker.lease("vm:local/u1", "start").__enter__())
+
+
+def test_renewal_reports_a_lost_lease_only(
+    plane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    with plane.lease("vm:local/u1", "reboot"), plane.lease("vm:local/u2", "start"):
+        with plane.store.session() as session:  # as a takeover after a long stall would
+            session.execute(delete(Lease).where(Lease.key == "vm:local/u1"))
+        plane.leases.renew(["vm:local/u1", "vm:local/u2", "vm:local/released"])
+    assert "lost the leases ['vm:local/u1']" in caplog.text
 
 
 def test_wait_gives_up_after_timeout(plane: ControlPlane) -> None:

@@ -116,7 +116,8 @@ def _statements(dialect: str) -> dict[str, Any]:
         "release": delete(_LEASES).where(c.key.in_(keys), c.holder == mine),
         "renew": update(_LEASES)
         .where(c.key.in_(keys), c.holder == mine)
-        .values(expires=bindparam("b_expires")),
+        .values(expires=bindparam("b_expires"))
+        .returning(c.key),
     }
 
 
@@ -425,14 +426,25 @@ class Leases:
         """Push the expiry of ``keys`` (held by this process) one ttl ahead."""
         expires = utcnow() + timedelta(seconds=self.ttl if ttl is None else ttl)
         params = _params(keys=keys, holder=holder_id(), expires=expires)
+        with self._guard:
+            before = {key: self._held.get(key) for key in keys}
         try:
             with self.lax_transaction() as session:
-                renewed = session.execute(self._sql["renew"], params).rowcount
+                renewed = set(session.execute(self._sql["renew"], params).scalars())
         except OperationFailed as err:
             log.warning("could not renew leases %s: %s", keys, err)
             return
-        if renewed != len(keys):
-            log.error("lost %d of the leases %s (expired unrenewed)", len(keys) - renewed, keys)
+        with self._guard:
+            # A key released (or released and taken again) meanwhile is not lost.
+            lost = [
+                key
+                for key in keys
+                if key not in renewed
+                and before[key] is not None
+                and self._held.get(key) is before[key]
+            ]
+        if lost:
+            log.error("lost the leases %s: they expired before renewal", lost)
 
     @contextlib.contextmanager
     def lax_transaction(self) -> Iterator[Any]:
