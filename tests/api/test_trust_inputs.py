@@ -276,3 +276,30 @@ def test_api_paths_must_be_absolute(as_user: dict[str, As]) -> None:
     """An API client has no working directory: a relative path is a 422, never the server's."""
     refused = _create(as_user["admin"], disks=["path=../../etc/shadow"])
     assert refused.status_code == 422 and "absolute" in refused.json()["error"]
+
+
+# ------------------------------------------------------------------ users through the API
+def test_api_clears_a_group_and_a_new_password_ends_tokens(
+    app: FastAPI, as_user: dict[str, As]
+) -> None:
+    admin = as_user["admin"]
+    made = admin.post(
+        "/api/v1/users",
+        json={"name": "t-api-trust-u", "password": "a long password", "role": "operator",
+              "group": "team-a"},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    try:
+        with app.state.ctx.store.session() as session:
+            token = users.create_token(session, "t-api-trust-u", "script")
+        me = As(admin.client, token)
+        assert me.get("/api/v1/auth/me").json()["group"] == "team-a"
+        cleared = admin.request("PATCH", "/api/v1/users/t-api-trust-u", json={"group": None})
+        assert cleared.status_code == 200 and cleared.json()["group"] is None
+        assert me.get("/api/v1/auth/me").json()["group"] is None  # a group change keeps logins
+        renamed = admin.request("PATCH", "/api/v1/users/t-api-trust-u", json={"role": "operator"})
+        assert renamed.json()["group"] is None  # a PATCH without "group" leaves it
+        admin.request("PATCH", "/api/v1/users/t-api-trust-u", json={"password": "another long one"})
+        assert me.get("/api/v1/auth/me").status_code == 401
+    finally:
+        admin.delete("/api/v1/users/t-api-trust-u")

@@ -312,6 +312,18 @@ def test_users_page_creates_changes_role_deletes_and_audit_says_utc(
                 break
             time.sleep(0.2)
         assert roles.get(USER) == "operator"
+    # A group set and cleared from the page (issue 11 hole 2: groups could not be cleared).
+    for wanted in ("t-web-team", None):
+        row.locator("input.user-group").fill(wanted or "")
+        row.locator("input.user-group").press("Tab")  # "change" fires when the field is left
+        with _api(served) as api:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                groups = {u["name"]: u["group"] for u in api.get("/api/v1/users").json()}
+                if groups.get(USER) == wanted:
+                    break
+                time.sleep(0.2)
+            assert groups.get(USER) == wanted
     me = page.locator("#user-table tbody tr:has(td:first-child:text-is('admin'))")
     expect(me.locator("select.user-role")).to_be_disabled()
     screenshot(page, "web-users")

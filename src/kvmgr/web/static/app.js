@@ -318,6 +318,17 @@ const pages = {
         () => kvmgr.api("PATCH", base(u.name), { role: select.value }), refresh));
       return select;
     };
+    const groupControl = (u) => {
+      // Empty takes the user out of their group: access to the group's objects ends at once.
+      const input = document.createElement("input");
+      input.className = "user-group";
+      input.maxLength = 64;
+      input.placeholder = "no group";
+      input.value = u.group ?? "";
+      input.addEventListener("change", () => kvmgr.attempt(tableError,
+        () => kvmgr.api("PATCH", base(u.name), { group: input.value || null }), refresh));
+      return input;
+    };
     const actions = (u) => {
       if (u.name === me) return "(you)";
       return kvmgr.button("delete…", async () => {
@@ -326,7 +337,7 @@ const pages = {
       }, "danger");
     };
     const refresh = async () => kvmgr.fillTable("user-table", await kvmgr.api("GET", "/api/v1/users"),
-      [(u) => u.name, roleControl, (u) => u.group ?? "–", (u) => kvmgr.utc(u.created), actions]);
+      [(u) => u.name, roleControl, groupControl, (u) => kvmgr.utc(u.created), actions]);
     await refresh();
     document.getElementById("user-form").addEventListener("submit", async (event) => {
       event.preventDefault();
