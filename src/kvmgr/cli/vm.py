@@ -99,11 +99,49 @@ def create(
     graphics: Annotated[str, typer.Option(help="vnc (unix socket only) or none")] = "vnc",
     firmware: Annotated[str, typer.Option(help="bios or uefi")] = "bios",
     start: Annotated[bool, typer.Option("--start/--no-start")] = True,
-    wait: Annotated[str, typer.Option(help="ready (console marker), ip, or none")] = "none",
+    wait: Annotated[
+        str,
+        typer.Option(help="ready (console marker), ip, none; --unattended: installed or ready"),
+    ] = "none",
     wait_timeout: Annotated[float, typer.Option(help="seconds to wait")] = 300.0,
+    unattended: Annotated[
+        bool, typer.Option("--unattended", help="install the ISO's OS with an install script")
+    ] = False,
+    image: Annotated[
+        str | None, typer.Option(help="cloud image from 'kvmgr image list' (instead of --iso)")
+    ] = None,
+    cloud_init: Annotated[
+        bool, typer.Option("--cloud-init", help="attach a cloud-init NoCloud seed (--image)")
+    ] = False,
+    user: Annotated[str | None, typer.Option(help="a user to create (sudo/wheel)")] = None,
+    password_file: Annotated[
+        str | None, typer.Option(help="file whose first line is --user's password")
+    ] = None,
+    root_password_file: Annotated[
+        str | None, typer.Option(help="file whose first line is root's password")
+    ] = None,
+    ssh_key: Annotated[
+        list[str] | None, typer.Option(help="public key file to authorise (repeatable)")
+    ] = None,
+    hostname: Annotated[str | None, typer.Option(help="guest host name (default: VM name)")] = None,
+    timezone: Annotated[str, typer.Option(help="--unattended: time zone")] = "UTC",
+    locale: Annotated[str, typer.Option(help="--unattended: locale")] = "en_US",
+    packages: Annotated[
+        str | None, typer.Option(help="--unattended: extra packages, comma-separated")
+    ] = None,
+    profile: Annotated[str, typer.Option(help="--unattended: minimal or desktop")] = "minimal",
+    script: Annotated[
+        str | None, typer.Option(help="--unattended: your own kickstart/preseed file")
+    ] = None,
+    user_data: Annotated[
+        str | None, typer.Option(help="--cloud-init: your user-data (merged with the options)")
+    ] = None,
+    network_config: Annotated[
+        str | None, typer.Option(help="--cloud-init: network-config v2 (matched to NICs by MAC)")
+    ] = None,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Create a VM from an ISO with defaults that fit its OS; undone completely on failure."""
+    """Create a VM from an ISO (optionally installed unattended) or from a cloud image."""
     from kvmgr.control.authz import check_vm_spec
     from kvmgr.services.create import VMSpec, create_vm, parse_disk_option, parse_network_option
 
@@ -130,6 +168,20 @@ def create(
     if network is not None:
         spec.nics = nics
     check_vm_spec(authz(), spec)  # paths resolved; system files and templates' disks refused
+    if unattended or image:
+        from kvmgr.cli.vm_provision import provision
+
+        options = {
+            "unattended": unattended, "image": image, "cloud_init": cloud_init, "user": user,
+            "password_file": password_file, "root_password_file": root_password_file,
+            "ssh_keys": ssh_key or [], "hostname": hostname, "timezone": timezone,
+            "locale": locale, "packages": packages, "profile": profile, "script": script,
+            "user_data": user_data, "network_config": network_config,
+        }  # fmt: skip
+        with name_lease(name, "create"):
+            data = provision(spec, options)
+        emit_object(data, output)
+        return
     with status(f"creating {name}") as spinner, name_lease(name, "create"):
         result = create_vm(conn(), spec, progress=spinner.update)
     typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)

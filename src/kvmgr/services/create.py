@@ -100,6 +100,8 @@ def create_vm(
         domain = build_domain(
             conn, spec, profile, choice.domain_type, memory, vcpus, iso_path, disks, volumes
         )
+        for customize in spec.customize:
+            customize(domain)
         # kvmgr names the UUID, so the undo record exists before the VM does and names this VM
         # alone (a VM of the same name someone makes after a crash is not this one).
         domain.uuid = str(uuid_module.uuid4())

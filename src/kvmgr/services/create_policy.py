@@ -8,6 +8,7 @@ and the VM from it, with its journal, is :mod:`kvmgr.services.create`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvmgr import __version__
@@ -81,6 +82,9 @@ class VMSpec:
     start: bool = True
     wait: str = "none"
     wait_timeout: float = 300.0
+    #: Edits of the definition before it is defined: direct kernel boot for unattended installs,
+    #: the cloud-init seed (kvmgr.services.installs, kvmgr.services.cloud_vms).
+    customize: list[Callable[[Domain], None]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------ option parsing

@@ -105,6 +105,9 @@ class Disk(XMLObject):
     source_volume = XMLProperty("./source/@volume")
     source_protocol = XMLProperty("./source/@protocol")
     source_name = XMLProperty("./source/@name")
+    source_startup_policy = XMLProperty(
+        "./source/@startupPolicy", doc="optional: start without the file when it is gone"
+    )
     backing_file = XMLProperty("./backingStore/source/@file")
     backing_format = XMLProperty("./backingStore/format/@type")
     target_dev = XMLProperty("./target/@dev")

@@ -15,6 +15,9 @@ while read -r module; do
 done < /etc/kvmgr/modules.order
 echo "KVMGR-BOOTED"
 
+# Installer and cloud-image variants of this guest (kvmgr.images.test_media) hook in here.
+[ -x /etc/kvmgr/media.sh ] && . /etc/kvmgr/media.sh
+
 # No udev here: online vCPUs and memory blocks that libvirt hot-adds, so /proc/cpuinfo and
 # /proc/meminfo follow 'setvcpus' and memory changes.  The balloon driver adjusts MemTotal itself.
 (
@@ -35,7 +38,7 @@ acpid -c /etc/acpi -l /run/acpid.log
 ip link set lo up
 iface=eth0
 [ -e /sys/class/net/$iface ] || iface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
-if [ -n "$iface" ]; then
+if [ -n "$iface" ] && [ ! -e /run/kvmgr-static ]; then
     ip link set "$iface" up
     # Background after the lease so it is renewed; give up waiting (but keep trying) after ~30 s.
     udhcpc -i "$iface" -s /etc/kvmgr/udhcpc.sh -t 30 -T 1 -b >/dev/null 2>&1
