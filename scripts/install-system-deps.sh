@@ -15,13 +15,15 @@
 #   cpio                            the unit tests read the demo initramfs back with GNU cpio
 #   osinfo-db                       OS detection of installation ISOs
 #   ovmf                            UEFI firmware for VMs that ask for it
+#   cloud-init                      the tests validate generated user-data with 'cloud-init schema'
+#                                   (inert on the host: with no datasource, ds-identify disables it)
 #   openssh-server openssh-client openssl  the test lab's hosts (kvmgr/host/lab.py): an sshd per
 #                                   host for qemu+ssh, keys, and the CA and certificates of qemu+tls
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 dnsmasq-base iptables iproute2 xorriso isolinux syslinux-common busybox-static linux-image-amd64
-cpio osinfo-db ovmf python3-venv gcc python3-dev openssh-server openssh-client openssl"
+cpio osinfo-db ovmf python3-venv gcc python3-dev openssh-server openssh-client openssl cloud-init"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: run as root (it installs Debian packages)" >&2
