@@ -64,3 +64,51 @@ def test_cli_relative_paths_are_resolved_and_checked_too(
                             "--no-start", "--graphics", "none")  # fmt: skip
         assert code == 1, (option, output)
         assert "system directory /etc" in output, option
+
+
+DOMAIN = """<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>
+<os><type>hvm</type></os><devices><disk type='file' device='{device}'>
+<source file='{path}'/><target dev='vda' bus='virtio'/></disk></devices></domain>"""
+
+
+@pytest.mark.parametrize("device", ["disk", "cdrom"])
+def test_cli_define_refuses_system_files_in_the_xml(tmp_path: Path, device: str) -> None:
+    link = tmp_path / "disk.img"
+    link.symlink_to("/etc/shadow")
+    for path in ("/etc/shadow", str(link)):
+        xml = tmp_path / "vm.xml"
+        xml.write_text(DOMAIN.format(name="t-cli-trust-def", device=device, path=path))
+        code, output = _run("vm", "define", str(xml))
+        assert code == 1, (path, output)
+        assert "system directory /etc" in output
+    assert "t-cli-trust-def" not in _run("vm", "list")[1]
+
+
+def test_cli_edit_keeps_a_templates_own_disks_but_refuses_new_system_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import libvirt
+
+    from kvmgr.connect import open_connection
+    from kvmgr.services import clones
+
+    name, own = "t-cli-trust-edit", "/default-pool/t-cli-trust-own.img"
+    conn = libvirt.open(URI)
+    conn.defineXML(DOMAIN.format(name=name, device="disk", path=own))
+    try:
+        with open_connection(URI) as kconn:
+            clones.mark_template(kconn, name)  # its disk may be attached nowhere else
+        code, output = _run("vm", "disk", "add", "test", "--path", own)
+        assert code == 1 and "template" in output, output
+        editor = tmp_path / "editor.sh"
+        monkeypatch.setenv("EDITOR", str(editor))
+        editor.write_text(f"#!/bin/sh\nsed -i 's|{own}|/etc/shadow|' \"$1\"\n")
+        editor.chmod(0o755)
+        code, output = _run("vm", "edit", name)
+        assert code == 1 and "system directory /etc" in output, output
+        editor.write_text("#!/bin/sh\nsed -i 's|</name>|</name><title>t</title>|' \"$1\"\n")
+        code, output = _run("vm", "edit", name)  # the template's own disk stays in it
+        assert code == 0 and "definition changed" in output, output
+    finally:
+        conn.lookupByName(name).undefine()
+        conn.close()

@@ -237,9 +237,11 @@ def define_cmd(
     file: Annotated[Path, typer.Argument(help="domain XML file ('-' for stdin)")],
 ) -> None:
     """Import a VM definition after validating it against libvirt's schema."""
-    from kvmgr.services.definitions import define_vm
+    from kvmgr.control.authz import check_definition
+    from kvmgr.services.definitions import check_document, define_vm
 
     text = sys.stdin.read() if str(file) == "-" else _read_file(file)
+    check_definition(authz(), check_document(text))  # its files resolved and checked
     result = define_vm(conn(), text)
     console.print(f"{result.name}: defined ({result.uuid})", highlight=False)
 
@@ -256,9 +258,11 @@ def edit_cmd(name: NameArg) -> None:
     """Edit the VM's definition in $EDITOR; an invalid result is refused, the old one kept."""
     import click  # only the editor command needs it
 
-    from kvmgr.services.definitions import editable_xml, replace_definition
+    from kvmgr.control.authz import check_definition, disk_paths
+    from kvmgr.services.definitions import check_document, editable_xml, replace_definition
 
     text = editable_xml(conn(), name)
+    current = disk_paths(check_document(text))
     while True:
         try:
             edited = click.edit(text, extension=".xml", require_save=True)
@@ -271,6 +275,7 @@ def edit_cmd(name: NameArg) -> None:
             console.print(f"{name}: unchanged")
             return
         try:
+            check_definition(authz(), check_document(edited), keep=current)
             with vm_lease(name, "edit"):
                 result = replace_definition(conn(), name, edited)
         except InvalidInput as err:

@@ -43,6 +43,7 @@ from kvmgr.store.db import Store
 from kvmgr.store.models import Role, User
 from kvmgr.store.ownership import LOCAL_HOST, ObjectOwner
 from kvmgr.store.users import Principal
+from kvmgr.xml.domain import Domain
 
 #: Directories no pool may sit in or above, and no host-path disk or ISO may come from.
 #: kvmgr's own state dir holds the database and the secret key; /run and /dev hold sockets and
@@ -228,10 +229,10 @@ class Authz:
     def disk(self, path: str) -> Resolved:
         """An existing disk named by path: checked, resolved."""
         resolved = self.resolve(path, what="disk path")
+        self._writable_volume(resolved)
         vol = find_volume_by_path(self.conn, resolved)
         if vol is None:
             return Resolved(self._host_path(path, resolved, what="disk"), volume=False)
-        self._writable_volume(resolved)
         if self.admin:
             return Resolved(resolved, volume=True)
         with libvirt_errors(f"reading volume {resolved}"):
@@ -406,6 +407,25 @@ def _is_block_device(path: str) -> bool:
 def state_dirs(*dirs: Path | str | None) -> tuple[str, ...]:
     """Resolved kvmgr state directories to protect beside /var/lib/kvmgr."""
     return tuple(os.path.realpath(str(d)) for d in dirs if d)
+
+
+def check_definition(authz: Authz, domain: Domain, *, keep: Iterable[str] = ()) -> None:
+    """Authorise the disk and CD-ROM files a whole domain definition names (``vm define``,
+    ``vm edit``), except ``keep``: the paths the VM's current definition already has (a
+    template's own disks stay editable in it)."""
+    kept = set(keep)
+    for disk in domain.devices.disks:
+        for path in (disk.source_file, disk.source_dev):
+            if not path or path in kept:
+                continue
+            if disk.device == "cdrom":
+                authz.iso(path)
+            else:
+                authz.disk(path)
+
+
+def disk_paths(domain: Domain) -> list[str]:
+    return [p for disk in domain.devices.disks for p in (disk.source_file, disk.source_dev) if p]
 
 
 def check_vm_spec(authz: Authz, spec: VMSpec) -> list[str]:
