@@ -15,6 +15,7 @@ from bench import (
     inventory,
     provision,
     snapshot,
+    tasks,
     vmstats,
 )
 from bench.core import Context, Line
@@ -27,6 +28,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("stats", vmstats.run),
     ("rest", api.run_rest),
     ("cli-startup", cli_startup.run),
+    ("tasks", tasks.run),
     ("provision", provision.run),
     ("snapshot", snapshot.run),
     ("control", control.run),

@@ -22,11 +22,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kvmgr.api.app import create_app
-from kvmgr.control import ownership
+from kvmgr.control import ownership, tasks
+from kvmgr.control.worker import Worker
 from kvmgr.store import audit, users
 from kvmgr.store.db import Store
 from kvmgr.store.models import Role
-from kvmgr.store.tasks import TaskRunner, get_task
 from tests.api.conftest import make_settings
 
 pytestmark = pytest.mark.postgres
@@ -93,21 +93,25 @@ def test_users_tokens_and_sessions(pg_url: str) -> None:
         store.dispose()
 
 
-def test_tasks_survive_in_postgres(pg_url: str) -> None:
+def test_tasks_run_from_postgres(pg_url: str) -> None:
     store = Store(pg_url)
-    runner = TaskRunner(store)
+    worker = Worker(store, lambda _host: pytest.fail("a noop task needs no host"), poll=0.05)
     try:
-        task = runner.submit("vm.create", "t-api-pg", "pg-admin", lambda report: {"ok": True})
+        with store.session() as session:
+            owner = users.principal_for_token(session, users.create_token(session, "pg-admin", "t"))
+        assert owner is not None
+        task = tasks.submit(store, "noop", {}, owner=owner, target="t-api-pg")
+        worker.start()
         deadline = time.monotonic() + 10
         while True:
             with store.session() as session:
-                state = get_task(session, task["id"]).state
+                state = tasks.get_task(session, owner, task["id"]).state
             if state == "done" or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert state == "done"
     finally:
-        runner.shutdown()
+        worker.stop()
         store.dispose()
 
 

@@ -6,16 +6,16 @@ fail the audit write and turn a 403 into a 500 (issue 11, hole 5).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
+from kvmgr.control import tasks
 from kvmgr.store import audit
 from kvmgr.store.clip import ELLIPSIS, clip, column_length
 from kvmgr.store.db import Store
-from kvmgr.store.models import AuditEntry, Task
-from kvmgr.store.tasks import TaskRunner, get_task
+from kvmgr.store.models import AuditEntry, Role, Task
+from kvmgr.store.users import Principal
 from tests.api.test_postgres import pg_url
 
 __all__ = ["pg_url"]  # the module-scoped PostgreSQL fixture, reused
@@ -24,31 +24,22 @@ LONG = "x" * 500
 
 
 def _write_and_read(store: Store) -> tuple[AuditEntry, Task]:
-    runner = TaskRunner(store)
-    try:
-        with store.session() as session:
-            audit.record(session, user=LONG, action=LONG, target=LONG, result="denied", source=LONG)
-        task = runner.submit(LONG, LONG, LONG, lambda report: {"ok": True})
-        deadline = time.monotonic() + 10
-        while True:
-            with store.session() as session:
-                row = get_task(session, task["id"])
-                session.expunge(row)
-            if row.state == "done" or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        with store.session() as session:
-            entry = audit.entries(session, limit=1)[0]
-            session.expunge(entry)
-        return entry, row
-    finally:
-        runner.shutdown()
+    with store.session() as session:
+        audit.record(session, user=LONG, action=LONG, target=LONG, result="denied", source=LONG)
+    owner = Principal(id=1, name=LONG, role=Role.admin, group=None)
+    task = tasks.submit(store, "noop", {}, owner=owner, target=LONG, host=LONG)
+    with store.session() as session:
+        row = tasks.get_task(session, owner, task["id"])
+        session.expunge(row)
+        entry = audit.entries(session, limit=1)[0]
+        session.expunge(entry)
+    return entry, row
 
 
 def _assert_clipped(entry: AuditEntry, task: Task) -> None:
     for model, row, names in (
         (AuditEntry, entry, ("user", "action", "target", "source")),
-        (Task, task, ("kind", "target", "owner")),
+        (Task, task, ("target", "owner", "host")),
     ):
         for name in names:
             length = column_length(model, name)
@@ -57,7 +48,7 @@ def _assert_clipped(entry: AuditEntry, task: Task) -> None:
             assert len(value) == length, (model.__name__, name)
             assert value == "x" * (length - 1) + ELLIPSIS
     assert entry.result == "denied"
-    assert task.state == "done"
+    assert task.state == "queued"
 
 
 def test_clip_keeps_short_values_and_unbounded_columns() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -26,13 +27,13 @@ def test_revisions_create_exactly_the_models(tmp_path: Path) -> None:
 def test_database_from_before_alembic_is_stamped_then_upgraded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = create_engine(url)
+    # A pre-Alembic kvmgr made every baseline table; later revisions alter some of them.
     with old.begin() as connection:
+        command.upgrade(migrate._config(connection), migrate.BASELINE)
+        connection.exec_driver_sql("DROP TABLE alembic_version")
         connection.exec_driver_sql(
-            "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(64), password_hash "
-            'VARCHAR(255), role VARCHAR(16), "group" VARCHAR(64), created DATETIME)'
-        )
-        connection.exec_driver_sql(
-            "INSERT INTO users (name, password_hash, role) VALUES ('ann', 'x', 'admin')"
+            "INSERT INTO users (name, password_hash, role, created) "
+            "VALUES ('ann', 'x', 'admin', '2026-01-01 00:00:00')"
         )
     old.dispose()
     store = Store(url)

@@ -1,7 +1,8 @@
 """What the API process holds for its lifetime: settings, the store, the control plane, the libvirt
-connection, the task runner, the event bus, console tokens and the login limiter; plus
-:meth:`AppContext.act`, the one door every mutating request goes through (permission on the
-object, the VM's lease, the work, the audit row).
+connection, the worker that runs queued tasks (unless ``--no-worker``), the event bus fed from
+the database, console tokens and the login limiter; plus :meth:`AppContext.act`, the one door
+every mutating request goes through (permission on the object, the VM's lease, the work, the
+audit row), and :meth:`AppContext.submit`, the door of long operations (a task in the queue).
 """
 
 from __future__ import annotations
@@ -11,21 +12,22 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
-from kvmgr.api.events import EventBus, LifecycleEvents, StatsPublisher
+from kvmgr.api.events import DatabaseEvents, EventBus, LifecycleEvents, StatsPublisher
 from kvmgr.api.security import ConsoleTokens, LoginLimiter
 from kvmgr.api.settings import Settings
 from kvmgr.connect import Connection, open_connection
+from kvmgr.control import tasks
 from kvmgr.control.authz import Authz, state_dirs
 from kvmgr.control.plane import ControlPlane, vm_name_key
+from kvmgr.control.worker import Worker
 from kvmgr.errors import Forbidden, KvmgrError
 from kvmgr.services import vms
 from kvmgr.store import audit
 from kvmgr.store.db import Store
-from kvmgr.store.tasks import TaskRunner
 from kvmgr.store.users import Principal
 
 if TYPE_CHECKING:
@@ -58,7 +60,8 @@ class AppContext:
         #: Acts as "api"; each request acts as its user (:meth:`plane_for`).
         self.plane = ControlPlane(self.store, "api", lambda _host: self.conn())
         self.bus = EventBus()
-        self.runner = TaskRunner(self.store, listener=self._task_changed)
+        self.feed = DatabaseEvents(self.store, self.bus)
+        self.worker: Worker | None = None
         self.console_tokens = ConsoleTokens(settings.console_token_seconds, settings.secret_key)
         self.limiter = LoginLimiter(
             settings.login_attempts, settings.login_window, settings.login_address_attempts
@@ -73,9 +76,16 @@ class AppContext:
     def start(self) -> None:
         for outcome in self.plane.recover():
             log.warning("recovered: %s", outcome.line())
-        interrupted = self.runner.mark_interrupted()
-        if interrupted:
-            log.warning("%d task(s) of a previous run marked interrupted", interrupted)
+        tasks.load_kinds()
+        self.feed.start()
+        if self.settings.worker:
+            self.worker = Worker(
+                self.store,
+                self.host_conn,
+                concurrency=self.settings.worker_threads,
+                state_dir=self.settings.state_dir,
+            )
+            self.worker.start()
         if self.settings.stats_interval > 0:
             self.stats.start()
         if self.settings.events:
@@ -91,7 +101,10 @@ class AppContext:
         self.stats.stop()
         if self._events is not None:
             self._events.stop()
-        self.runner.shutdown()
+        if self.worker is not None:
+            self.worker.stop(grace=self.settings.worker_grace)
+            self.worker = None
+        self.feed.stop()
         with self._conn_lock:
             if self._conn is not None:
                 self._conn.close()
@@ -125,6 +138,29 @@ class AppContext:
             if self._conn is None:
                 self._conn = open_connection(self.settings.uri)
             return self._conn
+
+    def host_conn(self, host: str) -> Connection:
+        """The connection of ``host`` for tasks: this server's own host shares :meth:`conn`,
+        others come from the host registry."""
+        if host == self.own_host():
+            token = REQUEST_HOST.set(None)  # a worker thread has no request: the server's own
+            try:
+                return self.conn()
+            finally:
+                REQUEST_HOST.reset(token)
+        return self.hosts.connect(host)
+
+    # ---------------------------------------------------------------- tasks
+    def submit(
+        self, who: Principal, kind: str, params: dict[str, Any], target: str
+    ) -> dict[str, Any]:
+        """Queue a task for any worker; the audit row of its outcome is the worker's."""
+        task = tasks.submit(
+            self.store, kind, params, owner=who, target=target, host=self.host_name()
+        )
+        if self.worker is not None:
+            self.worker.wake()
+        return task
 
     # ---------------------------------------------------------------- control plane
     def host_name(self) -> str:
@@ -232,9 +268,6 @@ class AppContext:
                 return work(conn)
 
         return self.audited(who, action, target, on_libvirt)
-
-    def _task_changed(self, snapshot: dict[str, object]) -> None:
-        self.bus.publish({"type": "task", "task": snapshot})
 
 
 def _alive(conn: Connection) -> bool:

@@ -2,6 +2,10 @@
 updates, fanned out to every subscribed client; and the VMs' CPU and memory, sampled once per
 interval for all clients (:class:`StatsPublisher`).
 
+Task updates (and lifecycle events written by the workers that own each host's event connection)
+come from the database's events table (:class:`DatabaseEvents`), so every API replica streams
+what every worker did.  Each client gets only what it may see (kvmgr.control.events).
+
 libvirt delivers events only to a process that runs an event loop implementation: we register
 libvirt's default one and run it in a daemon thread, on a connection of its own.  Callbacks come
 in on that thread; :class:`EventBus` hops them onto the asyncio loop of each subscriber.
@@ -21,9 +25,12 @@ import libvirt
 
 from kvmgr.connect import Connection, open_connection
 from kvmgr.connect.events import ensure_event_loop
+from kvmgr.control import events as events_store
+from kvmgr.control.ownership import LOCAL_HOST, owners_of_kind
 from kvmgr.errors import KvmgrError, libvirt_errors
 from kvmgr.services import stats
 from kvmgr.services.stats import StatsSample
+from kvmgr.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,58 @@ def _offer(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
         with contextlib.suppress(asyncio.QueueEmpty):
             queue.get_nowait()
     queue.put_nowait(event)
+
+
+class DatabaseEvents:
+    """Publishes on ``bus`` the rows other processes (and this one) add to the events table.
+
+    It also keeps the VM owner rows fresh, which the event stream's visibility rule reads for
+    every event without a query of its own.
+    """
+
+    def __init__(self, store: Store, bus: EventBus, interval: float = 0.25) -> None:
+        self._store = store
+        self._bus = bus
+        self.interval = interval
+        self.owners: events_store.VMOwners = {}
+        self._hosts = {LOCAL_HOST}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._store.session() as session:
+            cursor = events_store.Cursor(last=events_store.newest_id(session))
+        self._refresh_owners()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(cursor,), name="kvmgr-event-feed", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 5)
+            self._thread = None
+
+    def _run(self, cursor: events_store.Cursor) -> None:
+        refreshed = time.monotonic()
+        while not self._stop.wait(self.interval):
+            try:
+                with self._store.session() as session:
+                    fresh = cursor.read(session)
+                self._hosts.update(str(event["host"]) for event in fresh if event.get("host"))
+                if fresh or time.monotonic() - refreshed > 2:
+                    self._refresh_owners()
+                    refreshed = time.monotonic()
+            except Exception:  # a database blip: the next round reads from the same cursor
+                log.exception("reading the events table failed")
+                continue
+            for event in fresh:
+                self._bus.publish(event)
+
+    def _refresh_owners(self) -> None:
+        self.owners = {host: owners_of_kind(self._store, "vm", host=host) for host in self._hosts}
 
 
 class LifecycleEvents:

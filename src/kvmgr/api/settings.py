@@ -54,12 +54,22 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
     #: Subscribe to libvirt's lifecycle events (off in unit tests that open many apps).
     events: bool = True
+    #: Run a task worker inside the server (``kvmgr serve --no-worker``: API only).
+    worker: bool = True
+    worker_threads: int = Field(default=2, ge=1, le=64)
+    #: Seconds a stopping server waits for running tasks before leaving them to recovery.
+    worker_grace: float = 30.0
 
     @property
     def database_url(self) -> str:
         # A directory of its own: the state dir also holds the ISO pool, which QEMU must be able
         # to traverse, so only the database's directory can be closed to everyone but us (0700).
-        return self.db_url or f"sqlite:///{self.state_dir / 'db' / 'kvmgr.db'}"
+        # KVMGR_DATABASE_URL is the name the fleet documentation uses; KVMGR_DB_URL came first.
+        return (
+            self.db_url
+            or os.environ.get("KVMGR_DATABASE_URL")
+            or f"sqlite:///{self.state_dir / 'db' / 'kvmgr.db'}"
+        )
 
     @property
     def proxies(self) -> list[str]:

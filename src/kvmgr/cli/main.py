@@ -77,6 +77,7 @@ _GROUPS = [
     ("kvmgr.cli.user", "user", "Users and roles of the REST API and web UI."),
     ("kvmgr.cli.serve", "serve", "Run the REST API and web UI."),
     ("kvmgr.cli.ops", "ops", "Journaled operations: list them, recover what crashed ones left."),
+    ("kvmgr.cli.worker", "worker", "Run queued tasks (several workers may share one database)."),
 ]
 
 

@@ -34,6 +34,12 @@ def serve(
             "client (repeat for several); nobody else's header is believed",
         ),
     ] = None,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker", help="also run queued tasks here (--no-worker: API only)"
+        ),
+    ] = True,
 ) -> None:
     """Run the REST API (/api/v1, docs at /api/docs) and the web UI."""
     import uvicorn
@@ -42,7 +48,7 @@ def serve(
     from kvmgr.api.security import install_log_redaction
     from kvmgr.api.settings import Settings, check_serving, split_listen
 
-    overrides: dict[str, object] = {"listen": listen, "insecure": insecure}
+    overrides: dict[str, object] = {"listen": listen, "insecure": insecure, "worker": worker}
     if tls_cert is not None:
         overrides["tls_cert"] = tls_cert
     if tls_key is not None:

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection, default_uri, is_local, validate_uri
@@ -325,10 +326,17 @@ class HostRegistry:
         found = self.by_uri(uri)
         if found is not None:
             return found
-        with self.store.session() as session:
-            taken = session.scalars(select(Host.name)).all()
-            chosen = name if name and name not in taken else derived_name(uri, taken)
-            session.add(Host(name=chosen, uri=uri, labels={}))
+        try:
+            with self.store.session() as session:
+                taken = session.scalars(select(Host.name)).all()
+                chosen = name if name and name not in taken else derived_name(uri, taken)
+                session.add(Host(name=chosen, uri=uri, labels={}))
+        except IntegrityError:
+            # Another process (an API replica, a CLI) registered it at the same moment.
+            found = self.by_uri(uri)
+            if found is None:
+                raise
+            return found
         return self.by_uri(uri) or self.get(chosen)
 
     # ---------------------------------------------------------------- changing

@@ -1,5 +1,5 @@
 """SQLAlchemy models of the store.  Plain tables, no policy: the rules live in kvmgr.store.users,
-kvmgr.store.audit and kvmgr.store.tasks."""
+kvmgr.store.audit and kvmgr.control.tasks."""
 
 from __future__ import annotations
 
@@ -99,18 +99,28 @@ class AuditEntry(Base):
 
 
 class Task(Base):
-    """A long operation (create, clone, snapshot): its progress and result survive a reload."""
+    """A long operation (create, clone, snapshot) queued for a worker (kvmgr.control.tasks): a
+    registered kind with JSON params; its progress and result survive a reload and a restart."""
 
     __tablename__ = "tasks"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(200))
-    owner: Mapped[str] = mapped_column(String(64), index=True)
-    state: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed | interrupted
+    owner: Mapped[str] = mapped_column(String(64), index=True)  # the name, for display
+    #: Who submitted it, by user id: visibility is decided on this, never on the reusable name.
+    owner_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    # queued | running | done | failed | interrupted | cancelled
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    params: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    host: Mapped[str | None] = mapped_column(String(64), default=None)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), default=None)  # a worker id
+    heartbeat: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     progress: Mapped[int] = mapped_column(Integer, default=0)  # percent
     message: Mapped[str] = mapped_column(Text, default="")
     result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    started: Mapped[datetime | None] = mapped_column(default=None)
     finished: Mapped[datetime | None] = mapped_column(default=None)

@@ -15,6 +15,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "kvmgr.control.backup_models",
     "kvmgr.store.ownership",
     "kvmgr.control.host_models",
+    "kvmgr.control.event_models",
 )
 
 

@@ -12,7 +12,6 @@ from kvmgr.api.deps import Admin, Ctx, Viewer
 from kvmgr.errors import KvmgrError
 from kvmgr.names import validate_name
 from kvmgr.services import isos as iso_service
-from kvmgr.store.tasks import Outcome, Report
 
 router = APIRouter(prefix="/api/v1/isos", tags=["isos"])
 
@@ -59,19 +58,8 @@ def import_iso(body: IsoImport, who: Admin, ctx: Ctx) -> dict[str, Any]:
         _check_name(body.name)
         return ctx.authz(ctx.conn(), who).import_source(body.path)
 
-    source = ctx.audited(who, "iso.import.request", label, check)
-
-    def work(report: Report) -> dict[str, Any]:
-        def progress(done: int, total: int) -> None:
-            report(f"uploaded {done} of {total} bytes", done * 100 // total if total else None)
-
-        info = iso_service.import_iso(ctx.conn(), source, body.name, progress=progress)
-        return asdict(info)
-
-    def done(outcome: Outcome) -> None:
-        ctx.audit(who, "iso.import", label, "ok" if outcome.ok else "error", outcome.error or "")
-
-    return ctx.runner.submit("iso.import", label, who.name, work, done)
+    ctx.audited(who, "iso.import.request", label, check)
+    return ctx.submit(who, "iso.import", body.model_dump(), label)
 
 
 @router.delete("/{name}", summary="Delete an imported ISO (refused while a VM uses it)")

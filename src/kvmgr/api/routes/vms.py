@@ -13,14 +13,11 @@ from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator, Viewer
 from kvmgr.api.memory import after_big_answer as release_after_big_answer
 from kvmgr.connect import Connection
-from kvmgr.control import ownership
+from kvmgr.control import ownership, task_kinds
 from kvmgr.control.authz import check_vm_spec
 from kvmgr.errors import InvalidInput
-from kvmgr.names import validate_name
-from kvmgr.services import create as create_service
 from kvmgr.services import resources as resources_service
 from kvmgr.services import vms as vms_service
-from kvmgr.store.tasks import Outcome, Report
 from kvmgr.store.users import Principal
 from kvmgr.units import parse_size
 
@@ -161,57 +158,17 @@ def vm_resources(name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- create
-def _spec(body: VMCreate) -> create_service.VMSpec:
-    validate_name(body.name, what="VM name")
-    disks = [create_service.parse_disk_option(text) for text in body.disks if text != "default"]
-    nics = [create_service.parse_network_option(text) for text in body.networks]
-    spec = create_service.VMSpec(
-        name=body.name,
-        iso=body.iso,
-        os=body.os,
-        memory=parse_size(body.memory, what="memory", default_unit="M") if body.memory else None,
-        vcpus=body.vcpus,
-        nics=[nic for nic in nics if nic is not None],
-        graphics=body.graphics,
-        firmware=body.firmware,
-        start=body.start,
-        wait=body.wait,
-    )
-    if "default" not in body.disks:
-        spec.disks = [disk for disk in disks if disk is not None]
-    return spec
-
-
 @router.post("", status_code=202, summary="Create a VM (a task: poll /api/v1/tasks/{id})")
 def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
-    # Checked before the task starts, so a bad request is a 422 (or 403) now, not a failed task.
-    def check() -> tuple[create_service.VMSpec, list[str]]:
-        spec = _spec(body)
-        return spec, check_vm_spec(ctx.authz(ctx.conn(), who), spec)
+    params = body.model_dump()
 
-    spec, taken = ctx.audited(who, "vm.create.request", body.name, check)
+    # Checked before the task is queued, so a bad request is a 422 (or 403) now, not a failed
+    # task; the worker checks again when it runs (kvmgr.control.task_kinds).
+    def check() -> None:
+        check_vm_spec(ctx.authz(ctx.conn(), who), task_kinds.vm_spec(params))
 
-    def work(report: Report) -> dict[str, Any]:
-        conn = ctx.conn()
-        steps = iter(range(10, 95, 10))
-
-        def progress(message: str) -> None:
-            report(message, next(steps, 95))
-
-        with ctx.name_lease(who, spec.name, "create"):
-            result = create_service.create_vm(conn, spec, progress)
-        ownership.record_owner(
-            ctx.store, "vm", result.uuid, who, label=result.name, host=ctx.host_name()
-        )
-        ownership.record_owners(
-            ctx.store, "volume", [*result.volumes, *taken], who, host=ctx.host_name()
-        )
-        return asdict(result)
-
-    def done(outcome: Outcome) -> None:
-        ctx.audit(who, "vm.create", body.name, "ok" if outcome.ok else "error", outcome.error or "")
-
-    return ctx.runner.submit("vm.create", body.name, who.name, work, done)
+    ctx.audited(who, "vm.create.request", body.name, check)
+    return ctx.submit(who, "vm.create", params, body.name)
 
 
 # ---------------------------------------------------------------------------------- actions

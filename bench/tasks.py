@@ -1,0 +1,149 @@
+"""Issue 12: task throughput -- 1,000 no-op tasks through 1 and 4 ``kvmgr worker`` processes on
+PostgreSQL (a throw-away cluster made here), and on SQLite for reference.
+
+Each worker process runs one task at a time (``--threads 1``) and looks for work every 50 ms when
+idle.  The workers are started and idle first; then the tasks are queued in one transaction and
+the clock runs from that commit until the last task is ``done``.  The figure is tasks/s; the
+"ratio" column is 4 workers over 1 (the queue's scaling on this machine's cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.core import REPO, BenchError, Context, Line, Result, Skip
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+TASKS = 1000
+
+
+def run(ctx: Context) -> Iterator[Line]:
+    tasks = 200 if ctx.quick else TASKS
+    reps = ctx.reps(1, 3)
+    with contextlib.ExitStack() as stack:
+        urls: list[tuple[str, str]] = []
+        try:
+            urls.append(("PostgreSQL", stack.enter_context(_postgres())))
+        except BenchError as err:
+            yield Skip("tasks", f"PostgreSQL: {err}")
+        urls.append(("SQLite", f"sqlite:///{ctx.workdir / 'tasks.db'}"))
+        for label, url in urls:
+            figures: dict[int, list[float]] = {1: [], 4: []}
+            for _rep in range(reps):
+                for workers in (1, 4):
+                    ctx.say(f"tasks: {tasks} no-op tasks, {workers} worker(s), {label}")
+                    figures[workers].append(_throughput(ctx, url, workers, tasks))
+            yield Result(
+                "tasks",
+                f"{tasks} no-op tasks, {label}",
+                "tasks/s",
+                "4 workers",
+                figures[4],
+                "1 worker",
+                figures[1],
+                note="ratio: 4 workers / 1; higher is better",
+            )
+
+
+def _throughput(ctx: Context, url: str, workers: int, count: int) -> float:
+    from kvmgr.control import tasks
+    from kvmgr.store import users
+    from kvmgr.store.db import Store
+    from kvmgr.store.models import Role, Task
+
+    store = Store(url)
+    try:
+        with store.session() as session:
+            session.query(Task).delete()
+            if session.query(users.User).filter_by(name="bench").first() is None:
+                users.create_user(session, "bench", "bench-password", Role.admin, None)
+            owner = users.authenticate(session, "bench", "bench-password")
+        assert owner is not None
+        procs = [_worker(ctx, url) for _ in range(workers)]
+        try:
+            began = time.perf_counter()
+            ids = tasks.submit_many(store, "noop", [{}] * count, owner=owner, target="bench")
+            while True:
+                with store.session() as session:
+                    done = session.query(Task).filter(Task.state == "done").count()
+                if done >= len(ids):
+                    break
+                if time.perf_counter() - began > 600:
+                    raise BenchError(f"only {done} of {count} tasks done after 600 s")
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - began
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(60)
+        return count / elapsed
+    finally:
+        store.dispose()
+
+
+def _worker(ctx: Context, url: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "KVMGR_DATABASE_URL": url,
+        "KVMGR_STATE_DIR": str(ctx.workdir / "state"),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO / "src")),
+    }
+    env.pop("KVMGR_DB_URL", None)
+    argv = [sys.executable, "-m", "kvmgr.cli.main", "worker", "--threads", "1", "--poll", "0.05"]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # idle and polling once it says so
+        line = proc.stderr.readline()
+        if not line:
+            raise BenchError(f"kvmgr worker exited with {proc.wait()}")
+        if "running" in line and line.startswith("worker "):
+            return proc
+    proc.kill()
+    raise BenchError("kvmgr worker did not start within 60 s")
+
+
+@contextlib.contextmanager
+def _postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a loopback port (as in tests/api/test_postgres.py)."""
+    if not (PG_BIN / "initdb").exists():
+        raise BenchError("PostgreSQL 15 is not installed (scripts/install-test-deps.sh)")
+    try:
+        account = pwd.getpwnam("postgres")
+    except KeyError as err:
+        raise BenchError("no 'postgres' user to run the server as") from err
+    root = Path(tempfile.mkdtemp(prefix="kvmgr-bench-pg-"))
+    os.chown(root, account.pw_uid, account.pw_gid)
+    data = root / "data"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+
+    def as_postgres(*argv: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=60
+        )
+
+    try:
+        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
+        log = str(root / "server.log")
+        as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", log, "-o", options, "-w", "start"
+        )
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,431 @@
+"""The task queue: long operations as rows that any worker process can claim, exactly once.
+
+A task is a registered *kind* (a handler in :data:`KINDS`, like the recovery actions of
+kvmgr.services.steps) with JSON params, submitted by a user (id and name) for a host.  Any API
+replica submits; any worker (``kvmgr worker``, or the one inside ``kvmgr serve``) claims:
+
+- PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` picks a queued row no other claimer holds;
+- SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock first, so claims of separate
+  processes are serialised;
+
+and on both the claim is a conditional ``UPDATE ... WHERE state = 'queued'`` whose row count says
+whether we got it.  A worker heartbeats the tasks it runs; a task whose worker stopped (stale
+heartbeat, or its process on this machine is gone) is never re-run blindly: the journal's
+recovery finishes or undoes what it did, and the task is marked ``interrupted``.
+
+Who sees what: an admin sees every task; anyone else sees only the tasks they submitted (by user
+id, so a new user given a deleted user's name inherits nothing).  See docs/SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from kvmgr.connect import Connection
+from kvmgr.control import events
+from kvmgr.control.authz import Authz
+from kvmgr.control.plane import ControlPlane
+from kvmgr.errors import InvalidInput, KvmgrError, NotFound
+from kvmgr.store.clip import clip
+from kvmgr.store.db import Store
+from kvmgr.store.models import Role, Task, aware, utcnow
+from kvmgr.store.users import Principal
+
+STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+#: The host of tasks submitted before kvmgr knew several hosts.
+DEFAULT_HOST = "local"
+
+
+@dataclass
+class TaskContext:
+    """What a handler gets besides its params: the host's connection, the submitter (as they
+    are now: a role lowered since submission counts), the control plane acting for them (leases,
+    journal), the input checks, progress."""
+
+    task_id: str
+    kind: str
+    host: str
+    owner: Principal
+    worker: str
+    store: Store
+    connect: Callable[[str], Connection]
+    plane: ControlPlane
+    state_dirs: tuple[str, ...] = ()
+    report: Callable[[str, int | None], None] = field(default=lambda _message, _percent: None)
+
+    def conn(self) -> Connection:
+        return self.connect(self.host)
+
+    def authz(self) -> Authz:
+        """The submitter's permissions, checked again when the task runs (they may have changed
+        since it was queued)."""
+        return Authz(
+            self.conn(), self.owner, self.store, host=self.host, state_dirs=self.state_dirs
+        )
+
+
+#: (context, params) -> result (JSON).  Raise a KvmgrError to fail the task with its message.
+Handler = Callable[[TaskContext, dict[str, Any]], dict[str, Any]]
+
+#: Every kind a task may name, by name ("vm.create", "snapshot.create", ...).
+KINDS: dict[str, Handler] = {}
+
+
+def task_kind(name: str) -> Callable[[Handler], Handler]:
+    """Register ``func`` as the handler of task kind ``name``."""
+
+    def register(func: Handler) -> Handler:
+        if name in KINDS and KINDS[name] is not func:
+            raise RuntimeError(f"task kind {name!r} registered twice")
+        KINDS[name] = func
+        return func
+
+    return register
+
+
+@task_kind("noop")
+def _noop(_ctx: TaskContext, _params: dict[str, Any]) -> dict[str, Any]:
+    """Does nothing: measures the queue itself (bench/tasks.py) and checks a worker is alive."""
+    return {}
+
+
+def load_kinds() -> None:
+    """Import the modules that register the handlers of the API's tasks."""
+    import kvmgr.control.task_kinds  # noqa: F401  - registers on import
+
+
+def as_dict(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "kind": task.kind,
+        "target": task.target,
+        "owner": task.owner,
+        "owner_id": task.owner_id,
+        "host": task.host,
+        "state": task.state,
+        "progress": task.progress,
+        "message": task.message,
+        "result": task.result,
+        "error": task.error,
+        "attempts": task.attempts,
+        "worker": task.claimed_by,
+        "created": aware(task.created).isoformat(),
+        "started": aware(task.started).isoformat() if task.started else None,
+        "finished": aware(task.finished).isoformat() if task.finished else None,
+    }
+
+
+# ------------------------------------------------------------------------------ submitting
+def submit(
+    store: Store,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    owner: Principal,
+    target: str,
+    host: str = DEFAULT_HOST,
+) -> dict[str, Any]:
+    """Queue a task of ``kind``; returns its row as a dict (state ``queued``)."""
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown task kind {kind!r}", hint=f"one of {', '.join(sorted(KINDS))}")
+    with store.session() as session:
+        task = Task(
+            id=str(uuid.uuid4()),
+            kind=clip(Task, "kind", kind),
+            target=clip(Task, "target", target),
+            owner=clip(Task, "owner", owner.name),
+            owner_id=owner.id if owner.id > 0 else None,  # the CLI's principal is no user
+            host=clip(Task, "host", host),
+            params=params,
+            state="queued",
+            progress=0,
+            message="queued",
+            attempts=0,
+            created=utcnow(),
+        )
+        session.add(task)
+        session.flush()
+        snapshot = as_dict(task)
+        events.record_task(session, snapshot)
+    return snapshot
+
+
+def submit_many(
+    store: Store,
+    kind: str,
+    params: list[dict[str, Any]],
+    *,
+    owner: Principal,
+    target: str,
+    host: str = DEFAULT_HOST,
+) -> list[str]:
+    """Queue one task of ``kind`` per params, in one transaction (scripts, benchmarks); returns
+    their ids.  No per-task event rows: one batch is not news for the UI, its progress is."""
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown task kind {kind!r}", hint=f"one of {', '.join(sorted(KINDS))}")
+    now = utcnow()
+    rows = [
+        Task(
+            id=str(uuid.uuid4()),
+            kind=kind,
+            target=clip(Task, "target", target),
+            owner=clip(Task, "owner", owner.name),
+            owner_id=owner.id if owner.id > 0 else None,
+            host=clip(Task, "host", host),
+            params=one,
+            state="queued",
+            progress=0,
+            message="queued",
+            attempts=0,
+            created=now,
+        )
+        for one in params
+    ]
+    with store.session() as session:
+        session.add_all(rows)
+    return [row.id for row in rows]
+
+
+def cancel(store: Store, who: Principal, task_id: str) -> dict[str, Any]:
+    """Cancel a queued task (its owner or an admin).  A running one must finish or be recovered:
+    stopping it half way is what the journal exists to avoid."""
+    with store.session() as session:
+        task = get_task(session, who, task_id)
+        if task.state != "queued":
+            raise InvalidInput(
+                f"task {task_id} is {task.state}; only a queued task can be cancelled",
+                hint="a running task finishes or, if its worker dies, is recovered",
+            )
+        result = session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.state == "queued")
+            .values(state="cancelled", message=f"cancelled by {who.name}", finished=utcnow())
+        )
+        if _rowcount(result) != 1:
+            raise InvalidInput(f"task {task_id} was claimed meanwhile", hint="GET it again")
+        session.refresh(task)
+        snapshot = as_dict(task)
+        events.record_task(session, snapshot)
+    return snapshot
+
+
+# ------------------------------------------------------------------------------ claiming
+@dataclass
+class Claimed:
+    """A task this worker now holds (detached from any session)."""
+
+    id: str
+    kind: str
+    target: str
+    host: str
+    owner_id: int | None
+    owner: str
+    params: dict[str, Any]
+
+
+def claim(store: Store, worker: str) -> Claimed | None:
+    """Take the oldest queued task for ``worker``; None when there is none."""
+    if store.engine.dialect.name == "sqlite":
+        with store.session() as session:
+            # A plain read first, so idle workers never take SQLite's write lock.
+            if session.scalar(select(Task.id).where(Task.state == "queued").limit(1)) is None:
+                return None
+    with store.session() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        # FOR UPDATE SKIP LOCKED on PostgreSQL (rows other claimers hold are passed over);
+        # SQLite renders no locking clause and relies on the write lock taken above.
+        candidate = (
+            select(Task.id)
+            .where(Task.state == "queued")
+            .order_by(Task.created, Task.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        now = utcnow()
+        task = session.scalars(
+            update(Task)
+            .where(Task.id == candidate, Task.state == "queued")
+            .values(
+                state="running",
+                claimed_by=worker,
+                heartbeat=now,
+                started=now,
+                attempts=Task.attempts + 1,
+                message="started",
+            )
+            .returning(Task)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if task is None:
+            return None
+        events.record_task(session, as_dict(task))
+        return Claimed(
+            id=task.id,
+            kind=task.kind,
+            target=task.target,
+            host=task.host or DEFAULT_HOST,
+            owner_id=task.owner_id,
+            owner=task.owner,
+            params=dict(task.params or {}),
+        )
+
+
+def heartbeat(store: Store, worker: str, task_ids: Iterable[str]) -> None:
+    ids = list(task_ids)
+    if not ids:
+        return
+    with store.session() as session:
+        session.execute(
+            update(Task)
+            .where(Task.id.in_(ids), Task.claimed_by == worker, Task.state == "running")
+            .values(heartbeat=utcnow())
+        )
+
+
+def report(store: Store, worker: str, task_id: str, message: str, percent: int | None) -> None:
+    values: dict[str, Any] = {"message": message[:2000], "heartbeat": utcnow()}
+    if percent is not None:
+        values["progress"] = max(0, min(100, percent))
+    _update_held(store, worker, task_id, values)
+
+
+def complete(
+    store: Store,
+    worker: str,
+    task_id: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """Record the end of a task this worker holds; False if it was taken away meanwhile (marked
+    interrupted after a heartbeat gap), in which case the recorded state stands."""
+    values: dict[str, Any] = {
+        "state": "failed" if error is not None else "done",
+        "message": "failed" if error is not None else "finished",
+        "result": result,
+        "error": error,
+        "finished": utcnow(),
+    }
+    if error is None:
+        values["progress"] = 100
+    return _update_held(store, worker, task_id, values)
+
+
+def _update_held(store: Store, worker: str, task_id: str, values: dict[str, Any]) -> bool:
+    with store.session() as session:
+        task = session.scalars(
+            update(Task)
+            .where(Task.id == task_id, Task.claimed_by == worker, Task.state == "running")
+            .values(**values)
+            .returning(Task)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if task is None:
+            return False
+        events.record_task(session, as_dict(task))
+    return True
+
+
+# ------------------------------------------------------------------------------ dead workers
+def stale(store: Store, *, older_than: timedelta, dead: Callable[[str], bool]) -> list[Claimed]:
+    """Running tasks whose worker stopped: heartbeat older than ``older_than``, or ``dead``
+    says its process is gone (a worker on this machine can tell at once)."""
+    limit = utcnow() - older_than
+    with store.session() as session:
+        rows = session.scalars(select(Task).where(Task.state == "running")).all()
+        return [
+            Claimed(
+                id=row.id,
+                kind=row.kind,
+                target=row.target,
+                host=row.host or DEFAULT_HOST,
+                owner_id=row.owner_id,
+                owner=row.owner,
+                params=dict(row.params or {}),
+            )
+            for row in rows
+            if _older(row.heartbeat, limit) or (row.claimed_by is not None and dead(row.claimed_by))
+        ]
+
+
+def mark_interrupted(store: Store, task_id: str, why: str) -> bool:
+    """``running`` -> ``interrupted`` (once: the row count tells the one reaper that won)."""
+    with store.session() as session:
+        result = session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.state == "running")
+            .values(state="interrupted", error=why[:4000], message="interrupted", finished=utcnow())
+        )
+        if _rowcount(result) != 1:
+            return False
+        task = session.get(Task, task_id)
+        if task is not None:
+            session.refresh(task)
+            events.record_task(session, as_dict(task))
+    return True
+
+
+def _older(moment: datetime | None, limit: datetime) -> bool:
+    return moment is None or aware(moment) < limit
+
+
+# ------------------------------------------------------------------------------ reading
+def visible(who: Principal) -> Any:
+    """The WHERE clause of the tasks ``who`` may see (None: all of them)."""
+    if who.at_least(Role.admin):
+        return None
+    return Task.owner_id == who.id
+
+
+def list_tasks(
+    session: Session,
+    who: Principal,
+    *,
+    owner: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+) -> list[Task]:
+    query = select(Task).order_by(Task.created.desc()).limit(limit)
+    rule = visible(who)
+    if rule is not None:
+        query = query.where(rule)
+    if owner is not None:
+        query = query.where(Task.owner == owner)
+    if state is not None:
+        if state not in STATES:
+            raise InvalidInput(f"unknown task state {state!r}", hint=f"one of {', '.join(STATES)}")
+        query = query.where(Task.state == state)
+    return list(session.scalars(query))
+
+
+def get_task(session: Session, who: Principal, task_id: str) -> Task:
+    """The task, if ``who`` may see it; another user's task is "not found", like a missing one,
+    so that task ids of others cannot be probed."""
+    task = session.get(Task, task_id)
+    if task is None or not may_see(who, task.owner_id):
+        raise NotFound(f"task {task_id!r} does not exist", hint="GET /api/v1/tasks lists yours")
+    return task
+
+
+def may_see(who: Principal, owner_id: int | None) -> bool:
+    return who.at_least(Role.admin) or (owner_id is not None and owner_id == who.id)
+
+
+def describe_error(err: BaseException) -> str:
+    if isinstance(err, KvmgrError):
+        return str(err)
+    return f"internal error: {err.__class__.__name__}: {err}"
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
