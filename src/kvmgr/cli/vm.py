@@ -17,6 +17,7 @@ from kvmgr.cli.output import (
     emit_rows,
     status,
 )
+from kvmgr.errors import InvalidInput
 from kvmgr.services import vms
 from kvmgr.units import format_size, parse_size
 
@@ -77,6 +78,14 @@ def create(
     iso: Annotated[
         str | None, typer.Option(help="imported ISO name or path to an .iso file")
     ] = None,
+    import_iso: Annotated[
+        bool,
+        typer.Option(
+            "--import",
+            help="copy the --iso file into the ISO library first (for a file QEMU cannot "
+            "reach, e.g. in /root; the library is readable by QEMU)",
+        ),
+    ] = False,
     os: Annotated[
         str, typer.Option("--os", help="auto (detect from the ISO) or an osinfo short id")
     ] = "auto",
@@ -145,6 +154,10 @@ def create(
     from kvmgr.control.authz import check_vm_spec
     from kvmgr.services.create import VMSpec, create_vm, parse_disk_option, parse_network_option
 
+    if import_iso:
+        if iso is None:
+            raise InvalidInput("--import needs --iso PATH", hint="give the .iso file to import")
+        iso = _import_into_library(iso)
     disks = [parsed for text in (disk or []) if (parsed := parse_disk_option(text)) is not None]
     nics = [nic for text in (network or []) if (nic := parse_network_option(text)) is not None]
     spec = VMSpec(
@@ -190,6 +203,29 @@ def create(
         data["memory"] = format_size(result.memory)
         data["seconds"] = f"{result.seconds:.1f}"
     emit_object(data, output)
+
+
+def _import_into_library(path: str) -> str:
+    """Import ``path`` into the ISO library (or find it there already); its library name."""
+    from pathlib import Path
+
+    from kvmgr.services import isos
+
+    source = Path(authz().import_source(str(Path(path).absolute())))  # never a system file
+    existing = {info.name: info for info in isos.list_isos(conn())}
+    same = existing.get(source.name)
+    if same is not None:
+        if same.size != source.stat().st_size:
+            raise InvalidInput(
+                f"the ISO library has another {source.name} ({format_size(same.size)})",
+                hint="import this file under another name: 'kvmgr iso import PATH --name NAME'",
+            )
+        console.print(f"using {source.name} of the ISO library", highlight=False)
+        return same.name
+    with status(f"importing {source.name} into the ISO library"):
+        info = isos.import_iso(conn(), source)
+    console.print(f"imported {source} into the ISO library as {info.name}", highlight=False)
+    return info.name
 
 
 def _lifecycle(verb: str, action: str, help_text: str) -> None:

@@ -88,6 +88,8 @@ def create_vm(
     say = progress or (lambda _message: None)
     _validate_request(conn, spec)
     iso_path = _resolve_iso(conn, spec.iso) if spec.iso else None
+    if iso_path is not None:
+        _check_qemu_can_read(conn, iso_path)
     profile = _choose_profile(spec.os, iso_path)
     memory = profile.recommended_memory if spec.memory is None else spec.memory
     vcpus = profile.recommended_vcpus if spec.vcpus is None else spec.vcpus
@@ -178,6 +180,22 @@ def _path_known(conn: Connection, path: str) -> bool:
     from kvmgr.services.storage import find_volume_by_path
 
     return find_volume_by_path(conn, path) is not None or os.path.exists(path)
+
+
+def _check_qemu_can_read(conn: Connection, iso_path: str) -> None:
+    """Refuse before anything is made when QEMU could not open the ISO (a file in /root...)."""
+    from kvmgr.connect.uri import is_local
+    from kvmgr.host.qemu_access import why_qemu_cannot_read
+
+    if conn.is_test_driver or not is_local(conn.uri):
+        return
+    reason = why_qemu_cannot_read(iso_path)
+    if reason is not None:
+        raise InvalidInput(
+            f"the VM could not read the ISO {iso_path}: {reason}",
+            hint="add --import to copy it into the ISO library first (or 'kvmgr iso import "
+            f"{iso_path}'), or move it to a directory QEMU can enter",
+        )
 
 
 def _resolve_iso(conn: Connection, ref: str) -> str:
