@@ -233,10 +233,14 @@ def test_no_pool_through_a_symlink_into_etc(as_user: dict[str, As], tmp_path: Pa
 
 def test_no_pool_in_the_state_dir(app: FastAPI, as_user: dict[str, As]) -> None:
     state = app.state.ctx.settings.state_dir
-    refused = as_user["admin"].post(
-        "/api/v1/pools", json={"name": "t-api-trust-p", "path": f"{state}/pool"}
-    )
-    assert refused.status_code == 422, refused.text
+    for path in (str(state), f"{state}/db", f"{state}/db/x", f"{state}/secret_key"):
+        refused = as_user["admin"].post(
+            "/api/v1/pools", json={"name": "t-api-trust-p", "path": path}
+        )
+        assert refused.status_code == 422, (path, refused.text)
+    # ... and the database is no disk, not even an admin's.
+    refused = _create(as_user["admin"], disks=[f"path={state}/db/kvmgr.db"])
+    assert refused.status_code == 403 and "system directory" in refused.json()["error"]
 
 
 def test_no_system_file_is_imported_into_the_iso_library(

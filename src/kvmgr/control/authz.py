@@ -46,9 +46,10 @@ from kvmgr.store.users import Principal
 from kvmgr.xml.domain import Domain
 
 #: Directories no pool may sit in or above, and no host-path disk or ISO may come from.
-#: kvmgr's own state dir holds the database and the secret key; /run and /dev hold sockets and
-#: devices; the rest is the operating system.  (Home and scratch directories are in
-#: :data:`PROTECTED_EXACT`: a pool *in* them is fine, a pool *on* them is not.)
+#: /run and /dev hold sockets and devices; the rest is the operating system.  kvmgr's own state
+#: directory adds its secrets (:func:`state_dirs`), not all of it: the demo ISO lives there.
+#: (Home and scratch directories are in :data:`PROTECTED_EXACT`: a pool *in* them is fine, a
+#: pool *on* them is not.)
 PROTECTED_TREES = (
     "/bin",
     "/boot",
@@ -64,7 +65,6 @@ PROTECTED_TREES = (
     "/sbin",
     "/sys",
     "/usr",
-    "/var/lib/kvmgr",
     "/var/lib/libvirt/qemu",
     "/var/lib/libvirt/dnsmasq",
     "/var/log",
@@ -405,8 +405,14 @@ def _is_block_device(path: str) -> bool:
 
 
 def state_dirs(*dirs: Path | str | None) -> tuple[str, ...]:
-    """Resolved kvmgr state directories to protect beside /var/lib/kvmgr."""
-    return tuple(os.path.realpath(str(d)) for d in dirs if d)
+    """What of kvmgr's state directories (the default /var/lib/kvmgr and ``dirs``) no pool, disk
+    or ISO may touch: the database, the secret key, the bridge backups."""
+    found: list[str] = []
+    for base in ("/var/lib/kvmgr", *dirs):
+        if base:
+            root = os.path.realpath(str(base))
+            found += [f"{root}/db", f"{root}/secret_key", f"{root}/bridges"]
+    return tuple(dict.fromkeys(found))
 
 
 def check_definition(authz: Authz, domain: Domain, *, keep: Iterable[str] = ()) -> None:
