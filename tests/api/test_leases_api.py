@@ -66,3 +66,19 @@ def test_actions_take_and_release_the_lease(as_user: dict[str, As], test_vm: str
     assert admin.post(f"/api/v1/vms/{test_vm}/pause").json()["state"] == "paused"
     assert admin.get(f"/api/v1/vms/{test_vm}").json()["busy"] is None
     assert admin.post(f"/api/v1/vms/{test_vm}/resume").json()["state"] == "running"
+
+
+DOMAIN = """<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>
+<vcpu>1</vcpu><os><type>hvm</type></os></domain>"""
+
+
+def test_a_delete_is_a_journaled_operation_of_its_user(
+    app: FastAPI, as_user: dict[str, As]
+) -> None:
+    ctx = app.state.ctx
+    ctx.conn().virconn.defineXML(DOMAIN.format(name="t-core-gone"))
+    answer = as_user["admin"].delete("/api/v1/vms/t-core-gone")
+    assert answer.status_code == 200, answer.text
+    [op] = [o for o in ctx.plane.operations(include_done=True) if o.target == "t-core-gone"]
+    assert (op.kind, op.state, op.actor, op.host) == ("delete", "done", "admin", ctx.host_name())
+    assert ctx.busy("test") is None

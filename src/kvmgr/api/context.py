@@ -22,10 +22,11 @@ from kvmgr.api.settings import Settings
 from kvmgr.connect import Connection, open_connection
 from kvmgr.control import tasks
 from kvmgr.control.authz import Authz, state_dirs
-from kvmgr.control.plane import ControlPlane, vm_name_key
+from kvmgr.control.plane import ControlPlane, Key, vm_name_key
 from kvmgr.control.worker import Worker
 from kvmgr.errors import Forbidden, KvmgrError
 from kvmgr.services import vms
+from kvmgr.services.steps import Steps
 from kvmgr.store import audit
 from kvmgr.store.db import Store
 from kvmgr.store.users import Principal
@@ -193,10 +194,25 @@ class AppContext:
             yield
 
     @contextmanager
-    def name_lease(self, who: Principal | str, name: str, operation: str) -> Iterator[None]:
-        """Hold the lease of a VM name being made (create, clone)."""
-        with self.plane_for(who).lease(vm_name_key(self.host_name(), name), operation):
-            yield
+    def operation(
+        self,
+        who: Principal | str,
+        kind: str,
+        target: str,
+        keys: list[Key],
+        say: Callable[[str], None] | None = None,
+    ) -> Iterator[Steps]:
+        """A journaled operation on this host under ``keys``: what a killed server leaves is
+        undone or finished by the next process (see kvmgr.control.plane)."""
+        plane = self.plane_for(who)
+        with plane.operation(kind, target, self.host_name(), keys, say=say) as steps:
+            yield steps
+
+    def vm_key(self, name: str) -> Key:
+        return self.plane.vm_key(self.host_name(), name)
+
+    def vm_name_key(self, name: str) -> Key:
+        return vm_name_key(self.host_name(), name)
 
     def busy(self, name: str) -> str | None:
         """ "busy: <op> by <who> since <t>" while VM ``name`` is leased, else None."""

@@ -12,9 +12,7 @@ so a recovery killed half way is simply run again.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +30,7 @@ from kvmgr.control.models import (
     OperationRecord,
 )
 from kvmgr.errors import Busy, KvmgrError
-from kvmgr.services.steps import ACTIONS, Record, run_recovery
+from kvmgr.services.steps import Record, load_actions, run_recovery
 from kvmgr.store.db import Store
 from kvmgr.store.models import utcnow
 
@@ -125,25 +123,15 @@ def _recover_one(
     return None
 
 
-def load_actions() -> None:
-    """Import every service module, so each recovery action it registers is known here.
-
-    The process that recovers may never have imported the service that journaled the
-    operation (``kvmgr ops recover`` after a crashed ``kvmgr backup create``).  Done only when
-    there is something to recover, so the usual open stays one query.
-    """
-    import kvmgr.services
-
-    for module in pkgutil.walk_packages(kvmgr.services.__path__, "kvmgr.services."):
-        importlib.import_module(module.name)
-
-
 def _run(
     connect: Callable[[str], Connection], host: str, undo: list[Record], finish: list[Record]
 ) -> tuple[str, str, str | None] | None:
     """Run the records; (state, message, problems), or None when the host cannot be reached."""
-    load_actions()
-    unknown = sorted({r.action for r in undo + finish if r.action not in ACTIONS})
+    # The recovering process may never have imported the service that journaled the
+    # operation (kvmgr ops recover after a crashed backup): load every action module, which
+    # costs something only when there is something to recover.
+    known = load_actions()
+    unknown = sorted({r.action for r in undo + finish if r.action not in known})
     if unknown:
         # A newer kvmgr wrote them: running only the known ones could half-undo the operation.
         return RECOVERY_FAILED, describe(undo, finish), f"unknown actions {', '.join(unknown)}"

@@ -24,6 +24,7 @@ from kvmgr.services import create as create_service
 from kvmgr.services import isos as iso_service
 from kvmgr.services import snapshots as snap_service
 from kvmgr.services import vms
+from kvmgr.services.steps import Steps
 from kvmgr.units import parse_size
 
 
@@ -61,8 +62,9 @@ def _vm_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     def progress(message: str) -> None:
         ctx.report(message, next(steps, 95))
 
-    with ctx.plane.lease(vm_name_key(ctx.host, spec.name), "create"):
-        result = create_service.create_vm(ctx.conn(), spec, progress)
+    key = vm_name_key(ctx.host, spec.name)
+    with ctx.plane.operation("create", spec.name, ctx.host, [key], say=progress) as journal:
+        result = create_service.create_vm(ctx.conn(), spec, progress, steps=journal)
     ownership.record_owner(
         ctx.store, "vm", result.uuid, ctx.owner, label=result.name, host=ctx.host
     )
@@ -80,7 +82,12 @@ def _vm_clone(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     ctx.report(f"cloning {source} to {name}", 10)
     with (
         _vm_lease(ctx, source, f"vm.clone {source}->{name}"),
-        ctx.plane.lease(vm_name_key(ctx.host, name), f"clone of {source}"),
+        ctx.plane.operation(
+            "clone",
+            f"{source}->{name}",
+            ctx.host,
+            [ctx.plane.vm_key(ctx.host, source), vm_name_key(ctx.host, name)],
+        ) as steps,
     ):
         result = clone_service.clone_vm(
             ctx.conn(),
@@ -89,6 +96,7 @@ def _vm_clone(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
             linked=bool(params.get("linked", False)),
             start=bool(params.get("start", False)),
             snapshot=params.get("snapshot"),
+            steps=steps,
         )
     ownership.record_owner(
         ctx.store, "vm", result.uuid, ctx.owner, label=result.name, host=ctx.host
@@ -102,7 +110,10 @@ def _snapshot_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]
     validate_name(name, what="snapshot name")
     ctx.authz().vm(vm)
     ctx.report(f"taking snapshot {name}", 10)
-    with _vm_lease(ctx, vm, f"snapshot.create {vm}/{name}"):
+    with (
+        _vm_lease(ctx, vm, f"snapshot.create {vm}/{name}"),
+        _operation(ctx, "snapshot create", vm, name) as steps,
+    ):
         uuid = _uuid(ctx, vm)
         made = snap_service.create_snapshot(
             ctx.conn(),
@@ -111,6 +122,7 @@ def _snapshot_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]
             description=params.get("description"),
             live=bool(params.get("live", False)),
             disk_only=bool(params.get("disk_only", False)),
+            steps=steps,
         ).as_dict()
     ownership.record_owner(ctx.store, "snapshot", f"{uuid}/{name}", ctx.owner, host=ctx.host)
     return made
@@ -122,8 +134,13 @@ def _snapshot_revert(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]
     ctx.authz().vm(vm)
     ctx.report(f"reverting to {name}", 10)
     force = bool(params.get("force", False))
-    with _vm_lease(ctx, vm, f"snapshot.revert {vm}/{name}"):
-        return snap_service.revert_snapshot(ctx.conn(), vm, name, force=force).as_dict()
+    with (
+        _vm_lease(ctx, vm, f"snapshot.revert {vm}/{name}"),
+        _operation(ctx, "snapshot revert", vm, name) as steps,
+    ):
+        return snap_service.revert_snapshot(
+            ctx.conn(), vm, name, force=force, steps=steps
+        ).as_dict()
 
 
 @task_kind("snapshot.delete")
@@ -132,9 +149,12 @@ def _snapshot_delete(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]
     ctx.authz().vm(vm)
     ctx.report(f"deleting {name}", 10)
     children = bool(params.get("children", False))
-    with _vm_lease(ctx, vm, f"snapshot.delete {vm}/{name}"):
+    with (
+        _vm_lease(ctx, vm, f"snapshot.delete {vm}/{name}"),
+        _operation(ctx, "snapshot delete", vm, name) as steps,
+    ):
         uuid = _uuid(ctx, vm)
-        deleted = snap_service.delete_snapshot(ctx.conn(), vm, name, children=children)
+        deleted = snap_service.delete_snapshot(ctx.conn(), vm, name, children=children, steps=steps)
     for gone in deleted:
         ownership.forget_owner(ctx.store, "snapshot", f"{uuid}/{gone}", host=ctx.host)
     return {"deleted": deleted}
@@ -158,6 +178,15 @@ LEASE_WAIT = 300.0
 def _vm_lease(ctx: TaskContext, vm: str, operation: str) -> AbstractContextManager[None]:
     """VM ``vm``'s lease for the submitter, waited for up to :data:`LEASE_WAIT`."""
     return ctx.plane.lease(ctx.plane.vm_key(ctx.host, vm), operation, wait=True, timeout=LEASE_WAIT)
+
+
+def _operation(
+    ctx: TaskContext, kind: str, vm: str, snapshot: str
+) -> AbstractContextManager[Steps]:
+    """The journaled operation on VM ``vm`` (whose lease the caller holds already): a worker
+    killed inside leaves what the next process's recovery undoes or finishes."""
+    key = ctx.plane.vm_key(ctx.host, vm)
+    return ctx.plane.operation(kind, f"{vm}/{snapshot}", ctx.host, [key])
 
 
 def _uuid(ctx: TaskContext, vm: str) -> str:

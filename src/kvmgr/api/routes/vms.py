@@ -225,9 +225,17 @@ def vm_add_disk(name: str, body: DiskAdd, who: Operator, ctx: Ctx) -> dict[str, 
             path, take = resolved.path, resolved.record
         else:
             authz.pool(body.pool)
-        change = resources_service.add_disk(
-            conn, name, size=size, path=path, pool=body.pool, fmt=body.format, bus=body.bus
-        )
+        with ctx.operation(who, "disk add", name, [ctx.vm_key(name)]) as steps:
+            change = resources_service.add_disk(
+                conn,
+                name,
+                size=size,
+                path=path,
+                pool=body.pool,
+                fmt=body.format,
+                bus=body.bus,
+                steps=steps,
+            )
         if change.path and (change.owned or take):
             ownership.record_owner(ctx.store, "volume", change.path, who, host=ctx.host_name())
         return asdict(change)
@@ -244,7 +252,10 @@ def vm_remove_disk(
     delete_volume: bool = False,
 ) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
-        change = resources_service.remove_disk(conn, name, target, delete_volume=delete_volume)
+        with ctx.operation(who, "disk remove", f"{name}/{target}", [ctx.vm_key(name)]) as steps:
+            change = resources_service.remove_disk(
+                conn, name, target, delete_volume=delete_volume, steps=steps
+            )
         if change.volume_deleted and change.path:
             ownership.forget_owner(ctx.store, "volume", change.path, host=ctx.host_name())
         return asdict(change)
@@ -299,7 +310,10 @@ def vm_delete(
 ) -> dict[str, Any]:
     def work(conn: Connection) -> list[str]:
         uuid = ctx.vm_uuid(conn, name)
-        removed = vms_service.delete(conn, name, force=force, keep_disks=keep_disks)
+        with ctx.operation(who, "delete", name, [ctx.vm_key(name)]) as steps:
+            removed = vms_service.delete(
+                conn, name, force=force, keep_disks=keep_disks, steps=steps
+            )
         ownership.forget_owner(ctx.store, "vm", uuid, host=ctx.host_name())
         for path in removed:
             ownership.forget_owner(ctx.store, "volume", path, host=ctx.host_name())
