@@ -46,7 +46,7 @@ def vm_spec(params: dict[str, Any]) -> create_service.VMSpec:
         graphics=params.get("graphics", "vnc"),
         firmware=params.get("firmware", "bios"),
         start=bool(params.get("start", True)),
-        wait=params.get("wait", "none"),
+        wait="none" if params.get("wait") == "installed" else params.get("wait", "none"),
     )
     if "default" not in texts:
         spec.disks = [disk for disk in disks if disk is not None]
@@ -62,16 +62,22 @@ def _vm_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     def progress(message: str) -> None:
         ctx.report(message, next(steps, 95))
 
+    from kvmgr.services.provision import provision, wants_provision
+
     key = vm_name_key(ctx.host, spec.name)
     with ctx.plane.operation("create", spec.name, ctx.host, [key], say=progress) as journal:
-        result = create_service.create_vm(ctx.conn(), spec, progress, steps=journal)
+        if wants_provision(params):  # unattended install or cloud image (issue 13)
+            data, result = provision(ctx.conn(), spec, params, progress, steps=journal)
+        else:
+            result = create_service.create_vm(ctx.conn(), spec, progress, steps=journal)
+            data = asdict(result)
     ownership.record_owner(
         ctx.store, "vm", result.uuid, ctx.owner, label=result.name, host=ctx.host
     )
     ownership.record_owners(
         ctx.store, "volume", [*result.volumes, *taken], ctx.owner, host=ctx.host
     )
-    return asdict(result)
+    return data
 
 
 @task_kind("vm.clone")

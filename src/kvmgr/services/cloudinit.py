@@ -45,6 +45,9 @@ class CloudInitRequest:
     hostname: str | None = None
     user_data_file: str | None = None
     network_config_file: str | None = None
+    #: The API's way: the files' content instead of their paths.
+    user_data_text: str | None = None
+    network_config_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,15 @@ class Seed:
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.iso).hexdigest()[:16]
+
+
+def _parse_yaml(text: str, what: str) -> tuple[str, Any]:
+    if len(text) > _MAX_FILE:
+        raise InvalidInput(f"{what} is larger than 1 MiB")
+    try:
+        return text, yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InvalidInput(f"{what} is not valid YAML: {err}") from err
 
 
 def _read_yaml_file(path: str, what: str) -> tuple[str, Any]:
@@ -97,9 +109,12 @@ def user_data(request: CloudInitRequest, hostname: str) -> str:
         generated["users"] = ["default", user]
     elif request.ssh_keys:
         generated["ssh_authorized_keys"] = list(request.ssh_keys)
-    if not request.user_data_file:
+    if request.user_data_text is not None:
+        text, data = _parse_yaml(request.user_data_text, "user-data")
+    elif request.user_data_file:
+        text, data = _read_yaml_file(request.user_data_file, "user-data file")
+    else:
         return "#cloud-config\n" + yaml.safe_dump(generated, sort_keys=False, width=_WIDTH)
-    text, data = _read_yaml_file(request.user_data_file, "user-data file")
     if text.startswith("#cloud-config"):
         if not isinstance(data, dict):
             raise InvalidInput(
@@ -137,11 +152,13 @@ def _multipart(script: str, config: str) -> str:
 
 
 # ------------------------------------------------------------------ network-config
-def network_config(macs: Sequence[str], user_file: str | None = None) -> str:
+def network_config(
+    macs: Sequence[str], user_file: str | None = None, user_text: str | None = None
+) -> str:
     """v2 network-config: DHCP on every NIC by default; the user's file, with each ethernet
     matched to the VM's NICs in order by MAC address, when given."""
     ethernets: dict[str, Any]
-    if user_file is None:
+    if user_file is None and user_text is None:
         ethernets = {
             f"nic{index}": {
                 "match": {"macaddress": mac},
@@ -151,7 +168,12 @@ def network_config(macs: Sequence[str], user_file: str | None = None) -> str:
             for index, mac in enumerate(macs)
         }
         return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False, width=_WIDTH)
-    _text, data = _read_yaml_file(user_file, "network-config file")
+    if user_text is not None:
+        user_file = "(given)"
+        _text, data = _parse_yaml(user_text, "network-config")
+    else:
+        assert user_file is not None
+        _text, data = _read_yaml_file(user_file, "network-config file")
     if isinstance(data, dict) and "network" in data and len(data) == 1:
         data = data["network"]
     check_network_config(data, user_file, macs=None)
@@ -254,6 +276,8 @@ def build_seed(
     validate_name(hostname, what="host name")
     meta = meta_data(instance_id, hostname)
     user = user_data(request, hostname)
-    network = network_config([mac.lower() for mac in macs], request.network_config_file)
+    network = network_config(
+        [mac.lower() for mac in macs], request.network_config_file, request.network_config_text
+    )
     iso = seed_iso({"meta-data": meta, "user-data": user, "network-config": network})
     return Seed(meta_data=meta, user_data=user, network_config=network, iso=iso)

@@ -54,6 +54,13 @@ class UnattendedRequest:
     packages: list[str] = field(default_factory=list)
     profile: str = "minimal"
     script_file: str | None = None
+    #: The API's way: values instead of files (hashed at once, never kept or logged).
+    password: str | None = field(default=None, repr=False)
+    root_password: str | None = field(default=None, repr=False)
+    ssh_keys: list[str] = field(default_factory=list)
+    #: Hashed already (the API hashes before it stores a task): used as they are.
+    password_hash: str | None = field(default=None, repr=False)
+    root_password_hash: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -133,6 +140,18 @@ def read_ssh_keys(path: str) -> list[str]:
     return keys
 
 
+def check_ssh_key(key: str) -> str:
+    """One OpenSSH public key line, as given to the API."""
+    key = key.strip()
+    if "PRIVATE KEY" in key:
+        raise InvalidInput("that is a private key", hint="give the public key (the .pub file)")
+    if not _SSH_KEY_RE.fullmatch(key):
+        raise InvalidInput(
+            "not an OpenSSH public key", hint="keys look like 'ssh-ed25519 AAAA... comment'"
+        )
+    return key
+
+
 def _check(pattern: re.Pattern[str], value: str, what: str, hint: str) -> str:
     if not pattern.fullmatch(value):
         raise InvalidInput(f"{what} {value!r} is not valid", hint=hint)
@@ -157,21 +176,28 @@ def load(request: UnattendedRequest, vm_name: str) -> Settings:
     if request.profile not in ("minimal", "desktop"):
         raise InvalidInput(f"--profile {request.profile!r} is not known", hint="minimal, desktop")
     keys = [key for path in request.ssh_key_files for key in read_ssh_keys(path)]
+    keys += [check_ssh_key(key) for key in request.ssh_keys]
     script_text = None
     if request.script_file:
         script_text = _read_script(request.script_file)
     root = (
         read_secret_file(request.root_password_file, "root password file")
         if request.root_password_file
-        else None
+        else request.root_password
     )
     password = (
-        read_secret_file(request.password_file, "password file") if request.password_file else None
+        read_secret_file(request.password_file, "password file")
+        if request.password_file
+        else request.password
     )
+    if password and not user:
+        raise InvalidInput("a password needs a user", hint="name the user")
+    if request.password_hash and not user:
+        raise InvalidInput("a password needs a user", hint="name the user")
     return Settings(
         user=user,
-        user_hash=sha512_crypt(password) if password else None,
-        root_hash=sha512_crypt(root) if root else None,
+        user_hash=sha512_crypt(password) if password else request.password_hash,
+        root_hash=sha512_crypt(root) if root else request.root_password_hash,
         ssh_keys=keys,
         hostname=hostname,
         timezone=request.timezone,

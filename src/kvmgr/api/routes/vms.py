@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator, Viewer
@@ -26,6 +26,31 @@ router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
 Action = Literal["start", "shutdown", "reboot", "reset", "off", "pause", "resume"]
 
 
+class Unattended(BaseModel):
+    """``vm create --unattended``: passwords as values (hashed at once, never stored)."""
+
+    user: str | None = Field(default=None, max_length=32)
+    password: SecretStr | None = None
+    root_password: SecretStr | None = None
+    ssh_keys: list[str] = Field(default_factory=list, max_length=32)
+    hostname: str | None = Field(default=None, max_length=63)
+    timezone: str = Field(default="UTC", max_length=64)
+    locale: str = Field(default="en_US", max_length=16)
+    packages: list[str] = Field(default_factory=list, max_length=256)
+    profile: Literal["minimal", "desktop"] = "minimal"
+
+
+class CloudInit(BaseModel):
+    """``vm create --image --cloud-init``: user-data and network-config as text."""
+
+    user: str | None = Field(default=None, max_length=32)
+    password: SecretStr | None = None
+    ssh_keys: list[str] = Field(default_factory=list, max_length=32)
+    hostname: str | None = Field(default=None, max_length=63)
+    user_data: str | None = Field(default=None, max_length=1024 * 1024)
+    network_config: str | None = Field(default=None, max_length=1024 * 1024)
+
+
 class VMCreate(BaseModel):
     """Like ``kvmgr vm create``: sizes as text (``2G``), disks and NICs as the CLI takes them."""
 
@@ -39,7 +64,32 @@ class VMCreate(BaseModel):
     graphics: Literal["vnc", "none"] = "vnc"
     firmware: Literal["bios", "uefi"] = "bios"
     start: bool = True
-    wait: Literal["ready", "ip", "none"] = "none"
+    wait: Literal["ready", "ip", "installed", "none"] = "none"
+    unattended: Unattended | None = Field(
+        default=None, description="install the ISO's OS with an install script (issue 13)"
+    )
+    image: str | None = Field(default=None, max_length=64, description="cloud image, not iso")
+    cloud_init: CloudInit | None = Field(default=None, description="NoCloud seed (with image)")
+
+
+def hashed_provision_params(
+    unattended: Unattended | None, cloud_init: CloudInit | None
+) -> dict[str, Any]:
+    """The ``unattended``/``cloud_init`` parts of a create, with SHA-512 crypt hashes in place
+    of the passwords (``password_hash``, ``root_password_hash``)."""
+    from kvmgr.crypt import sha512_crypt
+
+    out: dict[str, Any] = {}
+    for key, part in (("unattended", unattended), ("cloud_init", cloud_init)):
+        if part is None:
+            continue
+        data = part.model_dump(exclude={"password", "root_password"})
+        for field in ("password", "root_password"):
+            secret = getattr(part, field, None)
+            if secret is not None:
+                data[f"{field}_hash"] = sha512_crypt(secret.get_secret_value())
+        out[key] = data
+    return out
 
 
 class Resize(BaseModel):
@@ -160,7 +210,9 @@ def vm_resources(name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- create
 @router.post("", status_code=202, summary="Create a VM (a task: poll /api/v1/tasks/{id})")
 def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
-    params = body.model_dump()
+    # Task parameters are stored: passwords are hashed here, before anything keeps them.
+    params = body.model_dump(exclude={"unattended", "cloud_init"})
+    params.update(hashed_provision_params(body.unattended, body.cloud_init))
 
     # Checked before the task is queued, so a bad request is a 422 (or 403) now, not a failed
     # task; the worker checks again when it runs (kvmgr.control.task_kinds).
