@@ -12,6 +12,7 @@ from bench import (
     clone,
     control,
     fleet,
+    installs,
     inventory,
     provision,
     snapshot,
@@ -35,5 +36,6 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("events", api.run_events),
     ("clone", clone.run),
     ("backup", backup.run),
+    ("installs", installs.run),
     ("boot", boot.run),
 ]
