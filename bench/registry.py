@@ -14,6 +14,7 @@ from bench import (
     fleet,
     installs,
     inventory,
+    migrate,
     provision,
     snapshot,
     tasks,
@@ -38,4 +39,5 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("backup", backup.run),
     ("installs", installs.run),
     ("boot", boot.run),
+    ("migrate", migrate.run),
 ]

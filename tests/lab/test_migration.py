@@ -244,3 +244,31 @@ def test_preflight_refuses_a_missing_network_and_a_cpu_the_target_cannot_run(
         remove_domain(src, name)
         with contextlib.suppress(libvirt.libvirtError):
             src.virconn.networkLookupByName(network).undefine()
+
+
+def test_live_migration_of_a_linked_clone_flattens_it_on_the_destination(
+    lab: labs.Lab, lab_tls: list[Connection], demo_iso: Path, clean: None
+) -> None:
+    name = f"{PREFIX}linked"
+    src, dst = lab_tls[0], lab_tls[2]
+    base = storage.create_volume(src, POOL, f"{name}-base.qcow2", 64 * MIB, "qcow2")
+    overlay = storage.create_volume(src, POOL, f"{name}.qcow2", 64 * MIB, "qcow2",
+                                    backing_path=base.path, backing_format="qcow2")  # fmt: skip
+    src.virconn.defineXML(demo_domain(src, name, str(demo_iso), disk_path=overlay.path).to_xml())
+    src.virconn.lookupByName(name).create()
+    with GuestShell.open(src, name) as shell:
+        shell.wait_ready()
+        shell.run("echo linked-data | dd of=/dev/vda bs=512 seek=100 conv=fsync 2>/dev/null")
+    check = preflight(src, dst, name)
+    assert any("linked clone" in w and "flattened" in w for w in check.warnings)
+    options = migration.MigrateOptions(dest_address=lab.host(3).address)
+    migration.migrate(src, dst, name, options)
+    moved = dst.virconn.storageVolLookupByPath(overlay.path)
+    assert "<backingStore" not in moved.XMLDesc(0) or "<backingStore/>" in moved.XMLDesc(0)
+    assert f"{name}.qcow2" not in _volumes(src)
+    assert f"{name}-base.qcow2" in _volumes(src)  # the base stays for its other clones
+    with GuestShell.open(dst, name) as shell:
+        shell.session.write(b"\r")
+        assert shell.run("dd if=/dev/vda bs=512 skip=100 count=1 2>/dev/null | head -c 11") == (
+            "linked-data"
+        )

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +138,56 @@ def test_evacuation_respects_anti_affinity(
     finally:
         close_connections()
         store.dispose()
+
+
+def test_a_killed_migrate_leaves_the_vm_on_the_source_and_recovery_cleans_the_target(
+    lab: labs.Lab, lab_tls: list[Connection], demo_iso: Path, tmp_path: Path, clean: None
+) -> None:
+    state = tmp_path / "state"
+    for index in (1, 2):
+        host = lab.host(index)
+        assert kvmgr(state, "host", "add", f"h{index}", lab.tls_uri(host)).returncode == 0
+    name = f"{PREFIX}kill"
+    src, dst = lab_tls[0], lab_tls[1]
+    ref = storage.create_volume(src, POOL, f"{name}.qcow2", 64 * MIB, "qcow2")
+    src.virconn.defineXML(demo_domain(src, name, str(demo_iso), disk_path=ref.path).to_xml())
+    dom = src.virconn.lookupByName(name)
+    dom.create()
+    with GuestShell.open(src, name) as shell:
+        shell.wait_ready()
+        before = _uptime(shell)
+    env = {k: v for k, v in os.environ.items() if k not in ("KVMGR_URI", "KVMGR_DB_URL")}
+    env.update({"KVMGR_STATE_DIR": str(state), "PYTHONPATH": str(SRC)})
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "kvmgr.cli.main", "--host", "h1", "vm", "migrate", name,
+         "--to", "h2", "--bandwidth", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+            assert cli.poll() is None, "the migration ended before it could be killed"
+            assert time.monotonic() < deadline, "the migration job never started"
+            time.sleep(0.2)
+        assert f"{name}.qcow2" in _volumes(dst)  # the target volume was made
+    finally:
+        cli.send_signal(signal.SIGKILL)
+        cli.wait()
+    # libvirt aborts a migration whose client went away; the VM goes on running on the source.
+    deadline = time.monotonic() + 60
+    while dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert dom.isActive() and dom.isPersistent()
+    recovered = kvmgr(state, "ops", "recover")
+    assert recovered.returncode == 0, recovered.stderr
+    ops = json.loads(kvmgr(state, "ops", "list", "--all", "-o", "json").stdout)
+    states = sorted((op["kind"], op["state"]) for op in ops if op["target"] == name)
+    assert [kind for kind, _state in states] == ["migrate in", "migrate out"]
+    assert all(state != "running" for _kind, state in states), states
+    assert f"{name}.qcow2" not in _volumes(dst)  # recovery removed what the move made there
+    with pytest.raises(libvirt.libvirtError):
+        dst.virconn.lookupByName(name)
+    assert f"{name}.qcow2" in _volumes(src)  # the source's disk stays: its VM uses it
+    with GuestShell.open(src, name) as shell:
+        shell.session.write(b"\r")
+        assert _uptime(shell) > before

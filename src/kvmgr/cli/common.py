@@ -131,7 +131,13 @@ class CLIState:
 
     def host_connection(self, host: str) -> Connection:
         """The connection to registered host ``host`` (this command's own when it is that one)."""
-        if host == self.host_name():
+        try:
+            mine = self.host_name()
+        except InvalidInput:
+            # Several hosts, no default, no --host: this command acts on no host of its own (ops
+            # recover), but recovery still reaches each operation's host by its name.
+            mine = None
+        if host == mine:
             return self.connection()
         return self.hosts().connect(host)
 

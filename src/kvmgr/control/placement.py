@@ -23,6 +23,7 @@ from kvmgr.units import MIB
 #: Weight of committed vCPUs per host CPU against the share of memory left (both ~0..1).
 CPU_WEIGHT = 0.5
 AFFINITY_BONUS = 1.0
+MAX_REASONS = 10  # hosts named in a refusal (--explain lists them all)
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,10 @@ def choose(hosts: Iterable[HostView], need: Need) -> tuple[str, list[Verdict]]:
     """The chosen host's name and every verdict; :class:`InvalidState` when none fits."""
     verdicts = decide(hosts, need)
     if not verdicts or not verdicts[0].eligible:
+        shown = "; ".join(f"{v.host}: {v.reason}" for v in verdicts[:MAX_REASONS])
+        more = len(verdicts) - MAX_REASONS
         raise InvalidState(
-            f"no host can take VM {need.vm}: "
-            + "; ".join(f"{v.host}: {v.reason}" for v in verdicts),
+            f"no host can take VM {need.vm}: {shown}" + (f"; and {more} more" if more > 0 else ""),
             hint="free a host, take one out of maintenance, or relax --require/--anti-affinity",
         )
     return verdicts[0].host, verdicts

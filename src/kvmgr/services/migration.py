@@ -89,6 +89,7 @@ class MigrationResult:
     removed_on_source: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)  # offline: disks verified by checksum
     paths: dict[str, str] = field(default_factory=dict)  # source path -> path on the destination
+    memory_sent: int | None = None  # live: memory bytes sent (the destination's job stats)
 
 
 # ------------------------------------------------------------------------------ recovery actions
@@ -170,11 +171,13 @@ def _move(
         source_steps.finish_with("migrate.remove_unused_volume", pool=disk.pool, name=disk.volume)
     dom = src.virconn.lookupByName(check.name)
     if check.live:
-        downtime = _live(src, dst, dom, check, options, made, report, cancel, started)
+        stats = _live(src, dst, dom, check, options, made, report, cancel, started)
+        downtime = int(stats["downtime"]) if "downtime" in stats else None
+        moved = stats.get("memory_processed")
         checked: list[str] = []
     else:
         checked = _offline(src, dst, dom, check, made, report, cancel, started)
-        downtime = None
+        downtime, moved = None, None
     removed = []
     for disk in check.disks:  # the finish actions, done now rather than by recovery
         if remove_if_unused(src, disk.pool, disk.volume):
@@ -184,6 +187,7 @@ def _move(
     return MigrationResult(
         check.name, "live" if check.live else "offline", seconds, downtime, check.copy_bytes,
         removed, checked, {d.source_path: made[d.target] for d in check.disks},
+        int(moved) if moved is not None else None,
     )  # fmt: skip
 
 
@@ -263,7 +267,7 @@ def _live(
     report: Callable[[Progress], None],
     cancel: threading.Event,
     started: float,
-) -> int | None:
+) -> dict[str, Any]:
     params, flags = _live_request(dom, check, options, made)
     failure: list[BaseException] = []
 
@@ -296,7 +300,7 @@ def _live(
         if isinstance(err, libvirt.libvirtError):
             raise translate(err, f"migrating VM {check.name}") from err
         raise err
-    return _completed_downtime(dst, check.name)
+    return _completed_stats(dst, check.name)
 
 
 class _Watcher:
@@ -372,14 +376,13 @@ class _Watcher:
             self.dom.abortJob()
 
 
-def _completed_downtime(dst: Connection, name: str) -> int | None:
-    """The downtime QEMU measured, from the destination's record of the completed job."""
+def _completed_stats(dst: Connection, name: str) -> dict[str, Any]:
+    """The destination's record of the completed job (downtime, data sent), kept for others."""
+    flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
     try:
-        stats = dst.virconn.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        return dict(dst.virconn.lookupByName(name).jobStats(flags))
     except libvirt.libvirtError:
-        return None
-    value = stats.get("downtime")
-    return int(value) if value is not None else None
+        return {}
 
 
 # ------------------------------------------------------------------------------ offline
