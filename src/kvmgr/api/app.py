@@ -33,6 +33,7 @@ from kvmgr.api.routes import (
     hosts,
     isos,
     metrics,
+    moves,
     networks,
     snapshots,
     storage,
@@ -81,6 +82,7 @@ def _routers() -> list[object]:
         host,
         hosts,
         snapshots,
+        moves,  # before vms: "/{name}/migrate" is not one of vms' "/{name}/{action}"
         vms,
         console,
         networks,

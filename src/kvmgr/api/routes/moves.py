@@ -1,0 +1,116 @@
+"""Moving VMs between registered hosts: migrate one VM, evacuate a host (admin; tasks).
+
+The routes validate and hand the work to a task (``GET /api/v1/tasks/{id}`` shows its progress
+from the migration job's statistics); ``dry_run`` answers at once with the preflight and, for
+``to: auto``, every host's placement verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from kvmgr.api.deps import Admin, Ctx
+from kvmgr.errors import InvalidState
+from kvmgr.names import validate_name
+from kvmgr.store.tasks import Outcome, Report
+
+router = APIRouter(tags=["moves"])
+
+
+class MigrateRequest(BaseModel):
+    to: str = Field(min_length=1, max_length=64, description="host name, or 'auto'")
+    host: str | None = Field(default=None, max_length=64, description="source (default host)")
+    offline: bool | None = None
+    max_downtime_ms: int | None = Field(default=None, ge=1, le=600_000)
+    bandwidth_mib: int | None = Field(default=None, ge=1, le=100_000)
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    postcopy: bool = False
+    require: dict[str, str] = Field(default_factory=dict, max_length=32)
+    dry_run: bool = False
+
+
+class EvacuateRequest(BaseModel):
+    dry_run: bool = False
+
+
+def _plane_and_hosts(ctx: Any, who: Any) -> tuple[Any, Any]:
+    from kvmgr.control.hosts import HostRegistry
+    from kvmgr.control.plane import ControlPlane
+
+    registry = HostRegistry(ctx.store)
+    return ControlPlane(ctx.store, who.name, registry.connect, leases=ctx.plane.leases), registry
+
+
+def _percent(sample: Any) -> int | None:
+    total = sample.disk_total + sample.memory_total
+    done = sample.disk_done + sample.memory_done
+    return min(99, int(done * 100 / total)) if total else None
+
+
+@router.post("/api/v1/vms/{name}/migrate", summary="Move a VM to another host (a task)")
+def migrate(name: str, body: MigrateRequest, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    from kvmgr.control.moves import migrate_vm
+    from kvmgr.services.migration import MigrateOptions
+
+    validate_name(name, what="VM name")
+    plane, registry = _plane_and_hosts(ctx, who)
+    source = body.host or ctx.host_name()
+    options = MigrateOptions(
+        offline=body.offline,
+        max_downtime_ms=body.max_downtime_ms,
+        bandwidth_mib=body.bandwidth_mib,
+        parallel=body.parallel,
+        postcopy=body.postcopy,
+    )
+    # The preflight runs now, so a refusal is an answer (409 with the reasons), not a failed task.
+    check = ctx.audited(
+        who, "vm.migrate.request", name,
+        lambda: migrate_vm(plane, registry, name, source, body.to, options,
+                           require=body.require, dry_run=True),
+    )  # fmt: skip
+    if body.dry_run:
+        return check.as_dict()
+    if not check.check.ok:
+        raise InvalidState(
+            f"VM {name} cannot move: " + "; ".join(check.check.problems),
+            hint="POST with dry_run: true lists every check",
+        )
+
+    def work(report: Report) -> dict[str, Any]:
+        def progress(sample: Any) -> None:
+            report(f"{sample.phase}: {sample.memory_remaining >> 20} MiB of memory left",
+                   _percent(sample))  # fmt: skip
+
+        moved = migrate_vm(plane, registry, name, source, check.target, options, progress=progress)
+        return moved.as_dict()
+
+    def done(outcome: Outcome) -> None:
+        ctx.audit(who, "vm.migrate", name, "ok" if outcome.ok else "error", outcome.error or "")
+
+    return ctx.runner.submit("vm.migrate", name, who.name, work, done)
+
+
+@router.post("/api/v1/hosts/{name}/evacuate", summary="Move every VM off a host (a task)")
+def evacuate(name: str, body: EvacuateRequest, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    from kvmgr.control.moves import evacuate as run
+    from kvmgr.control.moves import plan_evacuation
+
+    validate_name(name, what="host name")
+    plane, registry = _plane_and_hosts(ctx, who)
+    plan = ctx.audited(
+        who, "host.evacuate.request", name, lambda: plan_evacuation(plane, registry, name)
+    )
+    if body.dry_run:
+        return plan.as_dict()
+
+    def work(report: Report) -> dict[str, Any]:
+        moved, done_moves = run(plane, registry, name, say=lambda line: report(line, None))
+        return {**moved.as_dict(), "moved": [m.name for m in done_moves]}
+
+    def done(outcome: Outcome) -> None:
+        ctx.audit(who, "host.evacuate", name, "ok" if outcome.ok else "error", outcome.error or "")
+
+    return ctx.runner.submit("host.evacuate", name, who.name, work, done)
