@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -20,10 +21,12 @@ from kvmgr.connect import is_local
 from kvmgr.control.hosts import HostRegistry
 from kvmgr.control.placement import HostView, Need, Verdict, choose, gather, plan_many
 from kvmgr.control.plane import ControlPlane, vm_key
+from kvmgr.control.tasks import TaskContext, task_kind
 from kvmgr.errors import InvalidState, libvirt_errors
 from kvmgr.services import migration, vms
 from kvmgr.services.migration_checks import Preflight, preflight
 from kvmgr.services.placement import group_of
+from kvmgr.store.models import Role
 from kvmgr.store.ownership import ObjectOwner
 
 AUTO = "auto"
@@ -192,3 +195,47 @@ def evacuate(
         options = migration.MigrateOptions(offline=not live)
         done.append(migrate_vm(plane, registry, vm, host, to, options, progress=progress))
     return plan, done
+
+
+# ------------------------------------------------------------------------------ tasks (API)
+def _options(params: dict[str, Any]) -> migration.MigrateOptions:
+    return migration.MigrateOptions(
+        offline=params.get("offline"),
+        max_downtime_ms=params.get("max_downtime_ms"),
+        bandwidth_mib=params.get("bandwidth_mib"),
+        parallel=params.get("parallel"),
+        postcopy=bool(params.get("postcopy", False)),
+    )
+
+
+def _admin_only(ctx: TaskContext) -> None:
+    # Checked again when the task runs: the submitter's role may have been lowered since.
+    if ctx.owner.role is not Role.admin:
+        raise InvalidState(f"{ctx.owner.name} is no longer an admin: only admins move VMs")
+
+
+@task_kind("vm.migrate")
+def _migrate_task(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    _admin_only(ctx)
+
+    def progress(sample: migration.Progress) -> None:
+        total = sample.disk_total + sample.memory_total
+        done = sample.disk_done + sample.memory_done
+        percent = min(99, done * 100 // total) if total else None
+        ctx.report(f"{sample.phase}: {sample.memory_remaining >> 20} MiB of memory left", percent)
+
+    report = migrate_vm(
+        ctx.plane, HostRegistry(ctx.store), str(params["vm"]), str(params["source"]),
+        str(params["to"]), _options(params), progress=progress,
+    )  # fmt: skip
+    return report.as_dict()
+
+
+@task_kind("host.evacuate")
+def _evacuate_task(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    _admin_only(ctx)
+    plan, done = evacuate(
+        ctx.plane, HostRegistry(ctx.store), str(params["host"]),
+        say=lambda line: ctx.report(line, None),
+    )  # fmt: skip
+    return {**plan.as_dict(), "moved": [move.name for move in done]}

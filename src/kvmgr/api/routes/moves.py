@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 from kvmgr.api.deps import Admin, Ctx
 from kvmgr.errors import InvalidState
 from kvmgr.names import validate_name
-from kvmgr.store.tasks import Outcome, Report
 
 router = APIRouter(tags=["moves"])
 
@@ -44,12 +43,6 @@ def _plane_and_hosts(ctx: Any, who: Any) -> tuple[Any, Any]:
     return ControlPlane(ctx.store, who.name, registry.connect, leases=ctx.plane.leases), registry
 
 
-def _percent(sample: Any) -> int | None:
-    total = sample.disk_total + sample.memory_total
-    done = sample.disk_done + sample.memory_done
-    return min(99, int(done * 100 / total)) if total else None
-
-
 @router.post("/api/v1/vms/{name}/migrate", summary="Move a VM to another host (a task)")
 def migrate(name: str, body: MigrateRequest, who: Admin, ctx: Ctx) -> dict[str, Any]:
     from kvmgr.control.moves import migrate_vm
@@ -72,30 +65,18 @@ def migrate(name: str, body: MigrateRequest, who: Admin, ctx: Ctx) -> dict[str, 
                            require=body.require, dry_run=True),
     )  # fmt: skip
     if body.dry_run:
-        return check.as_dict()
+        return dict(check.as_dict())
     if not check.check.ok:
         raise InvalidState(
             f"VM {name} cannot move: " + "; ".join(check.check.problems),
             hint="POST with dry_run: true lists every check",
         )
-
-    def work(report: Report) -> dict[str, Any]:
-        def progress(sample: Any) -> None:
-            report(f"{sample.phase}: {sample.memory_remaining >> 20} MiB of memory left",
-                   _percent(sample))  # fmt: skip
-
-        moved = migrate_vm(plane, registry, name, source, check.target, options, progress=progress)
-        return moved.as_dict()
-
-    def done(outcome: Outcome) -> None:
-        ctx.audit(who, "vm.migrate", name, "ok" if outcome.ok else "error", outcome.error or "")
-
-    return ctx.runner.submit("vm.migrate", name, who.name, work, done)
+    params = {**body.model_dump(), "vm": name, "source": source, "to": check.target}
+    return dict(ctx.submit(who, "vm.migrate", params, name))
 
 
 @router.post("/api/v1/hosts/{name}/evacuate", summary="Move every VM off a host (a task)")
 def evacuate(name: str, body: EvacuateRequest, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    from kvmgr.control.moves import evacuate as run
     from kvmgr.control.moves import plan_evacuation
 
     validate_name(name, what="host name")
@@ -104,13 +85,5 @@ def evacuate(name: str, body: EvacuateRequest, who: Admin, ctx: Ctx) -> dict[str
         who, "host.evacuate.request", name, lambda: plan_evacuation(plane, registry, name)
     )
     if body.dry_run:
-        return plan.as_dict()
-
-    def work(report: Report) -> dict[str, Any]:
-        moved, done_moves = run(plane, registry, name, say=lambda line: report(line, None))
-        return {**moved.as_dict(), "moved": [m.name for m in done_moves]}
-
-    def done(outcome: Outcome) -> None:
-        ctx.audit(who, "host.evacuate", name, "ok" if outcome.ok else "error", outcome.error or "")
-
-    return ctx.runner.submit("host.evacuate", name, who.name, work, done)
+        return dict(plan.as_dict())
+    return dict(ctx.submit(who, "host.evacuate", {"host": name}, name))
