@@ -71,6 +71,11 @@ def run(ctx: Context) -> Iterator[Line]:
             },
             ctx.reps(1, 3),
         )
+        yield Result(
+            "installs", "unattended install to kickstart found (TCG)", "s",
+            "kvmgr create_unattended", install["kvmgr"],
+            "virt-install --location --unattended", install["virt-install"], TARGET,
+        )  # fmt: skip
         base = _import_image(ctx, cloud)
         ctx.say("cloud image to KVMGR-READY: kvmgr, virt-install")
         booted = interleaved(
@@ -88,11 +93,6 @@ def run(ctx: Context) -> Iterator[Line]:
         # virt-install --noautoconsole leaves the kernel and initrd it copied for each install
         for path in set(VIRTINST_BOOT.glob("virtinst-*")) - boot_files:
             path.unlink(missing_ok=True)
-    yield Result(
-        "installs", "unattended install to kickstart found (TCG)", "s",
-        "kvmgr create_unattended", install["kvmgr"],
-        "virt-install --location --unattended", install["virt-install"], TARGET,
-    )  # fmt: skip
     yield Result(
         "installs", "cloud image + cloud-init to KVMGR-READY (TCG)", "s",
         "kvmgr vm create --image --cloud-init", booted["kvmgr"],
