@@ -128,6 +128,8 @@ def test_admin_creates_boots_snapshots_clones_and_deletes(
         _wait_terminal(page, r"kvmgr-demo# ", timeout=180, poke="\r")
         _wait_terminal(page, r"KVMGR-READY", timeout=150, poke="kvmgr-ready.sh\r", every=10)
         screenshot(page, "vm-console")
+        _second_viewer_is_told_who_holds_the_console_and_takes_over(browser, served)
+        _wait_terminal(page, r"\[console closed", timeout=30)  # the first session was ended
 
         page.fill("#snapshot-name", "s1")
         page.click("#snapshot-form button")
@@ -156,6 +158,29 @@ def test_admin_creates_boots_snapshots_clones_and_deletes(
             assert VM not in names and CLONE not in names
             actions = {(e["action"], e["target"]) for e in api.get("/api/v1/audit").json()}
             assert ("vm.delete", VM) in actions and ("vm.create", VM) in actions
+    finally:
+        context.close()
+
+
+def _second_viewer_is_told_who_holds_the_console_and_takes_over(
+    browser: Any, served: Served
+) -> None:
+    """A console in use is not taken silently: the page says who has it and offers to take
+    over; taking over gives this page the console (issue 16 item 7)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        _login(page, served, "admin")
+        page.goto(f"{served.url}/vms/{VM}")
+        page.click("#console-open")
+        expect(page.locator("#console-takeover")).to_be_visible(timeout=30_000)
+        assert "admin (web" in page.inner_text("#console-busy")
+        screenshot(page, "console-busy")
+        page.click("#console-force")
+        page.wait_for_selector(".xterm-rows")
+        page.click("#terminal")
+        _wait_terminal(page, r"kvmgr-demo# ", timeout=60, poke="\r")
+        screenshot(page, "console-taken-over")
     finally:
         context.close()
 

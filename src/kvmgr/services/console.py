@@ -25,7 +25,14 @@ from typing import IO, Any
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.errors import InvalidInput, InvalidState, OperationFailed, libvirt_errors
+from kvmgr.errors import (
+    Busy,
+    InvalidInput,
+    InvalidState,
+    OperationFailed,
+    libvirt_errors,
+    translate,
+)
 from kvmgr.names import validate_existing_name
 
 #: How long a read sleeps between polls of a stream with no data: low CPU, ~20 ms latency.
@@ -39,10 +46,22 @@ class ConsoleTimeout(OperationFailed):
     """The expected output did not appear on the console in time."""
 
 
-class ConsoleSession:
-    """An open serial console of one running VM."""
+class ConsoleBusy(Busy):
+    """Someone else has the console open, and the caller did not ask to take it over."""
 
-    def __init__(self, conn: Connection, name: str, *, device: str | None = None) -> None:
+
+class ConsoleSession:
+    """An open serial console of one running VM.
+
+    ``force`` takes the console over from whoever has it open (their session ends).  People's
+    sessions (``vm console``, the web UI) pass the user's choice: a second viewer must not
+    silently throw the first one off.  kvmgr's own short sessions (waiting for a marker) and
+    library callers default to taking over.
+    """
+
+    def __init__(
+        self, conn: Connection, name: str, *, device: str | None = None, force: bool = True
+    ) -> None:
         validate_existing_name(name, what="VM name")
         self.name = name
         from kvmgr.services.vms import lookup  # the one "VM 'x' does not exist" message
@@ -50,10 +69,20 @@ class ConsoleSession:
         self._dom = lookup(conn, name)
         if not self._dom.isActive():
             raise InvalidState(f"VM {name} is not running", hint=f"start it: kvmgr vm start {name}")
+        flags = libvirt.VIR_DOMAIN_CONSOLE_FORCE if force else libvirt.VIR_DOMAIN_CONSOLE_SAFE
         with libvirt_errors(f"opening the console of VM {name}"):
             self._stream = conn.virconn.newStream(libvirt.VIR_STREAM_NONBLOCK)
-            # FORCE takes the console over from a session someone left open (e.g. a crashed test).
-            self._dom.openConsole(device, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        try:
+            self._dom.openConsole(device, self._stream, flags)
+        except libvirt.libvirtError as err:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._stream.abort()
+            if "active console session" in (err.get_error_message() or "").lower():
+                raise ConsoleBusy(
+                    f"the serial console of VM {name} is open in another session",
+                    hint="--force takes it over (the other session is disconnected)",
+                ) from err
+            raise translate(err, f"opening the console of VM {name}") from err
         self._pending = b""  # read from the stream but not yet consumed by expect()
         self.transcript = b""  # the most recent output, for error messages
         self._closed = False
@@ -61,8 +90,10 @@ class ConsoleSession:
     # ----------------------------------------------------------------- raw I/O
     def _recv(self) -> bytes | None:
         """Bytes available now; b"" when none yet; None when the console closed."""
-        with libvirt_errors(f"reading the console of VM {self.name}"):
+        try:
             data = self._stream.recv(_CHUNK)
+        except libvirt.libvirtError:
+            return None  # "stream had I/O failure": another session took the console over
         if data == -2:  # VIR_STREAM_NONBLOCK: nothing to read at the moment
             return b""
         if isinstance(data, bytes) and data:
@@ -79,7 +110,10 @@ class ConsoleSession:
         while True:
             received = self._recv()
             if received is None:
-                raise InvalidState(f"the console of VM {self.name} closed (did the VM stop?)")
+                raise InvalidState(
+                    f"the console of VM {self.name} closed (the VM stopped, or another "
+                    "session took it over)"
+                )
             if received or time.monotonic() >= deadline:
                 return received
             time.sleep(POLL_INTERVAL)
@@ -189,13 +223,17 @@ def attach_interactive(
     *,
     stdin: IO[Any] | None = None,
     stdout: IO[Any] | None = None,
+    force: bool = False,
 ) -> None:
-    """Connect this terminal to the VM's serial console until the escape key or the VM stops."""
+    """Connect this terminal to the VM's serial console until the escape key or the VM stops.
+
+    Refused with :class:`ConsoleBusy` while another session has it, unless ``force``.
+    """
     escape_code = escape_byte(escape)
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     in_fd, out_fd = stdin.fileno(), stdout.fileno()
-    with ConsoleSession(conn, name) as session, _raw_terminal(stdin):
+    with ConsoleSession(conn, name, force=force) as session, _raw_terminal(stdin):
         os.write(out_fd, f"Connected to {name}; {escape} to leave.\r\n".encode())
         while True:
             ready, _, _ = select.select([in_fd], [], [], POLL_INTERVAL)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
+import time
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -22,7 +24,7 @@ from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator
 from kvmgr.errors import InvalidState, KvmgrError
 from kvmgr.services import vms as vms_service
-from kvmgr.services.console import ConsoleSession
+from kvmgr.services.console import ConsoleBusy, ConsoleSession
 from kvmgr.store.users import Principal
 
 router = APIRouter(prefix="/api/v1/vms", tags=["console"])
@@ -30,6 +32,7 @@ router = APIRouter(prefix="/api/v1/vms", tags=["console"])
 #: Close codes in the 4000 range are ours: the page shows why the console closed.
 CLOSE_REFUSED = 4403
 CLOSE_ERROR = 4500
+CLOSE_BUSY = 4409  # someone else has the console: the page may offer to take over
 #: A signed token carries its grant (user, VM name, kind, expiry): a few hundred characters.
 TOKEN_MAX = 1024
 _READ_SLICE = 0.1  # seconds one blocking console read may take (bounds shutdown latency)
@@ -81,9 +84,27 @@ def _admit(ctx: AppContext, token: str, name: str, kind: str) -> Principal | Non
     return who
 
 
+#: Who has each VM's serial console open through this server: (user, since).  A refused
+#: second viewer is told who; a session opened elsewhere (a CLI) is only "another session".
+_holders: dict[str, tuple[str, float]] = {}
+_holders_lock = threading.Lock()
+
+
+def _held_by(name: str) -> str:
+    with _holders_lock:
+        holder = _holders.get(name)
+    if holder is None:
+        return "another session (a CLI, or another server)"
+    user, since = holder
+    return f"{user} (web, since {time.strftime('%H:%M:%S', time.localtime(since))})"
+
+
 @router.websocket("/{name}/console")
 async def serial_console(
-    websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=TOKEN_MAX)] = ""
+    websocket: WebSocket,
+    name: str,
+    token: Annotated[str, Query(max_length=TOKEN_MAX)] = "",
+    force: Annotated[bool, Query(description="take the console over from its holder")] = False,
 ) -> None:
     ctx: AppContext = websocket.app.state.ctx
     who = await run_in_threadpool(_admit, ctx, token, name, "serial")
@@ -92,14 +113,27 @@ async def serial_console(
         return
     await websocket.accept()
     try:
-        session = await run_in_threadpool(ConsoleSession, ctx.conn(), name)
+        session = await run_in_threadpool(
+            functools.partial(ConsoleSession, ctx.conn(), name, force=force)
+        )
+    except ConsoleBusy:
+        # The page offers to take over: it reconnects with force=1 after the user agrees.
+        await websocket.close(code=CLOSE_BUSY, reason=f"held by {_held_by(name)}"[:120])
+        return
     except KvmgrError as err:
         await websocket.close(code=CLOSE_ERROR, reason=err.message[:120])
         return
-    await run_in_threadpool(ctx.audit, who, "console.serial.open", name, "ok")
+    action = "console.serial.takeover" if force else "console.serial.open"
+    await run_in_threadpool(ctx.audit, who, action, name, "ok")
+    mine = (who.name, time.time())
+    with _holders_lock:
+        _holders[name] = mine
     try:
         await _bridge_serial(websocket, session)
     finally:
+        with _holders_lock:
+            if _holders.get(name) == mine:
+                del _holders[name]
         await run_in_threadpool(session.close)
 
 

@@ -130,9 +130,13 @@ document.addEventListener("DOMContentLoaded", () => {
   loadSnapshots();
 
   // Serial console: xterm.js over a websocket the server bridges to libvirt's console stream.
-  document.getElementById("console-open")?.addEventListener("click", async () => {
+  // A console someone else has open is not taken silently: the server refuses (4409, saying
+  // who holds it) and the page offers to take it over, which reconnects with force=1.
+  const CLOSE_BUSY = 4409;
+  const openConsole = async (force) => {
     const element = document.getElementById("terminal");
     element.replaceChildren();
+    document.getElementById("console-takeover").hidden = true;
     const term = new Terminal({ convertEol: true, fontSize: 13, scrollback: 2000 });
     const fit = new FitAddon.FitAddon();
     term.loadAddon(fit);
@@ -141,13 +145,24 @@ document.addEventListener("DOMContentLoaded", () => {
     try {
       const grant = await kvmgr.api("POST", `${base}/console-token`, { kind: "serial" });
       const scheme = location.protocol === "https:" ? "wss" : "ws";
-      const socket = new WebSocket(`${scheme}://${location.host}${grant.url}`);
+      const url = `${scheme}://${location.host}${grant.url}${force ? "&force=1" : ""}`;
+      const socket = new WebSocket(url);
       socket.binaryType = "arraybuffer";
       socket.onmessage = (message) => term.write(new Uint8Array(message.data));
-      socket.onclose = (event) => term.write(`\r\n[console closed${event.reason ? ": " + event.reason : ""}]\r\n`);
+      socket.onclose = (event) => {
+        if (event.code === CLOSE_BUSY) {
+          const notice = document.getElementById("console-busy");
+          notice.textContent = `The console is ${event.reason || "open elsewhere"}.`;
+          document.getElementById("console-takeover").hidden = false;
+          return;
+        }
+        term.write(`\r\n[console closed${event.reason ? ": " + event.reason : ""}]\r\n`);
+      };
       term.onData((data) => socket.readyState === WebSocket.OPEN && socket.send(new TextEncoder().encode(data)));
       socket.onopen = () => term.focus();
       window.kvmgrConsole = { term, socket };
     } catch (err) { kvmgr.flash(err.message); }
-  });
+  };
+  document.getElementById("console-open")?.addEventListener("click", () => openConsole(false));
+  document.getElementById("console-force")?.addEventListener("click", () => openConsole(true));
 });
