@@ -345,3 +345,39 @@ def test_cli_vm_list_all_hosts(tmp_path: Path, hosts: list[str]) -> None:
     assert [r["host"] for r in rows if r["state"] == "unreachable"] == ["dead"]
     table = kvmgr(tmp_path, "vm", "list", "--all-hosts")
     assert "HOST" in table.stdout and "unreachable" in table.stdout
+
+
+def test_quick_lookup_agrees_with_the_registry(
+    tmp_path: Path, hosts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's SQLAlchemy-free lookup (host_lookup) gives what the registry gives, or None."""
+    from kvmgr.api.settings import Settings
+    from kvmgr.control.host_lookup import database_url, quick_uri
+
+    monkeypatch.delenv("KVMGR_DB_URL", raising=False)
+    monkeypatch.setenv("KVMGR_STATE_DIR", str(tmp_path / "state"))
+    assert database_url() == Settings().database_url
+    monkeypatch.setenv("KVMGR_DB_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    assert database_url() == Settings().database_url
+    monkeypatch.setenv("KVMGR_DB_URL", "postgresql+psycopg://kvmgr@db/kvmgr")
+    assert database_url() == Settings().database_url
+    assert quick_uri(None, "qemu:///system") is None  # not SQLite: the registry answers
+
+    monkeypatch.setenv("KVMGR_DB_URL", f"sqlite:///{tmp_path / 'q' / 'kvmgr.db'}")
+    assert quick_uri(None, "qemu:///system") == "qemu:///system"  # no store yet
+    assert quick_uri("h0", "qemu:///system") is None
+    store = Store(database_url())
+    registry = HostRegistry(store)
+    registry.add("h0", hosts[0])
+    registry.add("h1", hosts[1])
+    assert quick_uri("h1", "x") == hosts[1] == registry.get("h1").uri
+    assert quick_uri("nope", "x") is None
+    assert quick_uri(None, "x") is None  # two hosts, no default, no local: registry's error
+    with pytest.raises(InvalidInput):
+        registry.default()
+    registry.set("h1", default=True)
+    assert quick_uri(None, "x") == registry.default().uri == hosts[1]
+    registry.set("h1", default=False)
+    registry.ensure_uri(hosts[2], name=LOCAL)
+    assert quick_uri(None, "x") == registry.default().uri == hosts[2]
+    store.dispose()

@@ -65,6 +65,15 @@ class CLIState:
             if self.uri is not None and self.host is None:
                 self._conn = open_connection(self.uri)
                 self._direct = True
+                return self._conn
+            from kvmgr.connect import default_uri
+            from kvmgr.connect.bounded import connect_uri
+            from kvmgr.control.host_lookup import quick_uri
+
+            # the common case without SQLAlchemy (~1 s of CPU); the registry when unsure
+            uri = quick_uri(self.host, default_uri())
+            if uri is not None:
+                self._conn = connect_uri(uri)
             else:
                 self._conn = self.hosts().connect(self.host_name())
         return self._conn
@@ -83,16 +92,15 @@ class CLIState:
         return self._store
 
     def _close_store(self) -> None:
-        """Drop the store and everything built on it (plane, registry, its connections)."""
+        """Drop the store and everything built on it (plane, registry, host connections)."""
         self._plane = None
         self._host_name = None
-        if self._registry is not None:
-            from kvmgr.control.hosts import close_connections
+        self._registry = None
+        if not self._direct:
+            self._conn = None  # it was one of the cached host connections, closed below
+        from kvmgr.connect.bounded import close_connections
 
-            if not self._direct:
-                self._conn = None  # it was one of the registry's connections
-            close_connections()
-            self._registry = None
+        close_connections()
         if self._store is not None:
             self._store.dispose()
             self._store = None

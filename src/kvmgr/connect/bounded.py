@@ -148,6 +148,46 @@ def open_bounded(uri: str, timeout: float) -> Connection:
     return conn
 
 
+# ------------------------------------------------------------------------------------ cache
+_connections: dict[str, Connection] = {}
+_connections_lock = threading.Lock()
+
+
+def connect_uri(uri: str, timeout: float | None = None) -> Connection:
+    """The process's connection to ``uri``: opened within the bound with keepalive on, reused
+    while alive, reopened when its daemon went away (libvirt's calls are thread-safe)."""
+    with _connections_lock:
+        cached = _connections.get(uri)
+    if cached is not None:
+        try:
+            if cached.virconn.isAlive():
+                return cached
+        except libvirt.libvirtError:
+            pass
+        cached.close()
+    conn = open_bounded(uri, host_timeout() if timeout is None else timeout)
+    with _connections_lock:
+        _connections[uri] = conn
+    return conn
+
+
+def forget_connection(uri: str) -> None:
+    """Close and drop the cached connection to ``uri`` (a host removed from the registry)."""
+    with _connections_lock:
+        conn = _connections.pop(uri, None)
+    if conn is not None:
+        conn.close()
+
+
+def close_connections() -> None:
+    """Close every cached connection (end of a CLI command, API shutdown)."""
+    with _connections_lock:
+        conns = list(_connections.values())
+        _connections.clear()
+    for conn in conns:
+        conn.close()
+
+
 def fan_out(
     items: Iterable[K], func: Callable[[K], T], timeout: float, *, workers: int = 32
 ) -> list[Outcome[T]]:
@@ -213,7 +253,10 @@ __all__ = [
     "Outcome",
     "TimedOut",
     "call_bounded",
+    "close_connections",
+    "connect_uri",
     "fan_out",
+    "forget_connection",
     "host_timeout",
     "open_bounded",
 ]

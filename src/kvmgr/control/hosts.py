@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +40,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection, default_uri, is_local, validate_uri
-from kvmgr.connect.bounded import Outcome, fan_out, host_timeout, open_bounded
+from kvmgr.connect.bounded import (
+    Outcome,
+    close_connections,
+    connect_uri,
+    fan_out,
+    forget_connection,
+    host_timeout,
+)
+from kvmgr.control.host_lookup import LOCAL, choose_default
 from kvmgr.control.host_models import Host
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, libvirt_errors
 from kvmgr.host.memory import node_memory
@@ -50,7 +57,22 @@ from kvmgr.store.db import Store
 from kvmgr.store.models import aware, utcnow
 from kvmgr.store.ownership import ObjectOwner
 
-LOCAL = "local"
+# connect_uri and close_connections live with the bounded open (kvmgr.connect.bounded) and are
+# re-exported here, where callers of the registry look for them.
+__all__ = [
+    "LOCAL",
+    "HostRecord",
+    "HostRegistry",
+    "check_host_uri",
+    "close_connections",
+    "connect_uri",
+    "derived_name",
+    "host_facts",
+    "host_identity",
+    "kvmgr_vms",
+    "parse_labels",
+    "status_row",
+]
 _SECURE_TRANSPORTS = {"", "unix", "ssh", "libssh", "libssh2", "tls"}
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9_.\-/:@]{0,63}")
@@ -164,38 +186,6 @@ def derived_name(uri: str, taken: Iterable[str]) -> str:
     return name
 
 
-# ------------------------------------------------------------------------------------ connections
-_connections: dict[str, Connection] = {}
-_connections_lock = threading.Lock()
-
-
-def connect_uri(uri: str, timeout: float | None = None) -> Connection:
-    """The process's connection to ``uri``: opened within the bound with keepalive on, reused
-    while alive, reopened when its daemon went away (libvirt's calls are thread-safe)."""
-    with _connections_lock:
-        cached = _connections.get(uri)
-    if cached is not None:
-        try:
-            if cached.virconn.isAlive():
-                return cached
-        except libvirt.libvirtError:
-            pass
-        cached.close()
-    conn = open_bounded(uri, host_timeout() if timeout is None else timeout)
-    with _connections_lock:
-        _connections[uri] = conn
-    return conn
-
-
-def close_connections() -> None:
-    """Close every cached connection (end of a CLI command, API shutdown)."""
-    with _connections_lock:
-        conns = list(_connections.values())
-        _connections.clear()
-    for conn in conns:
-        conn.close()
-
-
 def host_identity(conn: Connection) -> str | None:
     """What the daemon says the machine is: the capabilities' host UUID (libvirtd's
     ``host_uuid``, else SMBIOS), else the sysinfo's system UUID.  A test driver file is
@@ -298,13 +288,9 @@ class HostRegistry:
         hosts = self.all()
         if not hosts:
             return self.ensure_uri(default_uri(), name=LOCAL)
-        chosen = (
-            [h for h in hosts if h.is_default]
-            or (hosts if len(hosts) == 1 else [])
-            or [h for h in hosts if h.name == LOCAL]
-        )
-        if chosen:
-            return chosen[0]
+        index = choose_default([(h.name, h.uri, h.is_default) for h in hosts])
+        if index is not None:
+            return hosts[index]
         raise InvalidInput(
             f"{len(hosts)} hosts are registered ({', '.join(h.name for h in hosts)}) and none is "
             "the default",
@@ -435,10 +421,7 @@ class HostRegistry:
             # everything kvmgr recorded of objects there (owners of VMs, volumes, networks...)
             session.execute(delete(ObjectOwner).where(ObjectOwner.host == name))
             session.delete(self._row(session, name))
-        with _connections_lock:
-            conn_to_close = _connections.pop(record.uri, None)
-        if conn_to_close is not None:
-            conn_to_close.close()
+        forget_connection(record.uri)
         return [vm for vm, _uuid in made]
 
     # ---------------------------------------------------------------- status of many
