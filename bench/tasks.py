@@ -100,7 +100,17 @@ def _worker(ctx: Context, url: str) -> subprocess.Popen[str]:
         "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO / "src")),
     }
     env.pop("KVMGR_DB_URL", None)
-    argv = [sys.executable, "-m", "kvmgr.cli.main", "worker", "--threads", "1", "--poll", "0.05"]
+    argv = [
+        sys.executable,
+        "-m",
+        "kvmgr.cli.main",
+        "worker",
+        "--threads",
+        "1",
+        "--poll",
+        "0.05",
+        "--no-events",
+    ]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     deadline = time.monotonic() + 60

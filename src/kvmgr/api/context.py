@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
-from kvmgr.api.events import DatabaseEvents, EventBus, LifecycleEvents, StatsPublisher
+from kvmgr.api.events import DatabaseEvents, EventBus, StatsPublisher
 from kvmgr.api.security import ConsoleTokens, LoginLimiter
 from kvmgr.api.settings import Settings
 from kvmgr.connect import Connection, open_connection
 from kvmgr.control import tasks
 from kvmgr.control.authz import Authz, state_dirs
 from kvmgr.control.plane import ControlPlane, Key, vm_name_key
-from kvmgr.control.worker import Worker
+from kvmgr.control.worker import Worker, registered_hosts
 from kvmgr.errors import Forbidden, KvmgrError
 from kvmgr.services import vms
 from kvmgr.services.steps import Steps
@@ -70,7 +70,6 @@ class AppContext:
         self._conn: Connection | None = None
         self._host_name: str | None = None
         self._conn_lock = threading.Lock()
-        self._events: LifecycleEvents | None = None
         self.stats = StatsPublisher(self.conn, self.bus, settings.stats_interval)
 
     # ---------------------------------------------------------------- lifetime
@@ -80,28 +79,23 @@ class AppContext:
         tasks.load_kinds()
         self.feed.start()
         if self.settings.worker:
+            if self.settings.events:
+                self.own_host()  # registered, so that some worker watches its events
             self.worker = Worker(
                 self.store,
                 self.host_conn,
                 concurrency=self.settings.worker_threads,
                 state_dir=self.settings.state_dir,
+                # Lifecycle events of every registered host, each watched by one worker of the
+                # fleet; they reach this replica's stream through the events table (self.feed).
+                host_events=registered_hosts(self.store) if self.settings.events else None,
             )
             self.worker.start()
         if self.settings.stats_interval > 0:
             self.stats.start()
-        if self.settings.events:
-            self._events = LifecycleEvents(self.settings.uri, self.bus)
-            try:
-                self._events.start()
-            except KvmgrError as err:
-                # The UI still works without live events; the page says so via /api/v1/health.
-                log.warning("live VM events are off: %s", err)
-                self._events = None
 
     def stop(self) -> None:
         self.stats.stop()
-        if self._events is not None:
-            self._events.stop()
         if self.worker is not None:
             self.worker.stop(grace=self.settings.worker_grace)
             self.worker = None
@@ -117,7 +111,9 @@ class AppContext:
 
     @property
     def events_live(self) -> bool:
-        return self._events is not None
+        """This replica streams the events table (host events come from whichever worker
+        watches each host, here or elsewhere)."""
+        return self.feed.running
 
     # ---------------------------------------------------------------- libvirt
     @property

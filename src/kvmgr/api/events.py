@@ -6,9 +6,8 @@ Task updates (and lifecycle events written by the workers that own each host's e
 come from the database's events table (:class:`DatabaseEvents`), so every API replica streams
 what every worker did.  Each client gets only what it may see (kvmgr.control.events).
 
-libvirt delivers events only to a process that runs an event loop implementation: we register
-libvirt's default one and run it in a daemon thread, on a connection of its own.  Callbacks come
-in on that thread; :class:`EventBus` hops them onto the asyncio loop of each subscriber.
+Lifecycle events come from the worker that watches each host (kvmgr.control.host_events), through
+the events table; :class:`EventBus` hops them onto the asyncio loop of each subscriber.
 """
 
 from __future__ import annotations
@@ -21,31 +20,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import libvirt
-
-from kvmgr.connect import Connection, open_connection
-from kvmgr.connect.events import ensure_event_loop
+from kvmgr.connect import Connection
 from kvmgr.control import events as events_store
 from kvmgr.control.ownership import LOCAL_HOST, owners_of_kind
-from kvmgr.errors import KvmgrError, libvirt_errors
+from kvmgr.errors import KvmgrError
 from kvmgr.services import stats
 from kvmgr.services.stats import StatsSample
 from kvmgr.store.db import Store
 
 log = logging.getLogger(__name__)
 
-# libvirt's lifecycle event kinds by name (constants, never numbers).
-LIFECYCLE_NAMES = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
-}
 _QUEUE_SIZE = 256
 
 
@@ -123,6 +107,10 @@ class DatabaseEvents:
             self._thread.join(self.interval + 5)
             self._thread = None
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self, cursor: events_store.Cursor) -> None:
         refreshed = time.monotonic()
         while not self._stop.wait(self.interval):
@@ -141,51 +129,6 @@ class DatabaseEvents:
 
     def _refresh_owners(self) -> None:
         self.owners = {host: owners_of_kind(self._store, "vm", host=host) for host in self._hosts}
-
-
-class LifecycleEvents:
-    """Subscribes to domain lifecycle events of ``uri`` and publishes them on ``bus``."""
-
-    def __init__(self, uri: str | None, bus: EventBus) -> None:
-        self._uri = uri
-        self._bus = bus
-        self._conn: Connection | None = None
-        self._callback_id: int | None = None
-
-    def start(self) -> None:
-        ensure_event_loop()  # the process-wide loop from kvmgr.connect, never a second one
-        self._conn = open_connection(self._uri, readonly=True)
-        with libvirt_errors("subscribing to VM lifecycle events"):
-            self._callback_id = self._conn.virconn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
-            )
-
-    def stop(self) -> None:
-        if self._conn is None:
-            return
-        if self._callback_id is not None:
-            with contextlib.suppress(libvirt.libvirtError, KvmgrError):
-                self._conn.virconn.domainEventDeregisterAny(self._callback_id)
-        self._conn.close()
-        self._conn = None
-
-    def _on_lifecycle(
-        self,
-        _conn: libvirt.virConnect,
-        dom: libvirt.virDomain,
-        event: int,
-        detail: int,
-        _op: object,
-    ) -> None:
-        self._bus.publish(
-            {
-                "type": "vm",
-                "event": LIFECYCLE_NAMES.get(event, "unknown"),
-                "detail": detail,
-                "name": dom.name(),
-                "uuid": dom.UUIDString(),
-            }
-        )
 
 
 class StatsPublisher:

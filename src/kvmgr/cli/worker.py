@@ -28,11 +28,18 @@ def worker(
     grace: Annotated[
         float, typer.Option(min=0, help="seconds to let running tasks finish on SIGTERM")
     ] = 30.0,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events/--no-events",
+            help="also watch registered hosts' lifecycle events (one worker per host, by lease)",
+        ),
+    ] = True,
 ) -> None:
     """Run tasks from the database queue (KVMGR_DATABASE_URL / KVMGR_DB_URL) until stopped."""
     from kvmgr.api.settings import Settings
     from kvmgr.control.hosts import HostRegistry, close_connections
-    from kvmgr.control.worker import Worker
+    from kvmgr.control.worker import Worker, registered_hosts
     from kvmgr.store.db import Store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -41,7 +48,12 @@ def worker(
     # Tasks name their host; the registry knows its URI (the API registered it on first use).
     registry = HostRegistry(store)
     runner = Worker(
-        store, registry.connect, concurrency=threads, poll=poll, state_dir=settings.state_dir
+        store,
+        registry.connect,
+        concurrency=threads,
+        poll=poll,
+        state_dir=settings.state_dir,
+        host_events=registered_hosts(store) if events else None,
     )
     stopping = threading.Event()
 

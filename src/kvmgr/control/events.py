@@ -54,6 +54,13 @@ def record_vm(session: Session, host: str, uuid: str, data: dict[str, Any]) -> N
     )
 
 
+def record_host(session: Session, host: str, data: dict[str, Any]) -> None:
+    """A fact about a host's event connection ("connected" after a (re)subscription)."""
+    session.add(
+        Event(at=utcnow(), type="host", host=clip(Event, "host", host), data={**data, "host": host})
+    )
+
+
 def prune(session: Session, keep: timedelta = RETENTION) -> int:
     result = session.execute(delete(Event).where(Event.at < utcnow() - keep))
     return int(getattr(result, "rowcount", 0) or 0)
@@ -93,6 +100,8 @@ def may_receive(who: Principal, event: dict[str, Any], owners: VMOwners) -> bool
     if kind == "task":
         owner_id = (event.get("task") or {}).get("owner_id")
         return owner_id is not None and owner_id == who.id
+    if kind == "host":
+        return True  # which hosts' events are live: hosts are every user's to read
     if kind == "stats":
         # The same rows as GET /api/v1/vms, which every viewer may read (the VM list's rule).
         return True

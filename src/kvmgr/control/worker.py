@@ -27,6 +27,7 @@ from pathlib import Path
 from kvmgr.connect import Connection
 from kvmgr.control import events, tasks
 from kvmgr.control.authz import state_dirs
+from kvmgr.control.host_events import HostEventOwners
 from kvmgr.control.plane import ControlPlane
 from kvmgr.errors import KvmgrError, NotFound
 from kvmgr.store import audit
@@ -67,6 +68,13 @@ def process_gone(worker: str) -> bool:
     return _start_ticks(int(parts[1])) != parts[2]
 
 
+def registered_hosts(store: Store) -> Callable[[], dict[str, str]]:
+    """Name -> URI of every registered host, read afresh on each call."""
+    from kvmgr.control.hosts import HostRegistry
+
+    return lambda: {host.name: host.uri for host in HostRegistry(store).all()}
+
+
 def owner_principal(store: Store, owner_id: int | None, owner: str) -> Principal:
     """The submitter as they are now (a role lowered since submission counts)."""
     with store.session() as session:
@@ -94,6 +102,7 @@ class Worker:
         recover: Callable[[], object] | None = None,
         worker_id: str | None = None,
         state_dir: Path | None = None,
+        host_events: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         tasks.load_kinds()
         self.store = store
@@ -112,6 +121,11 @@ class Worker:
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        #: Watches the lifecycle events of the hosts ``host_events()`` lists (name -> URI),
+        #: each host by one worker of the fleet (kvmgr.control.host_events).
+        self.host_owners = (
+            HostEventOwners(store, self.plane, host_events) if host_events is not None else None
+        )
         self.ran = 0  # tasks finished by this worker: read by tests and the bench
 
     # ------------------------------------------------------------------ lifetime
@@ -127,6 +141,8 @@ class Worker:
         keeper = threading.Thread(target=self._keep, name="kvmgr-worker-beat", daemon=True)
         keeper.start()
         self._threads.append(keeper)
+        if self.host_owners is not None:
+            self.host_owners.start()
         log.info("worker %s started (%d threads)", self.id, self.concurrency)
 
     def stop(self, grace: float = 30.0) -> bool:
@@ -134,6 +150,8 @@ class Worker:
         running (a task still running is recovered by the next worker)."""
         self._stop.set()
         self._wake.set()
+        if self.host_owners is not None:
+            self.host_owners.stop()
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
