@@ -31,7 +31,8 @@ from bench.provision import IMAGES
 
 PREFIX = f"{NAME_PREFIX}ctl-"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-TARGET = Target("<=1.1x", max_ratio=1.1)
+#: The issue's <=1.1x, held to the median of the per-round ratios.
+PAIRED_TARGET = Target("<=1.1x", max_value=1.1)
 
 
 def run(ctx: Context) -> Iterator[Line]:
@@ -112,15 +113,26 @@ def _measure(ctx: Context, conn: Any, vms: Any, name: str, label: str, url: str)
     for action in ("start", "stop"):
         bare = figures["bare"][action][warm:]
         for variant, subject in (("journal", "lease + journal"), ("lease", "lease only")):
+            controlled = figures[variant][action][warm:]
             yield Result(
                 "control",
                 f"vm {action}, {label}",
                 "s",
                 f"{subject} (ControlPlane)",
-                figures[variant][action][warm:],
+                controlled,
                 f"vms.{'start' if action == 'start' else 'force_off'} alone",
                 bare,
-                target=TARGET,
+                note="median over median; see the paired line for the target",
+            )
+            # Each round runs every variant once, back to back: the ratio within a round is
+            # free of the load waves of a shared machine that swamp medians (spreads ~50 %).
+            yield Result(
+                "control",
+                f"vm {action}, {label}",
+                "x",
+                f"{subject} / bare, same round",
+                [round(c / b, 4) for c, b in zip(controlled, bare, strict=True)],
+                target=PAIRED_TARGET,
             )
     overhead = interleaved(
         {
