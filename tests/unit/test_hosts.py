@@ -381,3 +381,11 @@ def test_quick_lookup_agrees_with_the_registry(
     registry.ensure_uri(hosts[2], name=LOCAL)
     assert quick_uri(None, "x") == registry.default().uri == hosts[2]
     store.dispose()
+
+
+def test_fleet_of_an_empty_registry_is_the_local_daemon(
+    store: Store, hosts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVMGR_URI", hosts[0])
+    rows, down = HostRegistry(store).fleet_vms()
+    assert ({row["host"] for row in rows}, len(rows), down) == ({LOCAL}, 5, [])

@@ -45,7 +45,15 @@ def list_cmd(
     """List every VM (those made by virt-install or virsh too)."""
     columns = ["name", "state", "vcpus", "memory", "ips", "autostart"]
     if all_hosts:
-        rows, down = cli_state.hosts().fleet_vms(with_ips=ips)
+        from kvmgr.connect.bounded import host_timeout
+        from kvmgr.control.fleet import list_fleet
+        from kvmgr.control.host_lookup import quick_hosts
+
+        known = quick_hosts()  # without SQLAlchemy when it can; last_seen is the registry's
+        if known is not None:
+            rows, down = list_fleet(known, host_timeout(), with_ips=ips)
+        else:
+            rows, down = cli_state.hosts().fleet_vms(with_ips=ips)
         # a host that did not answer is a row too, so no reader mistakes it for a host without VMs
         rows += [{"host": d["host"], "state": "unreachable", "error": d["error"]} for d in down]
         columns = ["host", *columns, "error"] if down else ["host", *columns]

@@ -55,24 +55,40 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(url[len(prefix) :])
 
 
-def quick_uri(host: str | None, default_uri: str) -> str | None:
-    """The URI of registered host ``host`` (the default host when None), or None: ask the
-    registry.  ``default_uri`` is the local daemon's, for a store with no host yet."""
+def _rows() -> list[tuple[str, str, bool]] | None:
+    """(name, uri, is_default) of every registered host, or None: ask the registry."""
     path = _sqlite_file(database_url())
     if path is None:
         return None
     if not path.exists():
-        return default_uri if host is None else None  # no store yet: nothing is registered
+        return []  # no store yet: nothing is registered
     try:
         location = f"{path.resolve().as_uri()}?mode=ro"
         with closing(sqlite3.connect(location, uri=True, timeout=5)) as db:
             rows = db.execute("SELECT name, uri, is_default FROM hosts ORDER BY name").fetchall()
     except sqlite3.Error:
         return None  # no hosts table yet (an older schema), locked, unreadable: the registry
-    hosts = [(str(name), str(uri), bool(is_default)) for name, uri, is_default in rows]
+    return [(str(name), str(uri), bool(is_default)) for name, uri, is_default in rows]
+
+
+def quick_uri(host: str | None, default_uri: str) -> str | None:
+    """The URI of registered host ``host`` (the default host when None), or None: ask the
+    registry.  ``default_uri`` is the local daemon's, for a store with no host yet."""
+    hosts = _rows()
+    if hosts is None:
+        return None
     if host is not None:
         return next((uri for name, uri, _default in hosts if name == host), None)
     if not hosts:
         return default_uri
     index = choose_default(hosts)
     return None if index is None else hosts[index][1]
+
+
+def quick_hosts() -> list[tuple[str, str]] | None:
+    """(name, uri) of every registered host; None (ask the registry) when unsure or when none
+    is registered yet (the registry registers the local daemon then)."""
+    hosts = _rows()
+    if not hosts:
+        return None
+    return [(name, uri) for name, uri, _default in hosts]

@@ -48,6 +48,7 @@ from kvmgr.connect.bounded import (
     forget_connection,
     host_timeout,
 )
+from kvmgr.control.fleet import list_fleet, reason
 from kvmgr.control.host_lookup import LOCAL, choose_default
 from kvmgr.control.host_models import Host
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, libvirt_errors
@@ -470,23 +471,10 @@ class HostRegistry:
         Returns (VM rows with their ``host``, rows of the hosts that did not answer).  A host
         that is down or hangs costs the others nothing: its row says why.
         """
-        from kvmgr.services import vms
-
-        hosts = self.all() if hosts is None else hosts
-
-        def listing(host: HostRecord) -> list[dict[str, Any]]:
-            conn = connect_uri(host.uri, self.timeout)
-            return [row.as_dict() for row in vms.list_vms(conn, with_ips=with_ips)]
-
-        outcomes = fan_out(hosts, listing, self.timeout)
-        rows: list[dict[str, Any]] = []
-        down: list[dict[str, Any]] = []
-        for host, outcome in zip(hosts, outcomes, strict=True):
-            if outcome.ok and outcome.value is not None:
-                rows.extend({"host": host.name, **row} for row in outcome.value)
-            else:
-                down.append({"host": host.name, "uri": host.uri, "error": _reason(outcome)})
-        self.seen([h.name for h, o in zip(hosts, outcomes, strict=True) if o.ok])
+        hosts = (self.all() or [self.default()]) if hosts is None else hosts
+        rows, down = list_fleet([(h.name, h.uri) for h in hosts], self.timeout, with_ips=with_ips)
+        failed = {d["host"] for d in down}
+        self.seen([h.name for h in hosts if h.name not in failed])
         return rows, down
 
 
@@ -496,11 +484,6 @@ def status_row(host: HostRecord, outcome: Outcome[dict[str, Any]]) -> dict[str, 
         row.update({"reachable": True, "state": "maintenance" if host.maintenance else "up"})
         row.update(outcome.value)
     else:
-        row.update({"reachable": False, "state": "down", "error": _reason(outcome)})
+        row.update({"reachable": False, "state": "down", "error": reason(outcome)})
     row["seconds"] = round(outcome.seconds, 3)
     return row
-
-
-def _reason(outcome: Outcome[Any]) -> str:
-    err = outcome.error
-    return err.message if err is not None else "no answer"
