@@ -186,3 +186,29 @@ def test_a_repository_without_compression_stores_chunks_as_they_are(tmp_path: Pa
     assert all(ref.flags == 0 for ref in repo.disk_map(full, "vda").values())
     assert full["bytes_stored"] == sum(len(d) for d in first.values() if any(d))
     assert verify_point(repo, "a.1").ok
+
+
+def test_retention_keeps_the_newest_and_one_per_day_and_week() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from kvmgr.services.backup.retention import Policy, keep
+
+    start = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)  # a Monday
+    # two points a day for 21 days: p0 (oldest) .. p41 (newest)
+    points = [(f"p{i}", start + timedelta(hours=12 * i)) for i in range(42)]
+    assert keep(points, Policy(keep_last=3)) == {"p41", "p40", "p39"}
+    # newest of each of the last 2 days, plus the newest of each of the last 3 ISO weeks
+    daily = keep(points, Policy(keep_daily=2))
+    assert daily == {"p41", "p39"}
+    weekly = keep(points, Policy(keep_weekly=3))
+    assert weekly == {"p41", "p27", "p13"}  # each week's last point, Sunday 13:00
+    assert keep(points, Policy(keep_last=1, keep_daily=2, keep_weekly=3)) == {
+        "p41",
+        "p39",
+        "p27",
+        "p13",
+    }
+    with pytest.raises(InvalidInput):
+        Policy()
+    with pytest.raises(InvalidInput):
+        Policy(keep_last=-1)

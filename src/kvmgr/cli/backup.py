@@ -13,6 +13,7 @@ from kvmgr.cli.common import report_errors, state
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows, status
 from kvmgr.control.backups import Backups, check_point_input
 from kvmgr.errors import InvalidInput
+from kvmgr.services.backup.retention import Policy
 from kvmgr.units import format_size
 
 app = typer.Typer(no_args_is_help=True)
@@ -136,6 +137,21 @@ def restore(
             state.host_name(), chosen, as_name=as_name, pool=pool, start=start, say=spinner.update
         )
     emit_object(result, output)
+
+
+@app.command()
+@report_errors
+def prune(
+    vm: VMArg,
+    keep_last: Annotated[int, typer.Option(help="keep the newest N points")] = 0,
+    keep_daily: Annotated[int, typer.Option(help="keep the newest point of each of D days")] = 0,
+    keep_weekly: Annotated[int, typer.Option(help="keep the newest point of each of W weeks")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would go")] = False,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Apply a retention policy now: delete the points it does not keep (never the newest)."""
+    policy = Policy(keep_last, keep_daily, keep_weekly)
+    emit_object(_backups().prune(vm, policy, dry_run=dry_run), output)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from kvmgr.control.backup_models import BAD, FAILED, GOOD, BackupPoint, BackupRe
 from kvmgr.control.plane import ControlPlane
 from kvmgr.errors import AlreadyExists, InvalidInput, KvmgrError, NotFound
 from kvmgr.names import validate_name
-from kvmgr.services.backup import backup, restore, verify
+from kvmgr.services.backup import backup, restore, retention, verify
 from kvmgr.services.backup.repository import Repository
 from kvmgr.store.clip import clip
 from kvmgr.store.models import aware, utcnow
@@ -231,6 +231,21 @@ class Backups:
                 pool=pool,
                 start=start,
             )
+
+    def prune(self, vm: str, policy: retention.Policy, *, dry_run: bool = False) -> dict[str, Any]:
+        """Delete the good points of ``vm`` that ``policy`` does not keep (per repository)."""
+        rows = [row for row in self.points(vm) if row["state"] != FAILED]
+        kept: set[str] = set()
+        for repo in {row["repo"] for row in rows}:
+            mine = [
+                (r["id"], datetime.fromisoformat(r["created"])) for r in rows if r["repo"] == repo
+            ]
+            kept |= retention.keep(mine, policy)
+        doomed = [row["id"] for row in rows if row["id"] not in kept]
+        if not dry_run:
+            for point in doomed:
+                self.delete(point)
+        return {"kept": sorted(kept), "deleted": doomed, "dry_run": dry_run}
 
     def delete(self, point: str) -> None:
         """Delete a point (or forget a failed run); data other points need stays."""
