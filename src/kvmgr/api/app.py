@@ -27,6 +27,7 @@ from kvmgr.api.limits import MAX_BODY_BYTES, BodyLimit
 from kvmgr.api.routes import (
     audit,
     auth,
+    backups,
     console,
     events,
     host,
@@ -83,6 +84,7 @@ def _routers() -> list[object]:
         hosts,
         snapshots,
         moves,  # before vms: "/{name}/migrate" is not one of vms' "/{name}/{action}"
+        backups,
         vms,
         console,
         networks,

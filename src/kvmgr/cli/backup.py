@@ -132,6 +132,11 @@ def restore(
     """Restore a point into a new VM; never overwrites an existing VM or volume."""
     backups = _backups()
     chosen = check_point_input(point) if point else backups.latest(vm)
+    if backups.point(chosen)[0].vm_name != vm:
+        raise InvalidInput(
+            f"backup point {chosen} is not a point of VM {vm}",
+            hint=f"'kvmgr backup list {vm}' shows its points",
+        )
     with status(f"restoring {chosen}") as spinner:
         result = backups.restore(
             state.host_name(), chosen, as_name=as_name, pool=pool, start=start, say=spinner.update
