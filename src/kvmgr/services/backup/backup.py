@@ -52,6 +52,8 @@ _SCRATCH_PREFIX = "kvmgr-backup-"
 #: Threads hashing and compressing chunks, and how many chunks may wait for them (16 MiB).
 _WORKERS = 2
 _IN_FLIGHT = 256
+#: Batches of chunks (about a 4 MiB read each) waiting for the pack writer.
+_WRITES_QUEUED = 8
 CHECKPOINT_PREFIX = "kvmgr-"
 
 
@@ -178,7 +180,7 @@ def _plan(
         raise InvalidInput(f"VM {name} has no disk to back up", hint="CD-ROMs are not backed up")
     # Dirty bitmaps live in qcow2 images only: a VM with a raw disk is backed up in full.
     tracking = all(disk.format == "qcow2" for disk in disks)
-    capacities = {d.target: _capacity(conn, dom, d, offline) for d in disks}
+    capacities = {d.target: _capacity(dom, d) for d in disks}
     parent = None if full or not tracking else _parent(dom, repo, uuid, capacities)
     point = new_point_id(name, repo)
     checkpoint = f"{CHECKPOINT_PREFIX}{point}" if tracking else None
@@ -273,11 +275,10 @@ def _parent(
     return latest if latest["checkpoint"] in names else None
 
 
-def _capacity(conn: Connection, dom: libvirt.virDomain, disk: BackupDisk, offline: bool) -> int:
+def _capacity(dom: libvirt.virDomain, disk: BackupDisk) -> int:
+    """The disk's virtual size; libvirt reads it from the image when the VM is shut off."""
     with libvirt_errors(f"reading the size of disk {disk.target}"):
-        if not offline:
-            return int(dom.blockInfo(disk.target, 0)[0])
-        return int(conn.virconn.storageVolLookupByPath(disk.source).info()[1])
+        return int(dom.blockInfo(disk.target, 0)[0])
 
 
 # ------------------------------------------------------------------------------ libvirt XML
@@ -360,23 +361,34 @@ def _copy_disk(
         runs = list(_runs(wanted, client.size))
         total = sum(length for _, length in runs) or 1
         done = 0
-        # Hashing and compressing (both release the GIL) run in threads while this one reads
-        # the next requests from QEMU and appends finished chunks to the pack in disk order.
+        # Hashing and compressing (both release the GIL) run in threads, and one more thread
+        # appends finished chunks to the pack in disk order, while this one keeps QEMU's NBD
+        # server busy with the next requests.
         pending: deque[tuple[int, Future[Prepared]]] = deque()
-        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        writes: deque[Future[None]] = deque()
+        with (
+            ThreadPoolExecutor(max_workers=_WORKERS) as pool,
+            ThreadPoolExecutor(max_workers=1) as disk,
+        ):
             for (offset, length), data in zip(runs, client.read_many(runs), strict=True):
                 view = memoryview(data)
                 for at in range(0, length, CHUNK):
                     chunk = view[at : at + CHUNK]
                     pending.append(((offset + at) // CHUNK, pool.submit(writer.prepare, chunk)))
-                while len(pending) > _IN_FLIGHT:
+                ready: list[tuple[int, Prepared]] = []
+                while len(pending) > _IN_FLIGHT or (pending and pending[0][1].done()):
                     number, future = pending.popleft()
-                    writer.store(number, future.result())
+                    ready.append((number, future.result()))
+                if ready:
+                    writes.append(disk.submit(writer.store_many, ready))
+                while len(writes) > _WRITES_QUEUED or (writes and writes[0].done()):
+                    writes.popleft().result()
                 done += length
                 steps.progress(f"disk {writer.target}: {done * 100 // total}%", done * 100 // total)
-            while pending:
-                number, future = pending.popleft()
-                writer.store(number, future.result())
+            rest = [(number, future.result()) for number, future in pending]
+            writes.append(disk.submit(writer.store_many, rest))
+            for write in writes:
+                write.result()
 
 
 @contextlib.contextmanager
