@@ -99,6 +99,7 @@ def _noop(_ctx: TaskContext, _params: dict[str, Any]) -> dict[str, Any]:
 
 def load_kinds() -> None:
     """Import the modules that register the handlers of the API's tasks."""
+    import kvmgr.control.backup_tasks  # registers backup.create, .verify, .restore
     import kvmgr.control.moves  # registers vm.migrate and host.evacuate on import
     import kvmgr.control.task_kinds  # noqa: F401  - registers on import
 
