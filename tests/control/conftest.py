@@ -55,10 +55,13 @@ class WorkerProcesses:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, url: str, threads: int = 2) -> tuple[subprocess.Popen[str], str]:
+    def start(
+        self, url: str, threads: int = 2, uri: str | None = None
+    ) -> tuple[subprocess.Popen[str], str]:
         env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+        argv = [sys.executable, "-m", "tests.control.worker_proc", url, str(threads)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.control.worker_proc", url, str(threads)],
+            [*argv, *([uri] if uri else [])],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
