@@ -113,8 +113,9 @@ def test_the_vnc_page_establishes_an_rfb_session(browser: Any, served: Served, v
 
         # The dashboard's CPU column comes from the pushed bulk samples (two make a rate).
         page.goto(f"{served.url}/")
-        row = page.locator(f"#vm-table tr:has(a[href='/vms/{vnc_vm}'])")
-        expect(row.locator("td").nth(3)).to_have_text(re.compile(r"^\d+ %$"), timeout=15_000)
+        row = page.locator(f"#vm-table tr:has(a[href^='/vms/{vnc_vm}?'])")
+        # columns: host, name, state, vCPUs, CPU, ...
+        expect(row.locator("td").nth(4)).to_have_text(re.compile(r"^\d+ %$"), timeout=15_000)
         expect(page.locator("#events-status")).to_have_text("events: live")
         screenshot(page, "dashboard-live-stats")
 

@@ -106,7 +106,7 @@ def test_admin_creates_boots_snapshots_clones_and_deletes(
     page.on("console", lambda message: print("browser:", message.type, message.text))
     try:
         _login(page, served, "admin")
-        expect(page.locator("#vm-count")).to_have_text(re.compile(r"^\d+$"))
+        expect(page.locator("#vm-count")).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
         screenshot(page, "dashboard")
 
         page.goto(f"{served.url}/vms/new")
@@ -146,7 +146,7 @@ def test_admin_creates_boots_snapshots_clones_and_deletes(
         assert page.inner_text("#clone-status") == "done", page.inner_text("#flash")
         screenshot(page, "vm-after-snapshot-and-clone")
         page.goto(f"{served.url}/")
-        page.wait_for_selector(f"#vm-table a[href='/vms/{VM}']")
+        page.wait_for_selector(f"#vm-table a[href^='/vms/{VM}?']")  # ?host=... follows
         screenshot(page, "dashboard-with-vms")
 
         _viewer_sees_no_actions_and_the_api_refuses(browser, served)
