@@ -8,12 +8,9 @@ state before, or for an operation past its point of no return exactly the state 
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from typing import Any
 
-import libvirt
 import pytest
 
 from kvmgr.connect import Connection
@@ -21,7 +18,7 @@ from kvmgr.services import clones, resources, snapshots, vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
 from kvmgr.services.steps import LocalSteps
 from kvmgr.units import MIB
-from tests.steps_harness import Cut, CutSteps, recover_elsewhere
+from tests.steps_harness import Cut, CutSteps, libvirt_state, recover_elsewhere
 
 from .conftest import Cleanup, purge_prefix
 
@@ -93,25 +90,7 @@ OPERATIONS: dict[str, tuple[Setup, Operation]] = {
 
 
 def state(conn: Connection) -> dict[str, Any]:
-    """Our VMs (snapshots, owned volumes, disks) and our volumes in every pool, by name."""
-    domains = {}
-    for dom in conn.virconn.listAllDomains(0):
-        if not dom.name().startswith(PREFIX):
-            continue
-        spec = vms.definition(dom, inactive=True)
-        meta = spec.kvmgr_metadata()
-        domains[dom.name()] = {
-            "snapshots": sorted(dom.snapshotListNames(0)),
-            "owned": sorted(meta.owned_volumes) if meta else [],
-            "disks": sorted(d.source_path or "" for d in spec.devices.disks),
-        }
-    volumes = set()
-    for pool in conn.virconn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-        pool.refresh(0)
-        volumes |= {f"{pool.name()}/{n}" for n in pool.listVolumes() if n.startswith(PREFIX)}
-    found = {"domains": domains, "volumes": sorted(volumes)}
-    # an overlay whose name was taken gets a random suffix: compare it as a suffix
-    return json.loads(re.sub(r"-[0-9a-f]{6}\.qcow2", "-RANDOM.qcow2", json.dumps(found)))
+    return libvirt_state(conn, PREFIX)
 
 
 _FULL: dict[str, tuple[int, dict[str, Any]]] = {}

@@ -18,6 +18,7 @@ __all__ = [
     "CLIState",
     "conn",
     "err_console",
+    "journaled",
     "name_lease",
     "progress",
     "report_errors",
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # SQLAlchemy costs ~0.4 s to import: only commands that use t
 if TYPE_CHECKING:
     from kvmgr.control.authz import Authz
     from kvmgr.control.plane import ControlPlane
+    from kvmgr.services.steps import Steps
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -190,6 +192,31 @@ def vm_lease(name: str, operation: str) -> Iterator[None]:
     plane = state.plane()
     with plane.lease(plane.vm_key(state.host_name(), name), operation):
         yield
+
+
+@contextmanager
+def journaled(
+    kind: str,
+    target: str,
+    *,
+    vms: tuple[str, ...] = (),
+    new_names: tuple[str, ...] = (),
+    say: Callable[[str], None] | None = None,
+) -> Iterator[Steps]:
+    """Run a multi-step operation in the control plane's journal, under the leases of the VMs
+    it works on (``vms``) and of the VM names it makes (``new_names``); yields its Steps.
+
+    A failure is undone (or finished) at once; a process killed inside leaves the journal for
+    the next kvmgr process to recover.
+    """
+    from kvmgr.control.plane import vm_name_key
+
+    plane = state.plane()
+    host = state.host_name()
+    keys = [plane.vm_key(host, name) for name in vms]
+    keys += [vm_name_key(host, name) for name in new_names]
+    with plane.operation(kind, target, host, keys=keys, say=say) as steps:
+        yield steps
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, report_errors, vm_lease
+from kvmgr.cli.common import conn, journaled, report_errors
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.services import snapshots
 
@@ -32,9 +32,15 @@ def create(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Take a snapshot: internal for qcow2 disks, external with --disk-only."""
-    with vm_lease(vm, f"snapshot create {name}"):
+    with journaled("snapshot create", f"{vm}/{name}", vms=(vm,)) as steps:
         info = snapshots.create_snapshot(
-            conn(), vm, name, description=description, live=live, disk_only=disk_only
+            conn(),
+            vm,
+            name,
+            description=description,
+            live=live,
+            disk_only=disk_only,
+            steps=steps,
         )
     emit_object(info.as_dict(), output)
 
@@ -68,8 +74,8 @@ def revert(
     ] = False,
 ) -> None:
     """Bring the VM back to the snapshot; it ends in the snapshot's state."""
-    with vm_lease(vm, f"snapshot revert {name}"):
-        info = snapshots.revert_snapshot(conn(), vm, name, force=force)
+    with journaled("snapshot revert", f"{vm}/{name}", vms=(vm,)) as steps:
+        info = snapshots.revert_snapshot(conn(), vm, name, force=force, steps=steps)
     console.print(f"{vm}: reverted to {info.name} ({info.state})")
 
 
@@ -83,6 +89,6 @@ def delete(
     ] = False,
 ) -> None:
     """Delete a snapshot, merging its data where the VM still needs it."""
-    with vm_lease(vm, f"snapshot delete {name}"):
-        removed = snapshots.delete_snapshot(conn(), vm, name, children=children)
+    with journaled("snapshot delete", f"{vm}/{name}", vms=(vm,)) as steps:
+        removed = snapshots.delete_snapshot(conn(), vm, name, children=children, steps=steps)
     console.print(f"{vm}: deleted snapshot(s) {', '.join(removed)}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import authz, conn, name_lease, report_errors, vm_lease
+from kvmgr.cli.common import authz, conn, journaled, name_lease, report_errors, vm_lease
 from kvmgr.cli.common import state as cli_state
 from kvmgr.cli.output import (
     OutputFormat,
@@ -203,8 +203,11 @@ def create(
             data = provision(spec, options)
         emit_object(data, output)
         return
-    with status(f"creating {name}") as spinner, name_lease(name, "create"):
-        result = create_vm(conn(), spec, progress=spinner.update)
+    with (
+        status(f"creating {name}") as spinner,
+        journaled("create", name, new_names=(name,), say=spinner.update) as steps,
+    ):
+        result = create_vm(conn(), spec, progress=spinner.update, steps=steps)
     typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)
     data = result.__dict__.copy()
     if output.for_people:
@@ -295,8 +298,8 @@ def delete(
         for disk in vms.vm_info(conn(), name)["disks"]
         if disk["device"] == "disk" and disk["source"]
     ]
-    with vm_lease(name, "delete"):
-        removed = vms.delete(conn(), name, force=force, keep_disks=keep_disks)
+    with journaled("delete", name, vms=(name,)) as steps:
+        removed = vms.delete(conn(), name, force=force, keep_disks=keep_disks, steps=steps)
     console.print(f"{name}: deleted" + (f"; removed {', '.join(removed)}" if removed else ""))
     kept = [path for path in disks if path not in removed]
     if kept:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, name_lease, report_errors, vm_lease
+from kvmgr.cli.common import conn, journaled, report_errors, vm_lease
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object
 
 
@@ -26,9 +26,9 @@ def clone(
     """Copy a VM: new name, UUID and MACs; disks copied (or linked), ISOs shared."""
     from kvmgr.services import clones  # the clone engine is only imported by its commands
 
-    with vm_lease(source, f"clone to {name}"), name_lease(name, f"clone of {source}"):
+    with journaled("clone", f"{source} to {name}", vms=(source,), new_names=(name,)) as steps:
         result = clones.clone_vm(
-            conn(), source, name, linked=linked, start=start, snapshot=snapshot
+            conn(), source, name, linked=linked, start=start, snapshot=snapshot, steps=steps
         )
     data = result.as_dict()
     if output.for_people:  # scripts get the exact number, people a readable one

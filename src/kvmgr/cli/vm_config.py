@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kvmgr.cli.common import authz, conn, report_errors, vm_lease
+from kvmgr.cli.common import authz, conn, journaled, report_errors, vm_lease
 from kvmgr.cli.output import (
     OutputFormat,
     OutputOption,
@@ -96,7 +96,7 @@ def disk_add(
 
     if path is not None:  # resolved; system files and templates' disks refused
         path = authz().disk(path).path
-    with vm_lease(name, "disk add"):
+    with journaled("disk add", name, vms=(name,)) as steps:
         result = add_disk(
             conn(),
             name,
@@ -107,6 +107,7 @@ def disk_add(
             bus=bus,
             live=live,
             config=config,
+            steps=steps,
         )
     emit_object(result.as_dict(), output)
 
@@ -127,7 +128,7 @@ def disk_remove(
     """Detach a disk, waiting for the guest to release it."""
     from kvmgr.services.resources import remove_disk
 
-    with vm_lease(name, "disk remove"):
+    with journaled("disk remove", name, vms=(name,)) as steps:
         result = remove_disk(
             conn(),
             name,
@@ -136,6 +137,7 @@ def disk_remove(
             live=live,
             config=config,
             timeout=timeout,
+            steps=steps,
         )
     emit_object(result.as_dict(), output)
 

@@ -42,7 +42,7 @@ from kvmgr.control.models import (
     OperationRecord,
 )
 from kvmgr.errors import libvirt_errors
-from kvmgr.services.steps import Steps, run_recovery
+from kvmgr.services.steps import Steps, operation_ended, run_recovery, with_crash_hook
 from kvmgr.store.clip import clip
 from kvmgr.store.db import Store
 from kvmgr.store.models import aware, utcnow
@@ -193,11 +193,13 @@ class ControlPlane:
             self.leases.adopt(info)
             held.append(info.key)
             steps = JournalSteps(self.store, op_id, say, quick=self.leases.lax_transaction)
+            hooked = with_crash_hook(steps)  # the kill -9 tests' hook; steps itself otherwise
             try:
-                yield steps
+                yield hooked
             except BaseException as err:
                 self._failed(op_id, host, steps, err)
                 raise
+            operation_ended(hooked)
             # Durable once records exist: a lost "done" would have recovery undo finished work.
             journaled = bool(steps.undo or steps.finish)
             end = self.store.session() if journaled else self.leases.lax_transaction()

@@ -167,3 +167,72 @@ def run_recovery(conn: Connection, undo: list[Record], finish: list[Record]) -> 
 def _known(action: str) -> None:
     if action not in ACTIONS and action not in load_actions():
         raise RuntimeError(f"recovery action {action!r} is not registered (see services.steps)")
+
+
+# ------------------------------------------------------------------------------------ tests
+#: ``[ACTION:]N[+]``: SIGKILL this process right after the N-th journal record (of ACTION, when
+#: named) is committed, i.e. before the step it announces acts; with ``+``, right after that step
+#: acted (at the next record, or when the operation ends).  For the kill -9 tests only.
+CRASH_ENV = "KVMGR_TEST_CRASH_AFTER"
+
+
+def with_crash_hook(steps: Steps) -> Steps:
+    """``steps`` as it is, or wrapped to die where ``$KVMGR_TEST_CRASH_AFTER`` says."""
+    import os
+
+    spec = os.environ.get(CRASH_ENV)
+    return steps if not spec else _CrashingSteps(steps, spec)
+
+
+def operation_ended(steps: Steps) -> None:
+    """The operation's block returned (its journal has not yet marked it done): the hook's
+    ``N+`` dies here after the last step acted."""
+    if isinstance(steps, _CrashingSteps):
+        steps.ended()
+
+
+class _CrashingSteps:
+    def __init__(self, inner: Steps, spec: str) -> None:
+        self.inner = inner
+        action, _sep, count = spec.rpartition(":")
+        self.after_act = count.endswith("+")
+        self.action = action or None
+        self.wanted = int(count.rstrip("+"))
+        self.seen = 0
+        self.armed = False
+
+    def undo_with(self, action: str, /, **args: Any) -> None:
+        self._before_record()
+        self.inner.undo_with(action, **args)
+        self._after_record(action)
+
+    def finish_with(self, action: str, /, **args: Any) -> None:
+        self._before_record()
+        self.inner.finish_with(action, **args)
+        self._after_record(action)
+
+    def progress(self, message: str, percent: int | None = None) -> None:
+        self.inner.progress(message, percent)
+
+    def ended(self) -> None:
+        """The operation's block is over (the journal has not yet marked it done)."""
+        self._before_record()
+
+    def _before_record(self) -> None:
+        if self.armed:
+            _die()
+
+    def _after_record(self, action: str) -> None:
+        if self.action is None or self.action == action:
+            self.seen += 1
+            if self.seen == self.wanted:
+                if not self.after_act:
+                    _die()
+                self.armed = True
+
+
+def _die() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
