@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -62,7 +64,8 @@ def serve(
     if settings.tls_cert or settings.tls_key:
         _check_tls(settings.tls_cert, settings.tls_key)
     install_log_redaction()  # console tokens ride in the websocket URL's query string
-    uvicorn.run(
+    listener = _bind(host, port)  # before anything starts: a port in use is one line
+    config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
@@ -73,6 +76,29 @@ def serve(
         forwarded_allow_ips=settings.proxies or None,
         log_level="info",
     )
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or a clear error when the address is taken or not ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # no wait after a restart
+    try:
+        listener.bind((host, port))
+    except OSError as err:
+        listener.close()
+        if err.errno == errno.EADDRINUSE:
+            raise InvalidInput(
+                f"cannot serve on {host}:{port}: the port is in use (another kvmgr serve?)",
+                hint="stop what listens there, or give another --listen HOST:PORT",
+            ) from None
+        raise InvalidInput(
+            f"cannot serve on {host}:{port}: {err.strerror}",
+            hint="give an address of this machine in --listen (e.g. 127.0.0.1:8080)",
+        ) from None
+    listener.listen(2048)
+    return listener
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:
