@@ -15,7 +15,7 @@ import pytest
 
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, Unsupported
-from kvmgr.services import storage
+from kvmgr.services import storage, storage_transfer
 
 NODE_XML = """<node>
   <pool type='dir'>
@@ -186,7 +186,7 @@ def _sections(path: Path) -> list[list[object]]:
     """Walk a file the way sparseSendAll does: ask for the section, then skip or read it."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        sparse = storage._SparseFile(fd, path.stat().st_size, lambda _d, _t: None)
+        sparse = storage_transfer._SparseFile(fd, path.stat().st_size, lambda _d, _t: None)
         sections: list[list[object]] = []
         while os.lseek(fd, 0, os.SEEK_CUR) < path.stat().st_size:
             in_data, length = sparse.hole(None, None)
@@ -216,7 +216,7 @@ def test_receive_side_punches_holes(tmp_path: Path) -> None:
     block = 1024 * 1024
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        sparse = storage._SparseFile(fd, 4 * block, lambda _d, _t: None)
+        sparse = storage_transfer._SparseFile(fd, 4 * block, lambda _d, _t: None)
         sparse.punch(None, block, None)
         sparse.write(None, b"y" * block, None)
         sparse.punch(None, 2 * block, None)
