@@ -63,3 +63,24 @@ def test_plan_many_sees_its_own_earlier_choices_and_is_all_or_nothing() -> None:
     # Memory taken by an earlier choice counts for the next one.
     fat = [Need(f"big{i}", memory=6 * GIB) for i in range(2)]
     assert sorted(to for _n, to, _v in plan_many(hosts, fat)) == ["a", "b"]
+
+
+def test_rebalance_evens_committed_memory_and_keeps_anti_affinity() -> None:
+    from kvmgr.control.placement import plan_rebalance
+
+    hosts = [host("a", free_gib=12), host("b", free_gib=12), host("c", free_gib=12)]
+    vms = {
+        "a": [Need(f"a{i}", memory=2 * GIB) for i in range(4)],  # 8 GiB of 16 on a
+        "b": [Need("b0", memory=2 * GIB)],
+        "c": [],
+    }
+    moves = plan_rebalance(hosts, vms, threshold=0.15)
+    assert [(m.source, m.target) for m in moves] == [("a", "c"), ("a", "b")]
+    # Afterwards a, b, c hold 4, 4 and 2 GiB: within 0.15 of 16 GiB (2.4 GiB) of each other.
+    assert plan_rebalance(hosts, vms, threshold=0.6) == []  # already within the threshold
+    group = {
+        "a": [Need(f"db{i}", memory=2 * GIB, group="db", anti_affinity=True) for i in range(2)],
+        "b": [Need("db2", memory=2 * GIB, group="db", anti_affinity=True)],
+    }
+    # The only host with room for a db VM already has one: no move, though a is fuller.
+    assert plan_rebalance(hosts[:2], group, threshold=0.05) == []

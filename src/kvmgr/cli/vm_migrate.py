@@ -178,6 +178,32 @@ def evacuate(
         console.print(f"{len(done)} VM(s) moved; host {name} is in maintenance")
 
 
+@report_errors
+def rebalance(
+    threshold: Annotated[
+        float, typer.Option(help="largest gap of committed guest memory (share of RAM) allowed")
+    ] = 0.2,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="make the moves (default: propose)")
+    ] = False,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Propose (or with --apply make) live moves that even out the hosts' guest memory."""
+    from kvmgr.control.moves import rebalance as run
+
+    moves, done = run(
+        state.plane(), state.hosts(), threshold=threshold, apply=apply,
+        say=lambda line: err_console.print(line, highlight=False),
+    )  # fmt: skip
+    rows = [
+        {"vm": m.vm, "from": m.source, "to": m.target, "memory": format_size(m.memory)}
+        for m in moves
+    ]
+    emit_rows(rows, output, ["vm", "from", "to", "memory"], title="rebalance")
+    if output.for_people:
+        console.print(f"{len(done)} VM(s) moved" if apply else f"{len(moves)} move(s) proposed")
+
+
 def register(app: typer.Typer) -> None:
     app.command("migrate")(migrate)
     app.command("group")(group)
@@ -185,3 +211,4 @@ def register(app: typer.Typer) -> None:
 
 def register_host(app: typer.Typer) -> None:
     app.command("evacuate")(evacuate)
+    app.command("rebalance")(rebalance)

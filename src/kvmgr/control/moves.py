@@ -15,11 +15,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import libvirt
 from sqlalchemy import select
 
 from kvmgr.connect import is_local
 from kvmgr.control.hosts import HostRegistry
-from kvmgr.control.placement import HostView, Need, Verdict, choose, gather, plan_many
+from kvmgr.control.placement import (
+    HostView,
+    Move,
+    Need,
+    Verdict,
+    choose,
+    gather,
+    plan_many,
+    plan_rebalance,
+)
 from kvmgr.control.plane import ControlPlane, vm_key
 from kvmgr.control.tasks import TaskContext, task_kind
 from kvmgr.errors import InvalidState, libvirt_errors
@@ -195,6 +205,39 @@ def evacuate(
         options = migration.MigrateOptions(offline=not live)
         done.append(migrate_vm(plane, registry, vm, host, to, options, progress=progress))
     return plan, done
+
+
+# ------------------------------------------------------------------------------ rebalance
+def rebalance(
+    plane: ControlPlane,
+    registry: HostRegistry,
+    *,
+    threshold: float = 0.2,
+    apply: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> tuple[list[Move], list[MoveReport]]:
+    """The live moves that even out the hosts' committed guest memory (see
+    :func:`kvmgr.control.placement.plan_rebalance`); with ``apply``, made one after another."""
+    records = [r for r in registry.all() if not r.maintenance]
+    views = gather(registry, records, with_groups=True)
+    vms: dict[str, list[Need]] = {}
+    for view in views:
+        if view.error is not None:
+            continue
+        with libvirt_errors(f"listing the running VMs of host {view.name}"):
+            running = plane.connect(view.name).virconn.listAllDomains(
+                libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+            )
+            names = sorted(dom.name() for dom in running)
+        vms[view.name] = [need_of(plane, view.name, name, {}) for name in names]
+    moves = plan_rebalance(views, vms, threshold)
+    done = []
+    if apply:
+        for move in moves:
+            if say:
+                say(f"moving {move.vm} from {move.source} to {move.target}")
+            done.append(migrate_vm(plane, registry, move.vm, move.source, move.target))
+    return moves, done
 
 
 # ------------------------------------------------------------------------------ tasks (API)

@@ -163,3 +163,58 @@ def gather(
         else HostView(record.name, dict(record.labels), record.maintenance, str(outcome.error))
         for record, outcome in zip(records, outcomes, strict=True)
     ]
+
+
+# ------------------------------------------------------------------------------ rebalance
+@dataclass(frozen=True)
+class Move:
+    vm: str
+    source: str
+    target: str
+    memory: int
+
+
+def plan_rebalance(
+    hosts: list[HostView], vms: dict[str, list[Need]], threshold: float, *, max_moves: int = 20
+) -> list[Move]:
+    """Moves that bring every host's committed guest memory (share of its RAM) within
+    ``threshold`` of each other: each takes a VM from the fullest host to the emptiest when that
+    narrows the gap and breaks no anti-affinity group; stops when no move helps.
+
+    Committed guest memory, not the kernel's free memory: what the guests were given is what a
+    move changes, and it does not swing with page cache.
+    """
+    usable = [h for h in hosts if not h.maintenance and h.error is None and h.memory_total]
+    placed = {h.name: list(vms.get(h.name, [])) for h in usable}
+    total = {h.name: h.memory_total for h in usable}
+    free = {h.name: h.memory_available for h in usable}
+    moves: list[Move] = []
+
+    def share(name: str) -> float:
+        return sum(n.memory for n in placed[name]) / total[name]
+
+    while len(moves) < max_moves and len(usable) > 1:
+        ranked = sorted(placed, key=share)
+        low, high = ranked[0], ranked[-1]
+        gap = share(high) - share(low)
+        if gap <= threshold:
+            break
+        chosen = None
+        for need in sorted(placed[high], key=lambda n: n.memory):
+            after_high = share(high) - need.memory / total[high]
+            after_low = share(low) + need.memory / total[low]
+            members = [n.vm for n in placed[low] if need.group and n.group == need.group]
+            if need.anti_affinity and members:
+                continue
+            if need.memory > free[low] or max(after_high, after_low) >= share(high):
+                continue
+            chosen = need
+            break
+        if chosen is None:
+            break
+        placed[high].remove(chosen)
+        placed[low].append(chosen)
+        free[low] -= chosen.memory
+        free[high] += chosen.memory
+        moves.append(Move(chosen.vm, high, low, chosen.memory))
+    return moves
