@@ -7,8 +7,9 @@ libvirt when wanted, never copied into the database.
 
 Rules decided here:
 
-* The local daemon is a host too.  With no host registered, the first command registers
-  ``local`` with ``$KVMGR_URI`` or ``qemu:///system``.
+* The local daemon is a host too.  With no host registered, the first command that needs a
+  host's name (``host list``, a lease, ownership) registers ``local`` with ``$KVMGR_URI`` or
+  ``qemu:///system``; reading needs no registration (kvmgr.control.host_lookup).
 * Without ``--host``, a command acts on the default host (``kvmgr host set NAME --default``),
   else the only host, else ``local`` (the local daemon stays what plain ``kvmgr vm list`` shows
   after remote hosts are added); with several, no default and no ``local`` it asks for
