@@ -47,3 +47,9 @@ def test_second_open_does_nothing(tmp_path: Path) -> None:
     Store(url).dispose()
     store = Store(url)
     assert "alembic_version" in inspect(store.engine).get_table_names()
+
+
+def test_heads_read_from_the_files_are_alembics() -> None:
+    """The open of a current store skips Alembic by reading the heads itself: they must agree."""
+    assert migrate.head_revisions() == migrate.alembic_heads()
+    assert migrate.BASELINE not in migrate.head_revisions()

@@ -5,24 +5,34 @@ revisions on separate branches off the baseline, so the target is every head (``
 
 A database made before kvmgr used Alembic has the baseline's tables and no ``alembic_version``:
 it is stamped at the baseline first, then upgraded like any other.
+
+Every CLI command that changes a VM opens the store, so the usual case (schema current) must not
+pay for importing Alembic (~0.6 s of start-up on a loaded machine): the heads are read from the
+revision files' ``revision`` / ``down_revision`` lines and the current ones with one SELECT;
+Alembic is imported only when there is something to do.
 """
 
 from __future__ import annotations
 
+import ast
+import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 BASELINE = "0001_baseline"
 _SCRIPTS = Path(__file__).with_name("migrations")
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_SCRIPTS))
     if connection is not None:
@@ -30,21 +40,59 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
+_ASSIGNMENT = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+
+
 @cache
 def head_revisions() -> frozenset[str]:
-    """The heads of the revision graph shipped with this kvmgr."""
+    """The heads of the revision graph shipped with this kvmgr, from the revision files.
+
+    The same as Alembic's ``ScriptDirectory.get_heads()`` (a test compares them), without
+    importing Alembic.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (_SCRIPTS / "versions").glob("*.py"):
+        found: dict[str, Any] = {}
+        for name, value in _ASSIGNMENT.findall(path.read_text()):
+            found.setdefault(name, ast.literal_eval(value.strip()))
+        if "revision" not in found:
+            continue
+        revisions.add(str(found["revision"]))
+        down = found.get("down_revision")
+        parents.update([down] if isinstance(down, str) else list(down or ()))
+    return frozenset(revisions - parents)
+
+
+def alembic_heads() -> frozenset[str]:
+    """The heads as Alembic computes them (for the test of :func:`head_revisions`)."""
+    from alembic.script import ScriptDirectory
+
     return frozenset(ScriptDirectory.from_config(_config()).get_heads())
 
 
 def current_revisions(connection: Connection) -> frozenset[str]:
+    from alembic.runtime.migration import MigrationContext
+
     return frozenset(MigrationContext.configure(connection).get_current_heads())
+
+
+def _recorded_revisions(engine: Engine) -> frozenset[str] | None:
+    """What ``alembic_version`` says, in one SELECT (None: no such table, or unreadable)."""
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT version_num FROM alembic_version"))
+            return frozenset(str(row[0]) for row in rows)
+    except SQLAlchemyError:
+        return None
 
 
 def upgrade(engine: Engine) -> None:
     """Apply every missing revision (a no-op costing one query when the schema is current)."""
-    with engine.connect() as connection:
-        if current_revisions(connection) == head_revisions():
-            return
+    if _recorded_revisions(engine) == head_revisions():
+        return
+    from alembic import command
+
     with engine.begin() as connection:
         _serialise_migrations(connection)
         current = current_revisions(connection)
