@@ -30,24 +30,19 @@ Action = Callable[[Connection, dict[str, Any]], None]
 #: Every action a journal may name, by name ("volume.delete", "domain.undefine", ...).
 ACTIONS: dict[str, Action] = {}
 
-#: The service modules that register actions: a process recovering an operation it never saw
-#: imports them all first (an action is registered where the object it works on is managed).
-ACTION_MODULES = (
-    "kvmgr.services.storage",
-    "kvmgr.services.vm_removal",
-    "kvmgr.services.resources",  # (and its resources_disks)
-    "kvmgr.services.snapshots",
-    "kvmgr.services.snapshots_external",
-    "kvmgr.services.backup.backup",
-    "kvmgr.services.backup.restore",
-    "kvmgr.services.migration",
-)
-
-
 def load_actions() -> dict[str, Action]:
-    """Import every module that registers actions; returns :data:`ACTIONS`."""
-    for module in ACTION_MODULES:
-        importlib.import_module(module)
+    """Import every service module, so each action it registers is known; returns :data:`ACTIONS`.
+
+    A process recovering an operation may never have imported the service that journaled it
+    (``kvmgr ops recover`` after a killed ``kvmgr backup create``).  Done only when an action
+    is missing, so the usual start-up imports nothing more.
+    """
+    import pkgutil
+
+    import kvmgr.services
+
+    for module in pkgutil.walk_packages(kvmgr.services.__path__, "kvmgr.services."):
+        importlib.import_module(module.name)
     return ACTIONS
 
 
