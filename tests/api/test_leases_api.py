@@ -5,16 +5,23 @@ info says who is busy with it."""
 from __future__ import annotations
 
 import multiprocessing
+import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from kvmgr.api.app import create_app
 from kvmgr.control.leases import Leases
+from kvmgr.control.models import Operation, OperationRecord
 from kvmgr.control.plane import vm_key
+from kvmgr.services.steps import recovery_action
 from kvmgr.store.db import Store
-from tests.api.conftest import As
+from tests.api.conftest import As, make_settings
 
 FORK = multiprocessing.get_context("fork")
 HOLDER = "snapshot create nightly by cli:other since"
@@ -82,3 +89,47 @@ def test_a_delete_is_a_journaled_operation_of_its_user(
     [op] = [o for o in ctx.plane.operations(include_done=True) if o.target == "t-core-gone"]
     assert (op.kind, op.state, op.actor, op.host) == ("delete", "done", "admin", ctx.host_name())
     assert ctx.busy("test") is None
+
+
+NOTES: list[str] = []
+
+
+@recovery_action("test.core.api.note")
+def _note(_conn: object, args: dict[str, Any]) -> None:
+    NOTES.append(str(args["what"]))
+
+
+def test_serve_recovers_on_start(tmp_path: Path) -> None:
+    """What a killed server (or CLI) left is undone when the next server starts."""
+    settings = make_settings(tmp_path)
+    store = Store(settings.database_url)
+    child = subprocess.Popen(["true"])
+    child.wait()  # its pid now names a dead process of this machine
+    with store.session() as session:
+        session.add(
+            Operation(
+                id="op-serve",
+                kind="create",
+                target="t-core-half",
+                host="local",
+                actor="admin",
+                holder=f"{socket.gethostname()}:{child.pid}:1",
+                keys=[],
+                state="running",
+            )
+        )
+        session.flush()
+        session.add(
+            OperationRecord(
+                operation_id="op-serve",
+                seq=1,
+                phase="undo",
+                action="test.core.api.note",
+                args={"what": "delete t-core-half.qcow2"},
+            )
+        )
+    store.dispose()
+    with TestClient(create_app(settings)) as client:
+        ops = client.app.state.ctx.plane.operations()  # type: ignore[attr-defined]
+    assert NOTES == ["delete t-core-half.qcow2"]
+    assert [(op.id, op.state) for op in ops] == [("op-serve", "undone")]
