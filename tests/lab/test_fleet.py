@@ -123,3 +123,28 @@ def test_vms_of_every_host_in_one_command_and_a_frozen_daemon_is_down_in_time(
     # the frozen host adds at most the bound (plus scheduling slack on a loaded 2-CPU machine)
     print(f"all hosts up: {usual:.2f} s; one frozen: {took:.2f} s (bound {BOUND:g} s)")
     assert took < usual + BOUND + 2, (usual, took)
+
+
+def test_setup_over_ssh_reads_a_lab_host_for_real(lab: labs.Lab, tmp_path: Path) -> None:
+    """``host add NAME ssh://... --setup`` against a lab host over real ssh (the lab's key and
+    ssh wrapper, passed the way libvirt takes them): the facts are that host's, and the target
+    registers as the same qemu+ssh URI the lab gives."""
+    from kvmgr.host.osrelease import read_os_release
+    from kvmgr.host.remote_setup import SshTarget, remote_facts
+    from kvmgr.host.setup import gather_facts
+
+    host = lab.hosts[0]
+    uri = f"ssh://root@{host.address}?keyfile={lab.ssh_key}&command={lab.ssh_command}"
+    target = SshTarget.parse(uri)
+    assert target.libvirt_uri() == lab.ssh_uri(host)
+    facts = remote_facts(target)
+    assert facts.os_release == read_os_release()  # the lab's hosts share this machine's files
+    assert facts.installed == gather_facts().installed
+    url = f"sqlite:///{tmp_path / 'db' / 'kvmgr.db'}"
+    added, _ = _kvmgr(url, tmp_path, "host", "add", "n1", uri, "--setup", "-o", "json")
+    if facts.systemd:
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)["uri"] == lab.ssh_uri(host)
+    else:  # this machine runs its daemons without systemd: kvmgr says so and what to do
+        assert added.returncode == 1
+        assert "has no systemd" in added.stderr and "qemu+ssh://root@" in added.stderr

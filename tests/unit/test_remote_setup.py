@@ -45,7 +45,11 @@ def test_targets() -> None:
     assert target.libvirt_uri() == "qemu+ssh://root@10.0.0.5/system"
     assert SshTarget.parse("ssh://ops@n1:2222/").libvirt_uri() == "qemu+ssh://ops@n1:2222/system"
     assert SshTarget.parse("ssh://n1").user == "root"
-    for bad in ("qemu+ssh://root@n1/system", "ssh:///x", "ssh://n1/path", "ssh://n1:99999"):
+    keyed = SshTarget.parse("ssh://root@n1?keyfile=/k/id&command=/k/ssh")
+    assert keyed.libvirt_uri() == "qemu+ssh://root@n1/system?keyfile=/k/id&command=/k/ssh"
+    assert keyed.ssh_argv("true")[0] == "/k/ssh" and "/k/id" in keyed.ssh_argv("true")
+    bad_targets = ("qemu+ssh://root@n1/system", "ssh:///x", "ssh://n1/path", "ssh://n1:99999")
+    for bad in (*bad_targets, "ssh://n1?socket=/x", "ssh://n1?keyfile="):
         with pytest.raises(InvalidInput):
             SshTarget.parse(bad)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from kvmgr.errors import HostError, InvalidInput, Unsupported
 from kvmgr.host.osrelease import parse_os_release
@@ -38,13 +38,20 @@ _FACTS_SCRIPT = (
 )
 
 
+#: libvirt's own qemu+ssh URI parameters, understood here the same way and carried over
+_SSH_PARAMS = ("keyfile", "command")
+
+
 @dataclass(frozen=True)
 class SshTarget:
-    """``ssh://[user@]host[:port]``: where to ssh to, and the qemu+ssh URI it is registered as."""
+    """``ssh://[user@]host[:port][?keyfile=PATH&command=SSH]``: where to ssh to, and the qemu+ssh
+    URI it is registered as (``keyfile`` and ``command`` mean what they mean to libvirt)."""
 
     user: str
     host: str
     port: int | None = None
+    keyfile: str | None = None
+    command: str | None = None
 
     @classmethod
     def parse(cls, uri: str) -> SshTarget:
@@ -52,13 +59,21 @@ class SshTarget:
         hint = "use ssh://root@ADDR (or ssh://user@ADDR:PORT, with sudo for that user)"
         if parts.scheme != "ssh" or not parts.hostname:
             raise InvalidInput(f"--setup needs an ssh://USER@ADDR target, not {uri!r}", hint=hint)
-        if parts.path not in ("", "/") or parts.query or parts.password:
+        if parts.path not in ("", "/") or parts.password:
             raise InvalidInput(f"{uri!r}: only ssh://USER@ADDR[:PORT] is understood", hint=hint)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = set(query) - set(_SSH_PARAMS)
+        if unknown or any(len(values) != 1 or not values[0] for values in query.values()):
+            raise InvalidInput(
+                f"{uri!r}: the parameters understood are keyfile=PATH and command=PATH, once",
+                hint=hint,
+            )
         try:
             port = parts.port
         except ValueError as err:
             raise InvalidInput(f"{uri!r} has a bad port", hint=hint) from err
-        return cls(parts.username or "root", parts.hostname, port)
+        keyfile, command = (query.get(name, [None])[0] for name in _SSH_PARAMS)
+        return cls(parts.username or "root", parts.hostname, port, keyfile, command)
 
     @property
     def address(self) -> str:
@@ -66,12 +81,19 @@ class SshTarget:
 
     def libvirt_uri(self) -> str:
         port = f":{self.port}" if self.port else ""
-        return f"qemu+ssh://{self.user}@{self.address}{port}/system"
+        params = {"keyfile": self.keyfile, "command": self.command}
+        query = urlencode({k: v for k, v in params.items() if v}, safe="/")
+        return f"qemu+ssh://{self.user}@{self.address}{port}/system" + (
+            f"?{query}" if query else ""
+        )
 
     def ssh_argv(self, command: str) -> list[str]:
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}"]
+        program = self.command or "ssh"
+        argv = [program, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}"]
         if self.port:
             argv += ["-p", str(self.port)]
+        if self.keyfile:
+            argv += ["-i", self.keyfile]
         # "--" ends ssh's options; the command is one word that the remote's shell parses
         return [*argv, "--", f"{self.user}@{self.host}", command]
 
