@@ -82,3 +82,17 @@ def test_hosts_routes_and_host_parameter(as_user: dict[str, As], tmp_path: Path)
     assert admin.delete("/api/v1/hosts/api-dead", params={"force": "true"}).status_code == 200
     assert admin.delete("/api/v1/hosts/api-h1").json() == {"removed": "api-h1", "vms_forgotten": []}
     assert [h["name"] for h in viewer.get("/api/v1/hosts").json()] == [own[0]["name"]]
+
+
+def test_a_console_token_opens_its_own_host_only() -> None:
+    """VM names repeat across hosts: a token for 'web1' on one host is no token for another's."""
+    from kvmgr.api.security import ConsoleTokens
+    from kvmgr.store.models import Role
+    from kvmgr.store.users import Principal
+
+    tokens = ConsoleTokens(30, "s" * 40)
+    ann = Principal(1, "ann", Role.operator, None)
+    token = tokens.issue(ann, "web1", "serial", "node1")
+    assert tokens.redeem(token, "web1", "serial", "node2") is None
+    token = tokens.issue(ann, "web1", "serial", "node1")
+    assert tokens.redeem(token, "web1", "serial", "node1") == ann

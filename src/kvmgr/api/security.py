@@ -51,10 +51,11 @@ class ConsoleTokens:
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}  # nonce -> expiry
 
-    def issue(self, user: Principal, vm: str, kind: str) -> str:
+    def issue(self, user: Principal, vm: str, kind: str, host: str = "") -> str:
         grant = {
             "u": [user.id, user.name, user.role.value, user.group],
             "vm": vm,
+            "h": host,  # VM names repeat across hosts: the token opens this host's only
             "k": kind,
             "exp": self._clock() + self.lifetime,
             "n": secrets.token_urlsafe(16),
@@ -62,7 +63,7 @@ class ConsoleTokens:
         payload = _b64(json.dumps(grant, separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}"
 
-    def redeem(self, token: str, vm: str, kind: str) -> Principal | None:
+    def redeem(self, token: str, vm: str, kind: str, host: str = "") -> Principal | None:
         """The user the token was issued to, if it is valid for this VM and kind; used up."""
         grant = self._verified(token)
         if grant is None:
@@ -77,6 +78,8 @@ class ConsoleTokens:
         if float(grant["exp"]) < self._clock():
             return None
         if not (secrets.compare_digest(str(grant["vm"]), vm) and grant["k"] == kind):
+            return None
+        if str(grant.get("h", "")) != host:
             return None
         user_id, name, role, group = grant["u"]
         return Principal(int(user_id), str(name), Role(role), group)

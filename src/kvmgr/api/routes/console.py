@@ -14,7 +14,7 @@ import functools
 import threading
 import time
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
@@ -47,14 +47,16 @@ def console_token(
     name: str, body: ConsoleTokenRequest, who: Operator, ctx: Ctx
 ) -> dict[str, object]:
     def work(conn: object) -> str:
-        return ctx.console_tokens.issue(who, name, body.kind)
+        return ctx.console_tokens.issue(who, name, body.kind, ctx.host_name())
 
     token = ctx.act(who, f"console.{body.kind}.token", name, work, vm=name, lease=False)
     path = "console" if body.kind == "serial" else "vnc"
+    # the websocket names the host too (?host=), so it opens the VM the token is for
+    query = urlencode({"token": token, "host": ctx.host_name()})
     return {
         "token": token,
         "expires_in": ctx.settings.console_token_seconds,
-        "url": f"/api/v1/vms/{name}/{path}?token={token}",
+        "url": f"/api/v1/vms/{name}/{path}?{query}",
     }
 
 
@@ -74,7 +76,7 @@ def same_origin(websocket: WebSocket) -> bool:
 
 def _admit(ctx: AppContext, token: str, name: str, kind: str) -> Principal | None:
     """The token's user, if valid and (still) allowed to act on the VM."""
-    who = ctx.console_tokens.redeem(token, name, kind)
+    who = ctx.console_tokens.redeem(token, name, kind, ctx.host_name())
     if who is None:
         return None
     try:

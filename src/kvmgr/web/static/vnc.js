@@ -6,7 +6,10 @@ const status = document.getElementById("vnc-status");
 const name = screen.dataset.name;
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
 
-const response = await fetch(`/api/v1/vms/${encodeURIComponent(name)}/console-token`, {
+// a VM of another host (the page opened with ?host=NAME): ask that host's console
+const host = new URLSearchParams(location.search).get("host");
+const hostQuery = host ? `?host=${encodeURIComponent(host)}` : "";
+const response = await fetch(`/api/v1/vms/${encodeURIComponent(name)}/console-token${hostQuery}`, {
   method: "POST",
   credentials: "same-origin",
   headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
