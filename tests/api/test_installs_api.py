@@ -80,3 +80,12 @@ def _stored_params(app: FastAPI, task_id: str) -> dict[str, Any]:
         row = session.get(Task, task_id)
         assert row is not None and row.params is not None
         return dict(row.params)
+
+
+def test_wizard_sources_images_and_iso_script_kind(as_user: dict[str, As]) -> None:
+    assert as_user["viewer"].get("/api/v1/images").json() == []  # no library on this host yet
+    from kvmgr.api.routes.isos import install_script_kind
+
+    assert install_script_kind("rocky9") == "kickstart"
+    assert install_script_kind("debian12") == "preseed"
+    assert install_script_kind("win10") is None and install_script_kind("nope") is None

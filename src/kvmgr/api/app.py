@@ -32,6 +32,7 @@ from kvmgr.api.routes import (
     events,
     host,
     hosts,
+    images,
     isos,
     metrics,
     moves,
@@ -90,6 +91,7 @@ def _routers() -> list[object]:
         networks,
         storage,
         isos,
+        images,
     ]
     return [module.router for module in routers]
 

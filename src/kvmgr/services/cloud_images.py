@@ -125,7 +125,15 @@ def _read_record(conn: Connection, vol: libvirt.virStorageVol) -> dict[str, Any]
 
 
 def list_images(conn: Connection) -> list[CloudImage]:
-    pool = _pool(conn)
+    """The library's images; none (and no pool made) before the first import."""
+    try:
+        pool = conn.virconn.storagePoolLookupByName(IMAGE_POOL)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            return []
+        raise
+    if not pool.isActive():
+        pool = _pool(conn)
     with libvirt_errors("listing cloud images"):
         pool.refresh(0)
         volumes = {vol.name(): vol for vol in pool.listAllVolumes(0)}

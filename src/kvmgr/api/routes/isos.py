@@ -26,6 +26,19 @@ def _check_name(name: str | None) -> None:
         validate_name(name, what="ISO name")
 
 
+def install_script_kind(os_id: str) -> str | None:
+    """kickstart/preseed when osinfo-db has an install script for the OS (the wizard then
+    offers an unattended install), else None."""
+    from kvmgr.osinfo.db import get_db
+    from kvmgr.osinfo.install_scripts import scripts_for
+
+    entry = get_db().get(os_id)
+    if entry is None:
+        return None
+    kinds = {script.kind for script in scripts_for(entry)} & {"kickstart", "preseed"}
+    return sorted(kinds)[0] if kinds else None
+
+
 def _recommended(os_id: str) -> dict[str, Any]:
     """What the create wizard pre-fills for this OS (osinfo-db's recommendations)."""
     from kvmgr.osinfo.profiles import generic_profile, get_profile
@@ -44,7 +57,11 @@ def _recommended(os_id: str) -> dict[str, Any]:
 @router.get("", summary="Imported ISOs with the detected OS and its recommended resources")
 def list_isos(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
     return [
-        {**asdict(iso), "recommended": _recommended(iso.os_id)}
+        {
+            **asdict(iso),
+            "recommended": _recommended(iso.os_id),
+            "install_script": install_script_kind(iso.os_id),
+        }
         for iso in iso_service.list_isos(ctx.conn())
     ]
 

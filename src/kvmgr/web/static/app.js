@@ -252,12 +252,28 @@ const pages = {
   async create() {
     const form = document.getElementById("create-form");
     if (!form) return;
-    const [isos, networks] = await Promise.all([
+    const [isos, networks, images] = await Promise.all([
       kvmgr.api("GET", "/api/v1/isos").catch(() => []),
       kvmgr.api("GET", "/api/v1/networks").catch(() => []),
+      kvmgr.api("GET", "/api/v1/images").catch(() => []),
     ]);
     const isoSelect = document.getElementById("iso");
     for (const iso of isos) isoSelect.add(new Option(`${iso.name} — ${iso.os_name}`, iso.name));
+    const imageSelect = document.getElementById("image");
+    for (const image of images) imageSelect.add(new Option(`${image.name} — ${image.os_id}`, image.name));
+    const value = (id) => document.getElementById(id).value.trim();
+    const showSources = () => {
+      const iso = isos.find((item) => item.name === isoSelect.value);
+      const kind = iso && !imageSelect.value ? iso.install_script : null;
+      document.getElementById("unattended-set").hidden = !kind;
+      document.getElementById("unattended-kind").textContent = kind || "";
+      document.getElementById("cloud-set").hidden = !imageSelect.value;
+    };
+    isoSelect.addEventListener("change", showSources);
+    imageSelect.addEventListener("change", () => {
+      if (imageSelect.value) isoSelect.value = "";
+      showSources();
+    });
     const netSelect = document.getElementById("vm-network");
     for (const net of networks.filter((n) => n.active)) netSelect.add(new Option(net.name, net.name));
     netSelect.add(new Option("(no network)", "none"));
@@ -282,6 +298,20 @@ const pages = {
         disks: disk === "none" ? [] : [disk],
         networks: [netSelect.value],
       };
+      const keys = (id) => (value(id) ? [value(id)] : []);
+      if (imageSelect.value) {
+        body.iso = null;
+        body.image = imageSelect.value;
+        body.cloud_init = {
+          user: value("c-user") || null, password: value("c-password") || null,
+          ssh_keys: keys("c-ssh-key"), user_data: value("c-user-data") || null,
+        };
+      } else if (document.getElementById("unattended").checked) {
+        body.unattended = {
+          user: value("u-user") || null, password: value("u-password") || null,
+          root_password: value("u-root-password") || null, ssh_keys: keys("u-ssh-key"),
+        };
+      }
       try {
         const task = await kvmgr.api("POST", "/api/v1/vms", body);
         document.getElementById("create-task").hidden = false;
