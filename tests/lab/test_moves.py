@@ -140,9 +140,17 @@ def test_evacuation_respects_anti_affinity(
         store.dispose()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_a_killed_migrate_leaves_the_vm_on_the_source_and_recovery_cleans_the_target(
-    lab: labs.Lab, lab_tls: list[Connection], demo_iso: Path, tmp_path: Path, clean: None
+    lab: labs.Lab,
+    lab_tls: list[Connection],
+    demo_iso: Path,
+    tmp_path: Path,
+    clean: None,
+    sig: signal.Signals,
 ) -> None:
+    """kill -9: libvirt aborts the job of a client that went away, recovery removes the target's
+    volume.  Ctrl-C: kvmgr aborts the job itself and undoes in-process (exit status 130)."""
     state = tmp_path / "state"
     for index in (1, 2):
         host = lab.host(index)
@@ -171,8 +179,10 @@ def test_a_killed_migrate_leaves_the_vm_on_the_source_and_recovery_cleans_the_ta
             time.sleep(0.2)
         assert f"{name}.qcow2" in _volumes(dst)  # the target volume was made
     finally:
-        cli.send_signal(signal.SIGKILL)
-        cli.wait()
+        cli.send_signal(sig)
+        status = cli.wait(timeout=120)
+    if sig == signal.SIGINT:
+        assert status == 130  # aborted, undone, said so
     # libvirt aborts a migration whose client went away; the VM goes on running on the source.
     deadline = time.monotonic() + 60
     while dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE and time.monotonic() < deadline:

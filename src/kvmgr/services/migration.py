@@ -290,9 +290,11 @@ def _live(
     except BaseException:  # Ctrl-C: abort the job so the VM stays on the source, then re-raise
         watcher.abort()
         worker.join()
+        _wait_gone(dst, check.uuid)
         raise
     if failure:
         err = failure[0]
+        _wait_gone(dst, check.uuid)
         if watcher.aborted:
             raise InvalidState(
                 f"migration of VM {check.name} was aborted; it runs on the source, unchanged"
@@ -301,6 +303,20 @@ def _live(
             raise translate(err, f"migrating VM {check.name}") from err
         raise err
     return _completed_stats(dst, check.name)
+
+
+def _wait_gone(dst: Connection, uuid: str, timeout: float = 30.0) -> None:
+    """Wait until the destination has dropped the incoming VM of a failed move: libvirt removes
+    it just after the job ends, and the undo must not find its disk still in use."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            dom = dst.virconn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError:
+            return
+        if dom.isPersistent():
+            return  # a defined VM of that UUID was there before: not ours to wait for
+        time.sleep(0.1)
 
 
 class _Watcher:
