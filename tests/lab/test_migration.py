@@ -16,6 +16,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from lxml import etree
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidState
@@ -213,7 +214,7 @@ def test_offline_migration_of_a_vm_with_two_disks(lab_tls: list[Connection], cle
         assert got == expected
 
 
-def test_preflight_refuses_a_missing_network_and_a_cpu_the_target_cannot_run(
+def test_preflight_refuses_a_missing_network_a_cpu_and_firmware_the_target_lacks(
     lab_tls: list[Connection], clean: None
 ) -> None:
     src, dst = lab_tls[0], lab_tls[1]
@@ -230,9 +231,13 @@ def test_preflight_refuses_a_missing_network_and_a_cpu_the_target_cannot_run(
                 "<feature policy='require' name='avx512f'/></cpu></domain>"
             ).element.find("cpu")
         )
+        loader = etree.SubElement(domain.element.find("os"), "loader", readonly="yes",
+                                  type="rom")  # fmt: skip
+        loader.text = "/nonexistent/firmware.fd"
         src.virconn.defineXML(domain.to_xml())
         check = preflight(src, dst, name)
         problems = " | ".join(check.problems)
+        assert "the firmware /nonexistent/firmware.fd is not among the destination's" in problems
         assert (
             f"network {network!r}" in problems and "does not exist on the destination" in problems
         )

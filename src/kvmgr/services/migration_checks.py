@@ -194,13 +194,14 @@ def _host_interfaces(conn: Connection) -> set[str]:
 def _check_cpu_and_machine(dst: Connection, domain: Domain, check: Preflight) -> None:
     arch, machine, virt = domain.os.arch, domain.os.machine, domain.type
     try:
-        dst.virconn.getDomainCapabilities(None, arch, machine, virt, 0)
+        caps = dst.virconn.getDomainCapabilities(None, arch, machine, virt, 0)
     except libvirt.libvirtError as err:
         check.problems.append(
             f"the destination cannot run a {virt} guest of machine type {machine} ({arch}): "
             f"{err.get_error_message()}"
         )
         return
+    _check_firmware(caps, domain, check)
     cpu = domain.element.find("cpu")
     if cpu is None:
         return  # the hypervisor's default CPU model, the same on every host of one QEMU
@@ -222,6 +223,20 @@ def _check_cpu_and_machine(dst: Connection, domain: Domain, check: Preflight) ->
         check.problems.append(
             f"the guest CPU ({model}) cannot run on the destination: give the VM a CPU both "
             "hosts run (libvirt's baselineHypervisorCPU of the two hosts)"
+        )
+
+
+def _check_firmware(caps_xml: str, domain: Domain, check: Preflight) -> None:
+    """A firmware file the VM names (UEFI's loader) must be one the destination offers."""
+    loader = domain.element.findtext("os/loader")
+    if not loader:
+        return
+    caps = parse_xml(caps_xml, what="domain capabilities")
+    offered = {node.text for node in caps.iterfind("./os/loader/value") if node.text}
+    if loader not in offered:
+        known = ", ".join(sorted(offered)) or "none"
+        check.problems.append(
+            f"the firmware {loader} is not among the destination's ({known}): install it there"
         )
 
 
