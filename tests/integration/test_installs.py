@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from kvmgr.connect import Connection
-from kvmgr.errors import InvalidInput, NotFound
+from kvmgr.errors import InvalidInput, NotFound, OperationFailed
 from kvmgr.host.daemons import DEFAULT_NETNS
 from kvmgr.images.test_media import build_cloud_image, build_installer_iso
 from kvmgr.services import networks, vms
@@ -126,6 +126,26 @@ def test_unattended_refuses_a_bad_kickstart_before_making_anything(
         create_unattended(conn, _spec(name, iso=str(media["iso"])), request)
     assert not vms.exists(conn, name)
     assert find_volume_by_path(conn, f"/var/lib/libvirt/images/{name}-install-vmlinuz") is None
+
+
+def test_a_failed_install_is_reported_with_its_last_lines_and_undone(
+    conn: Connection, cleanup: Cleanup, media: dict[str, Path], secrets_dir: Path
+) -> None:
+    # The cloud variant of the media has the installer but no installation tree (.treeinfo):
+    # told it is Rocky 9, kvmgr boots it with a kickstart and its installer gives up.
+    cleanup.prefix(PREFIX)
+    name = f"{PREFIX}fails"
+    iso = media["cloud"].with_name(media["cloud"].stem + "-raw.iso")
+    spec = _spec(name, iso=str(iso), os="rocky9", disks=[DiskRequest(size=GIB)], nics=[])
+    request = UnattendedRequest(root_password_file=str(secrets_dir / "pw"))
+    with pytest.raises(OperationFailed, match="installation media not found") as failed:
+        create_unattended(conn, spec, request)
+    assert "KVMGR-KS-FOUND /rhel.ks" in failed.value.message  # the installer's last lines
+    assert PASSWORD not in failed.value.message
+    # everything it made is gone: the VM, its disk, the installer kernel and initrd
+    assert not vms.exists(conn, name)
+    for volume in (f"{name}.qcow2", f"{name}-install-vmlinuz", f"{name}-install-initrd.img"):
+        assert find_volume_by_path(conn, f"/var/lib/libvirt/images/{volume}") is None
 
 
 @pytest.fixture(scope="module")
