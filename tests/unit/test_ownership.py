@@ -16,6 +16,7 @@ from kvmgr.store import users
 from kvmgr.store.db import Store
 from kvmgr.store.migrate import upgrade
 from kvmgr.store.models import Role
+from tests.api.test_postgres import pg_url  # noqa: F401 - the PostgreSQL fixture
 
 PASSWORD = "long enough password"
 
@@ -107,14 +108,26 @@ def test_cli_clears_a_group(
         assert users.get_user(session, "ann").role == "admin"
 
 
-def test_migration_moves_vm_owners_to_ids_and_tombstones(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'old.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    engine = create_engine(url)
+    with engine.begin() as connection:  # the module's database is shared: start from nothing
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    engine.dispose()
+    return url
+
+
+def test_migration_moves_vm_owners_to_ids_and_tombstones(old_db_url: str) -> None:
     """A database at the baseline with name-based rows: the owner who still exists keeps their
     VM by id; the one who is gone becomes a tombstone, which a new 'gone' user does not match."""
     from alembic import command
 
     from kvmgr.store.migrate import _config
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = old_db_url
     engine = create_engine(url)
     with engine.begin() as connection:
         config = _config(connection)
@@ -134,10 +147,13 @@ def test_migration_moves_vm_owners_to_ids_and_tombstones(tmp_path: Path) -> None
     upgrade(engine)
     engine.dispose()
     store = Store(url)
-    ann = ownership.owner_of(store, "vm", "u-ann")
-    gone = ownership.owner_of(store, "vm", "u-gone")
-    assert ann is not None and (ann.owner_id, ann.owner, ann.group) == (1, "ann", "team-a")
-    assert gone is not None and gone.owner == "(deleted) gone" and gone.owner_id == 2
-    newcomer = _user(store, "gone")
-    assert newcomer.id == 3
-    assert not ownership.may_act(store, newcomer, "vm", "u-gone")
+    try:
+        ann = ownership.owner_of(store, "vm", "u-ann")
+        gone = ownership.owner_of(store, "vm", "u-gone")
+        assert ann is not None and (ann.owner_id, ann.owner, ann.group) == (1, "ann", "team-a")
+        assert gone is not None and gone.owner == "(deleted) gone" and gone.owner_id == 2
+        newcomer = _user(store, "gone")
+        assert newcomer.id == 3
+        assert not ownership.may_act(store, newcomer, "vm", "u-gone")
+    finally:
+        store.dispose()
