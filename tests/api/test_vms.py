@@ -48,7 +48,7 @@ def test_vm_info_and_not_found(as_user: dict[str, As]) -> None:
     assert info["name"] == "test" and info["may_act"] is False
     missing = as_user["viewer"].get("/api/v1/vms/t-api-missing")
     assert missing.status_code == 404
-    assert "vm list" in missing.json()["hint"]
+    assert "GET /api/v1/vms" in missing.json()["hint"]  # the API call, not the CLI command
     # A space is legal in a libvirt name (virsh allows it), so it is looked up, not refused;
     # a control character can name no libvirt object at all.
     assert as_user["viewer"].get("/api/v1/vms/bad%20name").status_code == 404

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kvmgr import __version__
 from kvmgr.api.context import AppContext, Unauthorized
 from kvmgr.api.deps import SAFE_METHODS, identify, request_host
+from kvmgr.api.hints import for_api
 from kvmgr.api.limits import MAX_BODY_BYTES, BodyLimit
 from kvmgr.api.routes import (
     audit,
@@ -166,7 +167,8 @@ def _install_handlers(app: FastAPI) -> None:
     async def kvmgr_error(request: Request, err: KvmgrError) -> Response:
         if isinstance(err, Unauthorized) and _wants_page(request):
             return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-        body = {"error": err.message, "hint": err.hint, "kind": err.__class__.__name__}
+        # Services say what to do in the CLI's words; API clients get the API call.
+        body = {"error": err.message, "hint": for_api(err.hint), "kind": err.__class__.__name__}
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(err, Unauthorized) else None
         return JSONResponse(body, status_code=err.http_status, headers=headers)
 
