@@ -2,12 +2,13 @@
 # What the API, PostgreSQL and browser tests need beyond scripts/install-system-deps.sh:
 # Debian's chromium (Playwright drives it; no browser is ever downloaded), PostgreSQL (the tests
 # start a throw-away cluster themselves), the web UI's npm libraries, and virtinst (virt-install,
-# virt-clone: the peers that tests prove interoperability with and bench/ measures against), and
-# netplan.io (its real `netplan generate` parses the bridge files kvmgr writes).
+# virt-clone: the peers that tests prove interoperability with and bench/ measures against),
+# netplan.io (its real `netplan generate` parses the bridge files kvmgr writes), and
+# virtnbdbackup (the peer bench/backup.py measures backups and restores against).
 # Idempotent.
 set -eu
 missing=""
-for pkg in chromium postgresql virtinst netplan.io; do
+for pkg in chromium postgresql virtinst netplan.io virtnbdbackup; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 # node/npm may come from elsewhere than Debian (e.g. NodeSource); any working npm will do.
