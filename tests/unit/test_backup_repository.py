@@ -212,3 +212,37 @@ def test_retention_keeps_the_newest_and_one_per_day_and_week() -> None:
         Policy()
     with pytest.raises(InvalidInput):
         Policy(keep_last=-1)
+
+
+def test_metrics_say_last_success_duration_and_failures(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from kvmgr.control.backup_models import BackupPoint, BackupRepo
+    from kvmgr.control.backups import metric_lines
+    from kvmgr.store.db import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'kvmgr.db'}")
+    moment = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    with store.session() as session:
+        session.add(BackupRepo(name="main", path=str(tmp_path)))
+        session.flush()
+        for point, state, seconds in (("a.1", "good", 3.5), ("a.2", "failed", 1.0)):
+            session.add(
+                BackupPoint(
+                    id=point,
+                    repo="main",
+                    vm_name='we"b',
+                    vm_uuid="u",
+                    host="local",
+                    kind="full",
+                    state=state,
+                    created=moment,
+                    duration=seconds,
+                )
+            )
+    lines = metric_lines(store)
+    store.dispose()
+    stamp = int(moment.timestamp())
+    assert f'kvmgr_backup_last_success_timestamp_seconds{{vm="we\\"b"}} {stamp}' in lines
+    assert 'kvmgr_backup_last_duration_seconds{vm="we\\"b"} 3.500' in lines
+    assert 'kvmgr_backup_failures{vm="we\\"b"} 1' in lines

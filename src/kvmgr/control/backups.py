@@ -23,6 +23,7 @@ from kvmgr.names import validate_name
 from kvmgr.services.backup import backup, restore, retention, verify
 from kvmgr.services.backup.repository import Repository
 from kvmgr.store.clip import clip
+from kvmgr.store.db import Store
 from kvmgr.store.models import aware, utcnow
 
 
@@ -260,6 +261,47 @@ class Backups:
                 repository.delete_point(point)
         with self.plane.store.session() as session:
             session.execute(delete(BackupPoint).where(BackupPoint.id == point))
+
+
+def metric_lines(store: Store) -> list[str]:
+    """Prometheus lines per VM: when its last good point was taken, how long that took, and
+    how many backup runs failed (``/metrics``)."""
+    last: dict[str, BackupPoint] = {}
+    failed: dict[str, int] = {}
+    with store.session() as session:
+        for row in session.scalars(select(BackupPoint).order_by(BackupPoint.created)):
+            if row.state == FAILED:
+                failed[row.vm_name] = failed.get(row.vm_name, 0) + 1
+            elif row.state == GOOD:
+                last[row.vm_name] = row
+                failed.setdefault(row.vm_name, 0)
+    lines = [
+        "# HELP kvmgr_backup_last_success_timestamp_seconds when the newest good point was taken",
+        "# TYPE kvmgr_backup_last_success_timestamp_seconds gauge",
+    ]
+    lines += [
+        f'kvmgr_backup_last_success_timestamp_seconds{{vm="{_label(vm)}"}} '
+        f"{int(aware(row.created).timestamp())}"
+        for vm, row in sorted(last.items())
+    ]
+    lines += [
+        "# HELP kvmgr_backup_last_duration_seconds how long the VM's newest good point took",
+        "# TYPE kvmgr_backup_last_duration_seconds gauge",
+    ]
+    lines += [
+        f'kvmgr_backup_last_duration_seconds{{vm="{_label(vm)}"}} {row.duration:.3f}'
+        for vm, row in sorted(last.items())
+    ]
+    lines += [
+        "# HELP kvmgr_backup_failures backup runs of the VM that failed (in the catalog)",
+        "# TYPE kvmgr_backup_failures gauge",
+    ]
+    lines += [f'kvmgr_backup_failures{{vm="{_label(vm)}"}} {n}' for vm, n in sorted(failed.items())]
+    return lines
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _repo_dict(row: BackupRepo) -> dict[str, Any]:

@@ -133,7 +133,10 @@ def _authorize(request: Request, ctx: AppContext) -> None:
 )
 def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
     _authorize(request, ctx)
-    return PlainTextResponse(render(ctx.conn()), media_type="text/plain; version=0.0.4")
+    from kvmgr.control.backups import metric_lines  # the backup catalog's lines
+
+    text = render(ctx.conn()) + "\n".join(metric_lines(ctx.store)) + "\n"
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 __all__ = ["get_ctx", "router"]
