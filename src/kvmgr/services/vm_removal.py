@@ -20,7 +20,6 @@ from kvmgr.connect import Connection
 from kvmgr.errors import (
     InvalidState,
     KvmgrError,
-    NotFound,
     OperationFailed,
     libvirt_errors,
     translate,
@@ -172,11 +171,10 @@ def undo_define(conn: Connection, args: dict[str, Any]) -> None:
 
 
 @recovery_action("domain.keep")
-def keep_domain(conn: Connection, args: dict[str, Any]) -> None:
+def keep_domain(_conn: Connection, _args: dict[str, Any]) -> None:
     """Past its point of no return an operation's VM is complete (a create whose VM started
-    but whose wait for the guest was cut short): recovery keeps it as it is."""
-    if by_uuid(conn, str(args["uuid"])) is None:
-        raise NotFound(f"VM {args['uuid']} is gone")
+    but whose wait for the guest was cut short): recovery keeps it as it is (and has nothing to
+    do if someone deleted it since)."""
 
 
 @recovery_action("vm.forget_volumes")
