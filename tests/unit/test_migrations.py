@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from kvmgr import statedir
+from kvmgr.api.settings import Settings
 from kvmgr.store import migrate
 from kvmgr.store.db import Store
 from kvmgr.store.models import Base
@@ -53,3 +57,25 @@ def test_heads_read_from_the_files_are_alembics() -> None:
     """The open of a current store skips Alembic by reading the heads itself: they must agree."""
     assert migrate.head_revisions() == migrate.alembic_heads()
     assert migrate.BASELINE not in migrate.head_revisions()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"KVMGR_STATE_DIR": "/srv/kvmgr"},
+        {"kvmgr_state_dir": "/srv/lower"},
+        {"KVMGR_DB_URL": "postgresql+psycopg://u@db/kvmgr", "KVMGR_STATE_DIR": "/srv/x"},
+        {"KVMGR_DATABASE_URL": "postgresql+psycopg://u@db/fleet"},
+    ],
+)
+def test_the_cli_finds_the_database_settings_would(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI reads the URL without pydantic (kvmgr.statedir); it must be Settings' URL."""
+    for name in list(os.environ):
+        if name.upper() in ("KVMGR_STATE_DIR", "KVMGR_DB_URL", "KVMGR_DATABASE_URL"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert statedir.url_from_environment() == Settings().database_url

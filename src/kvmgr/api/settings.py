@@ -21,12 +21,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kvmgr.errors import InvalidInput
+from kvmgr.statedir import database_url, default_state_dir
 
 MIN_SECRET_LENGTH = 32
-
-
-def default_state_dir() -> Path:
-    return Path("/var/lib/kvmgr") if os.geteuid() == 0 else Path.home() / ".local/share/kvmgr"
 
 
 class Settings(BaseSettings):
@@ -62,14 +59,7 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        # A directory of its own: the state dir also holds the ISO pool, which QEMU must be able
-        # to traverse, so only the database's directory can be closed to everyone but us (0700).
-        # KVMGR_DATABASE_URL is the name the fleet documentation uses; KVMGR_DB_URL came first.
-        return (
-            self.db_url
-            or os.environ.get("KVMGR_DATABASE_URL")
-            or f"sqlite:///{self.state_dir / 'db' / 'kvmgr.db'}"
-        )
+        return database_url(self.db_url, self.state_dir)  # see kvmgr.statedir
 
     @property
     def proxies(self) -> list[str]:

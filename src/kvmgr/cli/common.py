@@ -82,9 +82,9 @@ class CLIState:
 
     def store(self) -> Store:
         """The database (``KVMGR_DB_URL``, else SQLite in the state dir), opened on first use."""
-        from kvmgr.api.settings import Settings
+        from kvmgr.statedir import url_from_environment
 
-        url = Settings().database_url
+        url = url_from_environment()  # Settings().database_url without importing pydantic
         if self._store is not None and self._store.url != url:
             self._close_store()  # in-process callers (tests) may point elsewhere in between
         if self._store is None:
