@@ -32,3 +32,13 @@ def test_answers_of_the_api_name_api_calls(as_user: dict[str, As]) -> None:
     assert answer.status_code == 404
     hint = answer.json()["hint"]
     assert "GET /api/v1/vms" in hint and "'kvmgr vm" not in hint
+
+
+def test_create_refuses_what_it_can_before_202(as_user: dict[str, As]) -> None:
+    admin = as_user["admin"]
+    taken = admin.post("/api/v1/vms", json={"name": "test"})  # the test driver's own VM
+    assert taken.status_code == 409
+    no_pool = admin.post("/api/v1/vms", json={"name": "t-api-x", "disks": ["size=1G,pool=t-no"]})
+    assert no_pool.status_code == 404 and "GET /api/v1/pools" in no_pool.json()["hint"]
+    no_net = admin.post("/api/v1/vms", json={"name": "t-api-y", "networks": ["network=t-no"]})
+    assert no_net.status_code == 404 and "GET /api/v1/networks" in no_net.json()["hint"]

@@ -9,6 +9,7 @@ tests/integration/test_installs.py).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -30,10 +31,15 @@ def _everything(caller: As, admin: As, app: FastAPI) -> str:
     return json.dumps([shown, rows], default=str)
 
 
-def test_unattended_fields_and_no_password_echo(as_user: dict[str, As], app: FastAPI) -> None:
+def test_unattended_fields_and_no_password_echo(
+    as_user: dict[str, As], app: FastAPI, tmp_path: Path
+) -> None:
+    # An ISO that exists (a missing one is a 404 before any task) but is no installer.
+    iso = tmp_path / "rocky.iso"
+    iso.write_bytes(b"not an ISO 9660 image" * 100)
     body = {
         "name": "t-api-unatt",
-        "iso": "/nonexistent/rocky.iso",
+        "iso": str(iso),
         "graphics": "none",
         "wait": "installed",
         "unattended": {"user": "alice", "password": SECRET, "root_password": SECRET,

@@ -109,9 +109,11 @@ def test_create_refuses_bad_input_before_starting_a_task(as_user: dict[str, As])
 
 
 def test_a_failed_create_is_a_failed_task(as_user: dict[str, As]) -> None:
-    body = {"name": "test", "graphics": "none"}  # exists already
+    taken = as_user["op1"].post("/api/v1/vms", json={"name": "test", "graphics": "none"})
+    assert taken.status_code == 409  # what can be refused before the task is, with no task
+    body = {"name": "t-api-huge", "graphics": "none", "memory": "4000G"}  # fails when it runs
     task = wait_task(as_user["op1"], as_user["op1"].post("/api/v1/vms", json=body).json()["id"])
-    assert task["state"] == "failed" and "already exists" in task["error"]
+    assert task["state"] == "failed" and "more than this host has" in task["error"]
 
 
 def test_a_task_of_a_dead_worker_is_marked_interrupted(app: FastAPI) -> None:

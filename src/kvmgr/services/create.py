@@ -46,7 +46,7 @@ from kvmgr.services.create_policy import (
     root_ports_needed,
 )
 from kvmgr.services.steps import Steps, owned_steps
-from kvmgr.services.storage import VolumeRef, create_volume, refuse_taken_name
+from kvmgr.services.storage import DEFAULT_POOL, VolumeRef, create_volume, refuse_taken_name
 from kvmgr.units import GIB, MIB, format_size
 
 Progress = Callable[[str], None]
@@ -161,6 +161,26 @@ def _validate_request(conn: Connection, spec: VMSpec) -> None:
             raise NotFound(
                 f"disk {disk.path!r} does not exist", hint="give an existing file or volume path"
             )
+
+
+def check_request(conn: Connection, spec: VMSpec) -> None:
+    """Refuse now what :func:`create_vm` would refuse: a name in use, a missing network, pool
+    or disk, an ISO QEMU cannot read.  The API calls it before it answers 202 for the task."""
+    _validate_request(conn, spec)
+    for disk in spec.disks:
+        if disk.path is None and disk.pool != DEFAULT_POOL:  # the default pool is made on demand
+            _require_pool(conn, disk.pool)
+    if spec.iso:
+        _check_qemu_can_read(conn, _resolve_iso(conn, spec.iso))
+
+
+def _require_pool(conn: Connection, name: str) -> None:
+    try:
+        conn.virconn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as err:
+        raise NotFound(
+            f"storage pool {name!r} does not exist", hint="'kvmgr pool list' shows the pools"
+        ) from err
 
 
 def _require_network(conn: Connection, name: str) -> None:

@@ -18,6 +18,7 @@ from kvmgr.control.authz import check_vm_spec
 from kvmgr.errors import InvalidInput
 from kvmgr.services import resources as resources_service
 from kvmgr.services import vms as vms_service
+from kvmgr.services.create import check_request
 from kvmgr.store.users import Principal
 from kvmgr.units import parse_size
 
@@ -217,7 +218,9 @@ def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
     # Checked before the task is queued, so a bad request is a 422 (or 403) now, not a failed
     # task; the worker checks again when it runs (kvmgr.control.task_kinds).
     def check() -> None:
-        check_vm_spec(ctx.authz(ctx.conn(), who), task_kinds.vm_spec(params))
+        spec = task_kinds.vm_spec(params)
+        check_vm_spec(ctx.authz(ctx.conn(), who), spec)
+        check_request(ctx.conn(), spec)  # a name in use is 409, a missing network/pool 404
 
     ctx.audited(who, "vm.create.request", body.name, check)
     return ctx.submit(who, "vm.create", params, body.name)
