@@ -112,3 +112,12 @@ def test_cli_edit_keeps_a_templates_own_disks_but_refuses_new_system_files(
     finally:
         conn.lookupByName(name).undefine()
         conn.close()
+
+
+def test_cli_refuses_to_import_a_system_file_as_a_cloud_image(tmp_path: Path) -> None:
+    link = tmp_path / "cloud.qcow2"
+    link.symlink_to("/etc/shadow")
+    for path in ("/etc/shadow", str(link)):
+        code, output = _run("image", "import", path, "--os", "generic", "--name", "t-cli-trust")
+        assert code == 1, (path, output)
+        assert "system directory /etc" in output

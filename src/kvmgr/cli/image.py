@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import conn, progress, report_errors
+from kvmgr.cli.common import authz, conn, progress, report_errors
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 
 app = typer.Typer(no_args_is_help=True)
@@ -58,8 +58,12 @@ def import_command(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Store a cloud image once, as a protected base VMs get overlays of."""
+    from os.path import abspath  # the option named "os" hides the module
+
     from kvmgr.services.cloud_images import import_image
 
+    # Resolved and never a system file: every operator's VMs may be built on the library.
+    path = authz().import_source(abspath(path), what="cloud image")
     with progress(f"importing {path}"):
         image = import_image(conn(), path, os_id=os, name=name)
     emit_object(image.as_dict(), output)

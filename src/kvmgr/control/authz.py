@@ -304,20 +304,20 @@ class Authz:
             raise NotFound(f"{what} {given!r} does not exist", hint="give an existing file")
         return resolved
 
-    def import_source(self, path: str) -> str:
-        """A file kvmgr itself reads to upload into the library (``iso import``): resolved here,
-        where kvmgr runs, and never a system file (it would become bootable by operators)."""
+    def import_source(self, path: str, *, what: str = "ISO") -> str:
+        """A file kvmgr itself reads to upload into a library (``iso import``, ``image import``):
+        resolved here, where kvmgr runs, and never a system file (every operator may boot it)."""
         if not self.admin:
-            raise self._refuse("may not import files into the ISO library", "ask an admin")
+            raise self._refuse(f"may not import files into the {what} library", "ask an admin")
         if not path.startswith("/") or "\x00" in path:
-            raise InvalidInput(f"ISO path {path!r} must be an absolute path")
+            raise InvalidInput(f"{what} path {path!r} must be an absolute path")
         resolved = os.path.realpath(path)
         tree = self.protected(resolved)
         if tree is not None and not (tree == "/dev" and _is_block_device(resolved)):
             shown = path if path == resolved else f"{path} (resolves to {resolved})"
             raise Forbidden(
-                f"ISO {shown} lies in the system directory {tree}",
-                hint="import ISO images from a directory of their own",
+                f"{what} {shown} lies in the system directory {tree}",
+                hint="import images from a directory of their own",
             )
         return resolved
 

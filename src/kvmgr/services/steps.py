@@ -30,6 +30,7 @@ Action = Callable[[Connection, dict[str, Any]], None]
 #: Every action a journal may name, by name ("volume.delete", "domain.undefine", ...).
 ACTIONS: dict[str, Action] = {}
 
+
 def load_actions() -> dict[str, Action]:
     """Import every service module, so each action it registers is known; returns :data:`ACTIONS`.
 
