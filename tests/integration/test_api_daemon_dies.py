@@ -21,7 +21,7 @@ from kvmgr.store import users
 from kvmgr.store.models import Role
 from tests.api.conftest import make_settings
 from tests.integration.conftest import remove_vm
-from tests.sweep.proxy import CuttingProxy, cutting_proxy
+from tests.sweep.proxy import CuttingProxy, cut_points, cutting_proxy, small_domain_xml
 
 VM = "t-sweep-api-cut"
 SYSTEM_SOCKET = "/run/libvirt/libvirt-sock"
@@ -35,10 +35,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def sweep_vm(conn: Connection) -> Iterator[str]:
     remove_vm(conn, VM)
-    conn.virconn.defineXML(
-        f"<domain type='qemu'><name>{VM}</name><memory unit='MiB'>64</memory>"
-        "<os><type>hvm</type></os></domain>"
-    )
+    conn.virconn.defineXML(small_domain_xml(VM))
     yield VM
     remove_vm(conn, VM)
 
@@ -71,13 +68,6 @@ def _get_paths(client: TestClient, headers: dict[str, str], vm: str) -> list[str
     return [re.sub(r"\{[^}]+\}", "t-sweep-missing", path) for path in paths]
 
 
-def _cut_points(messages: int) -> list[int]:
-    if messages <= MAX_CUTS:
-        return list(range(1, messages + 1))
-    step = messages / MAX_CUTS
-    return sorted({max(1, round(step * i)) for i in range(1, MAX_CUTS + 1)})
-
-
 def test_every_get_route_survives_the_daemon_dying(
     admin: tuple[TestClient, dict[str, str]], proxy: CuttingProxy, sweep_vm: str
 ) -> None:
@@ -90,7 +80,7 @@ def test_every_get_route_survives_the_daemon_dying(
         before = proxy.messages
         client.get(path, headers=headers)
         sent = proxy.messages - before
-        for cut in _cut_points(sent):
+        for cut in cut_points(sent, MAX_CUTS):
             proxy.cut_after = None
             client.get("/api/v1/vms", headers=headers)  # reconnect after the previous cut
             proxy.cut_after = proxy.messages + cut

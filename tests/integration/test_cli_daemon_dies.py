@@ -16,7 +16,7 @@ import pytest
 from kvmgr.connect import Connection
 from tests.integration.conftest import remove_vm
 from tests.sweep.cli_tree import NOT_RUN, Command, all_commands
-from tests.sweep.proxy import CuttingProxy, cutting_proxy
+from tests.sweep.proxy import CuttingProxy, cut_points, cutting_proxy, small_domain_xml
 from tests.sweep.test_cli_sweep import check_clean, invoke
 
 VM = "t-sweep-cut"
@@ -31,10 +31,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def sweep_vm(conn: Connection) -> Iterator[str]:
     remove_vm(conn, VM)
-    conn.virconn.defineXML(
-        f"<domain type='qemu'><name>{VM}</name><memory unit='MiB'>64</memory>"
-        "<os><type>hvm</type></os></domain>"
-    )
+    conn.virconn.defineXML(small_domain_xml(VM))
     yield VM
     remove_vm(conn, VM)
 
@@ -55,13 +52,6 @@ def _argv(command: Command, vm: str) -> list[str]:
     return command.argv()
 
 
-def _cut_points(messages: int) -> list[int]:
-    if messages <= MAX_CUTS:
-        return list(range(1, messages + 1))
-    step = messages / MAX_CUTS
-    return sorted({max(1, round(step * i)) for i in range(1, MAX_CUTS + 1)})
-
-
 @pytest.mark.parametrize(
     "command", [c for c in all_commands() if c.name not in NOT_RUN], ids=lambda c: c.name
 )
@@ -69,6 +59,6 @@ def test_daemon_dies_mid_command(command: Command, proxy: CuttingProxy, sweep_vm
     argv = ["-c", proxy.uri, *_argv(command, sweep_vm)]
     proxy.cut_after = None
     invoke(*argv)  # counts the messages the whole command sends
-    for cut in _cut_points(proxy.messages):
+    for cut in cut_points(proxy.messages, MAX_CUTS):
         proxy.cut_after = cut
         check_clean(argv)

@@ -99,3 +99,19 @@ def cutting_proxy(directory: Path, upstream: str) -> Iterator[CuttingProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+def cut_points(messages: int, most: int = 6) -> list[int]:
+    """Where to cut a run of ``messages``: after each, or at ``most`` points spread over it."""
+    if messages <= most:
+        return list(range(1, messages + 1))
+    step = messages / most
+    return sorted({max(1, round(step * i)) for i in range(1, most + 1)})
+
+
+def small_domain_xml(name: str) -> str:
+    """A shut-off VM with nothing behind it: something real for commands to read."""
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
