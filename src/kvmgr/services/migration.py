@@ -46,6 +46,8 @@ DOWNTIME_CEILING_MS = 5000
 #: Memory passes after which the allowed downtime doubles (the dirty rate outruns the copy).
 PASSES_PER_RAISE = 3
 _CHUNK = 4 * MIB
+#: How long removing a volume waits for a finished move's incoming VM to go (seconds).
+TRANSIENT_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,36 @@ def remove_if_unused(conn: Connection, pool: str, name: str) -> bool:
         ):
             return False  # never made, or removed already
         raise translate(err, f"looking up volume {name}") from err
+    if _transient_users(conn, path, wait=TRANSIENT_WAIT):
+        # Only the incoming VM of a move that ended holds it, and libvirt did not drop that VM
+        # in time: fail, so the journal keeps the record and a later recovery tries again.
+        raise InvalidState(
+            f"volume {path} is still used by an incoming VM that libvirt has not removed yet",
+            hint="kvmgr ops recover --retry-failed",
+        )
     if storage.volume_users(conn).get(path):
         return False  # the VM is (still, or now) here: its disk stays
     with libvirt_errors(f"deleting volume {path}"):
         vol.delete(0)
     return True
+
+
+def _transient_users(conn: Connection, path: str, *, wait: float) -> list[str]:
+    """Transient VMs using ``path`` (an incoming migration's VM is transient until it ends),
+    waited for up to ``wait`` seconds; a persistent VM using it is no reason to wait."""
+    deadline = time.monotonic() + wait
+    while True:
+        users = []
+        with libvirt_errors("listing VMs"):
+            for dom in conn.virconn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT):
+                try:
+                    if f"'{path}'" in dom.XMLDesc(0):  # an attribute value, quoted
+                        users.append(dom.name())
+                except libvirt.libvirtError:
+                    continue  # gone while we looked
+        if not users or time.monotonic() > deadline:
+            return users
+        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------------------ entry point
