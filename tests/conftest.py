@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.testdriver import reset_default_test_driver
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
@@ -21,3 +23,15 @@ def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         # Not KVMGR_DB_URL: tests that pass their own state_dir expect the database inside it.
         patch.delenv("KVMGR_DB_URL", raising=False)
         yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_test_driver() -> Iterator[None]:
+    """Put libvirt's shared ``test:///default`` back as it starts, after every test module.
+
+    Every connection to test:///default in one process shares one driver, so a module that
+    stops its VM 'test' or leaves a VM, network or pool behind changed what later modules saw
+    (the suite passed file by file and failed as a whole).
+    """
+    yield
+    reset_default_test_driver()

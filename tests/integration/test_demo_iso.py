@@ -109,7 +109,10 @@ def test_interactive_console_passes_keys_and_ends_on_escape(
     os.write(keys_write, b"echo attach-$((6*7))\r")
     with open(keys_read, "rb", buffering=0) as stdin, open(out_write, "wb", buffering=0) as stdout:
         worker = threading.Thread(
-            target=attach_interactive, args=(conn, VM), kwargs={"stdin": stdin, "stdout": stdout}
+            target=attach_interactive,
+            args=(conn, VM),
+            # the module's shell holds the console: take it over, as 'vm console --force' does
+            kwargs={"stdin": stdin, "stdout": stdout, "force": True},
         )
         worker.start()
         time.sleep(3)  # the guest answers within this under emulation

@@ -25,11 +25,13 @@ from kvmgr.services.steps import LocalSteps
 from kvmgr.services.storage import ensure_pool
 from kvmgr.units import GIB, MIB
 from tests.steps_harness import Cut, CutSteps, recover_elsewhere
+from tests.testdriver import reset_default_test_driver
 
 
 @pytest.fixture
 def conn() -> Iterator[Connection]:
-    connection = open_connection("test:///default")  # a private, fresh simulated host
+    reset_default_test_driver()  # one driver for the whole process: start from its defaults
+    connection = open_connection("test:///default")
     yield connection
     connection.close()
 

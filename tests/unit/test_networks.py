@@ -292,11 +292,12 @@ def test_reservation_needs_a_vm_on_that_network_and_a_dhcp_network(conn: Connect
 
 # ----------------------------------------------------------------------------- guest IPs
 def test_discover_ips_reports_the_answering_source() -> None:
-    # test:///default's running VM "test" has a lease-like answer for its NIC
+    # test:///default's running VM "test" has a lease-like answer for its NIC (the address
+    # follows the domain's id, which changes when an earlier test restarted it)
     with open_connection("test:///default") as default:
-        assert networks.discover_ips(default, "test") == [
-            ("aa:bb:cc:dd:ee:ff", "192.168.122.3", "lease")
-        ]
+        ((mac, ip, source),) = networks.discover_ips(default, "test")
+    assert (mac, source) == ("aa:bb:cc:dd:ee:ff", "lease")
+    assert ip.startswith("192.168.122.")
 
 
 def test_discover_ips_of_a_stopped_vm_is_empty(conn: Connection) -> None:

@@ -1,0 +1,54 @@
+"""libvirt's ``test:///default`` is one driver shared by every connection of a process: this puts
+it back as it starts (its VM 'test' running, network 'default', pool 'default-pool', nothing
+else), for the fixtures of tests that compare a whole host before and after."""
+
+from __future__ import annotations
+
+import contextlib
+
+import libvirt
+
+
+def reset_default_test_driver() -> None:
+    conn = libvirt.open("test:///default")
+    try:
+        for dom in conn.listAllDomains():
+            if dom.name() != "test":
+                _remove_domain(dom)
+        for net in conn.listAllNetworks():
+            if net.name() != "default":
+                with contextlib.suppress(libvirt.libvirtError):
+                    if net.isActive():
+                        net.destroy()
+                    net.undefine()
+        for pool in conn.listAllStoragePools():
+            if pool.name() != "default-pool":
+                with contextlib.suppress(libvirt.libvirtError):
+                    if pool.isActive():
+                        pool.destroy()
+                    pool.undefine()
+        _test_vm_running(conn.lookupByName("test"))
+        default = conn.networkLookupByName("default")
+        if not default.isActive():
+            default.create()
+    finally:
+        conn.close()
+
+
+def _remove_domain(dom: libvirt.virDomain) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+
+def _test_vm_running(dom: libvirt.virDomain) -> None:
+    for snapshot in dom.listAllSnapshots():
+        with contextlib.suppress(libvirt.libvirtError):
+            snapshot.delete()
+    state = dom.state()[0]
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        dom.resume()
+    elif state != libvirt.VIR_DOMAIN_RUNNING:
+        dom.create()
