@@ -12,17 +12,18 @@ Tests here are marked ``lab`` and ``integration`` (they need root and real daemo
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from kvmgr.connect import Connection, open_connection
 from kvmgr.host import lab as labs
-from tests.integration.conftest import demo_iso  # noqa: F401  (the fixture, shared)
+from tests.integration.conftest import (
+    demo_iso,  # noqa: F401  (the fixture, shared)
+    remove_vm,
+)
 
 _LAB_DIR = Path(__file__).parent
 LAB_ENV = "KVMGR_LAB"
@@ -76,12 +77,4 @@ def lab_tls(lab: labs.Lab) -> Iterator[list[Connection]]:
 
 def remove_domain(conn: Connection, name: str) -> None:
     """Destroy and undefine ``name`` on one lab host if it is there (tests' cleanup)."""
-    try:
-        dom = conn.virconn.lookupByName(name)
-    except libvirt.libvirtError:
-        return
-    with contextlib.suppress(libvirt.libvirtError):
-        if dom.isActive():
-            dom.destroy()
-    with contextlib.suppress(libvirt.libvirtError):
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    remove_vm(conn, name)  # the integration tests' one way to remove a VM
