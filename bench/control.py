@@ -12,17 +12,11 @@ installed.  One more line gives the control plane's cost alone, without libvirt,
 from __future__ import annotations
 
 import contextlib
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import libvirt
+from tests.pgcluster import missing_reason, throwaway_postgres
 
 from bench import cleanup, raw_provision
 from bench.core import Context, Line, Result, Skip, Target, interleaved, timed
@@ -30,7 +24,6 @@ from bench.driverfile import NAME_PREFIX
 from bench.provision import IMAGES
 
 PREFIX = f"{NAME_PREFIX}ctl-"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 #: The issue's <=1.1x, held to the median of the per-round ratios.
 PAIRED_TARGET = Target("<=1.1x", max_value=1.1)
 
@@ -169,38 +162,12 @@ def _registered() -> set[str]:
 @contextlib.contextmanager
 def _postgres(ctx: Context) -> Iterator[str | None]:
     """A throw-away PostgreSQL cluster on a loopback port (None when not installed)."""
-    try:
-        account = pwd.getpwnam("postgres")
-    except KeyError:
-        account = None
-    if not (PG_BIN / "initdb").exists() or account is None:
+    if missing_reason() is not None:
         yield None
         return
-    root = Path(tempfile.mkdtemp(prefix="t-bench-pg-"))
-    os.chown(root, account.pw_uid, account.pw_gid)
-    data = root / "data"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-
-    def as_postgres(*argv: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=60
-        )
-
-    try:
-        ctx.say("starting a throw-away PostgreSQL")
-        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
-        log = str(root / "server.log")
-        as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", log, "-o", options, "-w", "start"
-        )
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    ctx.say("starting a throw-away PostgreSQL")
+    with throwaway_postgres(prefix="t-bench-pg-") as url:
+        yield url
 
 
 def _clean(conn: libvirt.virConnect) -> None:

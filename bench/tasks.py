@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
+
+from tests.pgcluster import PostgresMissing, throwaway_postgres
 
 from bench.core import REPO, BenchError, Context, Line, Result, Skip
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TASKS = 1000
 
 
@@ -126,34 +122,9 @@ def _worker(ctx: Context, url: str) -> subprocess.Popen[str]:
 
 @contextlib.contextmanager
 def _postgres() -> Iterator[str]:
-    """A throw-away PostgreSQL cluster on a loopback port (as in tests/api/test_postgres.py)."""
-    if not (PG_BIN / "initdb").exists():
-        raise BenchError("PostgreSQL 15 is not installed (scripts/install-test-deps.sh)")
+    """A throw-away PostgreSQL cluster on a loopback port (the test suite's own helper)."""
     try:
-        account = pwd.getpwnam("postgres")
-    except KeyError as err:
-        raise BenchError("no 'postgres' user to run the server as") from err
-    root = Path(tempfile.mkdtemp(prefix="kvmgr-bench-pg-"))
-    os.chown(root, account.pw_uid, account.pw_gid)
-    data = root / "data"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-
-    def as_postgres(*argv: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=60
-        )
-
-    try:
-        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
-        log = str(root / "server.log")
-        as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", log, "-o", options, "-w", "start"
-        )
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        with throwaway_postgres(prefix="kvmgr-bench-pg-") as url:
+            yield url
+    except PostgresMissing as missing:
+        raise BenchError(str(missing)) from missing

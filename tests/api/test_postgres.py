@@ -7,12 +7,6 @@ installed (scripts/install-test-deps.sh installs it).
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -28,47 +22,18 @@ from kvmgr.store import audit, users
 from kvmgr.store.db import Store
 from kvmgr.store.models import Role
 from tests.api.conftest import make_settings
+from tests.pgcluster import PostgresMissing, throwaway_postgres
 
 pytestmark = pytest.mark.postgres
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL 15 is not installed: run scripts/install-test-deps.sh")
     try:
-        account = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("no 'postgres' user to run the server as (install the postgresql package)")
-    root = Path(tempfile.mkdtemp(prefix="kvmgr-pg-"))
-    os.chown(root, account.pw_uid, account.pw_gid)
-    data, port = root / "data", _free_port()
-
-    def as_postgres(*argv: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=60
-        )
-
-    try:
-        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
-        # -l: the server's output goes to a file, not to the pipe run() waits on.
-        log = str(root / "server.log")
-        as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", log, "-o", options, "-w", "start"
-        )
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        with throwaway_postgres() as url:
+            yield url
+    except PostgresMissing as missing:
+        pytest.skip(str(missing))
 
 
 def test_users_tokens_and_sessions(pg_url: str) -> None:
