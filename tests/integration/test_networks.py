@@ -27,7 +27,7 @@ import pytest
 
 from kvmgr.connect import Connection
 from kvmgr.errors import AlreadyExists, InvalidState
-from kvmgr.services import networks
+from kvmgr.services import addresses, networks
 from kvmgr.services.networks import NetworkSpec
 from kvmgr.xml.domain import Interface
 from tests.integration.guest import GuestShell, demo_domain
@@ -139,7 +139,7 @@ def test_nat_guest_gets_a_lease_from_the_range(lab: Lab) -> None:
     assert (WEB_NAT_MAC, str(web_ip)) in {
         (lease.mac, lease.ip) for lease in networks.leases(lab.conn, NAT)
     }
-    assert (WEB_NAT_MAC, str(web_ip), "lease") in networks.discover_ips(lab.conn, WEB)
+    assert (WEB_NAT_MAC, str(web_ip), "lease") in addresses.discover_ips(lab.conn, WEB)
     # the isolated DHCP server gives no router: web keeps its NAT default route
     assert f"default via {NAT_GATEWAY}" in lab.shells[WEB].run("ip route")
 
@@ -241,5 +241,5 @@ def test_guest_on_a_host_bridge_gets_lan_dhcp_and_is_found_by_arp(
 
         # traffic from the guest puts it in the daemon namespace's ARP table
         shell.run(f"ping -c 1 -W 3 {BRIDGE_ADDR}", timeout=30)
-        found = _eventually(lambda: networks.discover_ips(conn, BRVM), 10)
+        found = _eventually(lambda: addresses.discover_ips(conn, BRVM), 10)
         assert found == [(BRVM_MAC, ip, "arp")]

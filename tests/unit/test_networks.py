@@ -20,7 +20,7 @@ from kvmgr.cli.common import state
 from kvmgr.cli.main import app
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, Unsupported
-from kvmgr.services import networks
+from kvmgr.services import addresses, networks
 from kvmgr.services.networks import NetworkSpec
 from kvmgr.xml.network import Network
 
@@ -105,7 +105,7 @@ def test_arp_table_keeps_complete_entries_only() -> None:
         "10.240.12.105    0x1         0x2         52:54:00:F0:12:30     *        kvt-br0\n"
         "10.240.12.106    0x1         0x0         00:00:00:00:00:00     *        kvt-br0\n"
     )
-    assert networks.parse_arp_table(table) == [("52:54:00:f0:12:30", "10.240.12.105")]
+    assert addresses.parse_arp_table(table) == [("52:54:00:f0:12:30", "10.240.12.105")]
 
 
 def test_default_dhcp_range_leaves_low_addresses_for_reservations() -> None:
@@ -295,7 +295,7 @@ def test_discover_ips_reports_the_answering_source() -> None:
     # test:///default's running VM "test" has a lease-like answer for its NIC (the address
     # follows the domain's id, which changes when an earlier test restarted it)
     with open_connection("test:///default") as default:
-        ((mac, ip, source),) = networks.discover_ips(default, "test")
+        ((mac, ip, source),) = addresses.discover_ips(default, "test")
     assert (mac, source) == ("aa:bb:cc:dd:ee:ff", "lease")
     assert ip.startswith("192.168.122.")
 
@@ -303,9 +303,9 @@ def test_discover_ips_reports_the_answering_source() -> None:
 def test_discover_ips_of_a_stopped_vm_is_empty(conn: Connection) -> None:
     dom = conn.virconn.lookupByName("t-net-vm1")
     dom.destroy()
-    assert networks.discover_ips(conn, dom) == []
+    assert addresses.discover_ips(conn, dom) == []
     with pytest.raises(NotFound):
-        networks.discover_ips(conn, "t-net-nobody")
+        addresses.discover_ips(conn, "t-net-nobody")
 
 
 # ----------------------------------------------------------------------------- CLI

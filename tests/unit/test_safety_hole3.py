@@ -34,9 +34,9 @@ def test_wait_ip_timeout_keeps_the_vm_and_says_so(
     conn: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a guest slower than the wait: no address yet (the test driver would make one up)
-    from kvmgr.services import networks
+    from kvmgr.services import addresses
 
-    monkeypatch.setattr(networks, "discover_ips", lambda *_args, **_kw: [])
+    monkeypatch.setattr(addresses, "discover_ips", lambda *_args, **_kw: [])
     spec = VMSpec(
         "waiter",
         memory=256 * MIB,

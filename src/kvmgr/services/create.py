@@ -340,7 +340,7 @@ def _kept_on_timeout(spec: VMSpec) -> Iterator[None]:
 def _wait_for_ip(
     conn: Connection, dom: libvirt.virDomain, spec: VMSpec, journal: Steps
 ) -> str | None:
-    from kvmgr.services.networks import discover_ips
+    from kvmgr.services.addresses import discover_ips
 
     if not spec.nics:
         return None

@@ -1,4 +1,6 @@
-"""Virtual networks: NAT, isolated, routed and host-bridged; DHCP reservations, leases, guest IPs.
+"""Virtual networks: NAT, isolated, routed and host-bridged; DHCP reservations and leases.
+
+Guests' addresses are found in :mod:`kvmgr.services.addresses`.
 
 Everything goes through libvirt's network API, so it works the same against a remote daemon.
 Policy lives here: which subnet a new network gets, its DHCP range, what counts as "in use".
@@ -16,13 +18,11 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.connect.uri import is_local
 from kvmgr.errors import (
     AlreadyExists,
     InvalidInput,
@@ -34,10 +34,10 @@ from kvmgr.errors import (
     translate,
 )
 from kvmgr.names import validate_existing_name, validate_name
-from kvmgr.xml.base import XMLObject
+from kvmgr.services.daemon_ns import daemon_proc_net
 from kvmgr.xml.domain import Domain
 from kvmgr.xml.interface import HostInterface
-from kvmgr.xml.network import DHCPHost, DHCPRange, Network, NetworkIP
+from kvmgr.xml.network import DHCPRange, Network, NetworkIP
 
 MODES = ("nat", "isolated", "routed", "bridge")
 _FORWARD_MODES = {"nat": "nat", "routed": "route", "bridge": "bridge"}
@@ -49,9 +49,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _HOSTNAME_RE = re.compile(rf"^{_DNS_LABEL}$")
-_DAEMON_PID_FILES = ("/run/libvirtd.pid", "/run/libvirt/virtnetworkd.pid", "/run/virtnetworkd.pid")
 
-_ATF_COMPLETE = 0x02  # /proc/net/arp flag of a resolved entry
 Subnet = ipaddress.IPv4Network
 
 
@@ -258,23 +256,6 @@ def _loose_network(text: str) -> str | None:
         return None
 
 
-def _daemon_proc_net(conn: Connection, table: str) -> Path | None:
-    """A /proc/net table (``route``, ``arp``) as the *daemon* sees it: ``/proc/PID/net/TABLE``
-    shows the daemon's network namespace.  None for a remote daemon (or the test driver)."""
-    if not is_local(conn.uri) or conn.is_test_driver:
-        return None
-    for pid_file in _DAEMON_PID_FILES:
-        try:
-            pid = int(Path(pid_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        path = Path(f"/proc/{pid}/net/{table}")
-        if path.exists():
-            return path
-    path = Path(f"/proc/net/{table}")
-    return path if path.exists() else None
-
-
 def parse_route_table(text: str) -> list[tuple[Subnet, str]]:
     """``/proc/net/route`` -> [(destination subnet, interface)], skipping default routes.
 
@@ -323,7 +304,7 @@ def used_subnets(conn: Connection, *, ignore: str | None = None) -> list[tuple[S
         if ip is not None:
             used.append((_subnet_of(ip), f"libvirt network {net.name()!r}"))
     used.extend(_host_interface_subnets(conn))
-    route_file = _daemon_proc_net(conn, "route")
+    route_file = daemon_proc_net(conn, "route")
     if route_file is not None:
         for subnet, iface in parse_route_table(route_file.read_text()):
             used.append((subnet, f"a host route via {iface}"))
@@ -603,257 +584,37 @@ def normalize_mac(mac: str) -> str:
     return text
 
 
-def _vm_mac(conn: Connection, vm: str, network: str) -> str:
-    validate_existing_name(vm, what="VM name")
-    try:
-        dom = conn.virconn.lookupByName(vm)
-    except libvirt.libvirtError as err:
-        raise NotFound(f"VM {vm!r} does not exist", hint="see 'kvmgr vm list'") from err
-    with libvirt_errors(f"reading VM {vm}"):
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
-        domain = Domain.from_xml(dom.XMLDesc(flags))
-    macs = [
-        iface.mac
-        for iface in domain.devices.interfaces
-        if iface.source_network == network and iface.mac
-    ]
-    if not macs:
-        raise InvalidInput(
-            f"VM {vm!r} has no interface on network {network!r}",
-            hint="attach it first, or give --mac",
-        )
-    if len(macs) > 1:
-        raise InvalidInput(
-            f"VM {vm!r} has {len(macs)} interfaces on network {network!r}: {', '.join(macs)}",
-            hint="choose one with --mac",
-        )
-    return normalize_mac(macs[0])
+# Reservations and leases have their own module; their names stay here for callers.
+from kvmgr.services.networks_dhcp import leases, reserve, unreserve  # noqa: E402  (imports the above)
 
-
-def _dhcp_ip(model: Network, name: str) -> NetworkIP:
-    ip = _ipv4(model)
-    if ip is None or not list(ip.dhcp_ranges):
-        raise Unsupported(
-            f"network {name!r} ({model.mode}) has no DHCP server run by libvirt",
-            hint="reservations apply to nat, isolated and routed networks",
-        )
-    return ip
-
-
-def _check_reservation(
-    ip_def: NetworkIP, name: str, mac: str, address: ipaddress.IPv4Address, hostname: str | None
-) -> None:
-    subnet = _subnet_of(ip_def)
-    gateway = ipaddress.IPv4Address(ip_def.address or "0.0.0.0")  # noqa: S104 - never matches a host
-    if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
-        raise InvalidInput(f"IP {address} is not a host address of network {name!r} ({subnet})")
-    if address == gateway:
-        raise InvalidInput(
-            f"IP {address} is the gateway of network {name!r}", hint="choose another IP"
-        )
-    for host in ip_def.dhcp_hosts:
-        if host.mac and host.mac.lower() == mac:
-            raise AlreadyExists(
-                f"MAC {mac} already has a reservation on {name!r} ({host.ip})",
-                hint=f"remove it first with 'kvmgr net unreserve {name} --mac {mac}'",
-            )
-        if host.ip == str(address):
-            raise AlreadyExists(
-                f"IP {address} is already reserved on {name!r} for {host.mac or host.name}",
-                hint="choose another IP",
-            )
-        if hostname and host.name == hostname:
-            raise AlreadyExists(f"host name {hostname!r} is already reserved on {name!r}")
-
-
-def _update_flags(net: libvirt.virNetwork) -> int:
-    """Change the running network and its saved definition, whichever exist."""
-    flags = 0
-    if net.isActive():
-        flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
-    if net.isPersistent():
-        flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
-    return flags
-
-
-def reserve(
-    conn: Connection,
-    name: str,
-    ip: str,
-    *,
-    mac: str | None = None,
-    vm: str | None = None,
-    hostname: str | None = None,
-) -> Reservation:
-    """Give ``mac`` (or ``vm``'s NIC on this network) the fixed address ``ip``, live and saved."""
-    if (mac is None) == (vm is None):
-        raise InvalidInput("give exactly one of --mac or --vm")
-    net = _lookup(conn, name)
-    model = _parse(net, inactive=bool(net.isPersistent()))
-    ip_def = _dhcp_ip(model, name)
-    mac = normalize_mac(mac) if mac else _vm_mac(conn, vm or "", name)
-    address = _address(ip, "IP")
-    if hostname and not _HOSTNAME_RE.match(hostname):
-        raise InvalidInput(
-            f"host name {hostname!r} is not a DNS label", hint="letters, digits and '-'"
-        )
-    _check_reservation(ip_def, name, mac, address, hostname)
-    host = DHCPHost()
-    host.mac, host.ip, host.name = mac, str(address), hostname
-    _update_dhcp_host(
-        net,
-        libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-        host,
-        f"reserving {address} on network {name}",
-    )
-    return Reservation(mac, str(address), hostname)
-
-
-def _update_dhcp_host(net: libvirt.virNetwork, command: int, host: XMLObject, doing: str) -> None:
-    with libvirt_errors(doing):
-        net.update(
-            command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host.to_xml(), _update_flags(net)
-        )
-
-
-def unreserve(
-    conn: Connection,
-    name: str,
-    *,
-    mac: str | None = None,
-    ip: str | None = None,
-    vm: str | None = None,
-) -> Reservation:
-    """Remove the reservation matching ``mac``, ``ip`` or ``vm``'s NIC, live and saved."""
-    if sum(value is not None for value in (mac, ip, vm)) != 1:
-        raise InvalidInput("give exactly one of --mac, --ip or --vm")
-    net = _lookup(conn, name)
-    model = _parse(net, inactive=bool(net.isPersistent()))
-    ip_def = _dhcp_ip(model, name)
-    wanted_mac = normalize_mac(mac) if mac else (_vm_mac(conn, vm, name) if vm else None)
-    wanted_ip = str(_address(ip, "IP")) if ip else None
-    for host in ip_def.dhcp_hosts:
-        if (wanted_mac and (host.mac or "").lower() == wanted_mac) or (
-            wanted_ip and host.ip == wanted_ip
-        ):
-            found = Reservation(host.mac, host.ip, host.name)
-            _update_dhcp_host(
-                net,
-                libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                host,
-                f"removing reservation {host.ip} on network {name}",
-            )
-            return found
-    raise NotFound(
-        f"network {name!r} has no reservation for {wanted_mac or wanted_ip}",
-        hint=f"see 'kvmgr net info {name}'",
-    )
-
-
-def leases(conn: Connection, name: str) -> list[Lease]:
-    """Current DHCP leases handed out by libvirt's dnsmasq on network ``name``."""
-    net = _lookup(conn, name)
-    if not net.isActive():
-        raise InvalidState(
-            f"network {name!r} is not running", hint=f"start it with 'kvmgr net start {name}'"
-        )
-    with libvirt_errors(f"reading DHCP leases of network {name}"):
-        raw = net.DHCPLeases()
-    return sorted(
-        (
-            Lease(
-                mac=entry.get("mac") or "",
-                ip=entry.get("ipaddr") or "",
-                prefix=int(entry.get("prefix") or 0),
-                hostname=entry.get("hostname") or None,
-                expires=int(entry.get("expirytime") or 0),
-                interface=entry.get("iface") or "",
-            )
-            for entry in raw
-        ),
-        key=lambda lease: ipaddress.ip_address(lease.ip) if lease.ip else ipaddress.IPv4Address(0),
-    )
-
-
-# ----------------------------------------------------------------------------------- guest IPs
-IP_SOURCES = (
-    ("lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),
-    ("agent", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT),
-    ("arp", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP),
-)
-
-
-def discover_ips(
-    conn: Connection, domain: libvirt.virDomain | str, *, known_running: bool = False
-) -> list[tuple[str, str, str]]:
-    """A running VM's addresses as ``(mac, ip, source)``, from the first source that answers.
-
-    Sources in order: libvirt's DHCP leases (networks it runs dnsmasq for), the guest agent, the
-    daemon's ARP table (bridged guests that sent traffic) through libvirt or, when libvirt's ARP
-    source fails, read from the local daemon's namespace.  Loopback and IPv6 link-local addresses
-    are left out.  A VM that is not running has no addresses: the answer is an empty list.
-    ``known_running`` skips asking for the state when the caller has just read it (a listing
-    read it in bulk: one round trip less per running VM).
-    """
-    dom = _domain(conn, domain)
-    if not known_running:
-        with libvirt_errors(f"reading the state of VM {dom.name()}"):
-            if not dom.isActive():
-                return []
-    for source_name, source in IP_SOURCES:
-        try:
-            answer = dom.interfaceAddresses(source, 0)
-        except libvirt.libvirtError:
-            continue  # no agent, no ARP support...: try the next source
-        found = _addresses(answer, source_name)
-        if found:
-            return found
-    # libvirt's own ARP source can fail (libvirt 9.0 answers "wrong nlmsg len" on some hosts):
-    # for a local daemon, read the ARP table of its namespace directly
-    return _arp_from_daemon_table(conn, dom)
-
-
-def parse_arp_table(text: str) -> list[tuple[str, str]]:
-    """``/proc/net/arp`` -> [(mac, ip)] of complete entries."""
-    entries = []
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 6 or int(fields[2], 16) & _ATF_COMPLETE == 0:
-            continue
-        entries.append((fields[3].lower(), fields[0]))
-    return entries
-
-
-def _arp_from_daemon_table(conn: Connection, dom: libvirt.virDomain) -> list[tuple[str, str, str]]:
-    table = _daemon_proc_net(conn, "arp")
-    if table is None:
-        return []
-    with libvirt_errors(f"reading VM {dom.name()}"):
-        domain = Domain.from_xml(dom.XMLDesc(0))
-    macs = {iface.mac.lower() for iface in domain.devices.interfaces if iface.mac}
-    found = {(mac, ip, "arp") for mac, ip in parse_arp_table(table.read_text()) if mac in macs}
-    return sorted(found, key=lambda item: (item[0], ipaddress.ip_address(item[1])))
-
-
-def _domain(conn: Connection, domain: libvirt.virDomain | str) -> libvirt.virDomain:
-    if not isinstance(domain, str):
-        return domain
-    validate_existing_name(domain, what="VM name")
-    try:
-        return conn.virconn.lookupByName(domain)
-    except libvirt.libvirtError as err:
-        raise NotFound(f"VM {domain!r} does not exist", hint="see 'kvmgr vm list'") from err
-
-
-def _addresses(answer: dict[str, Any] | None, source: str) -> list[tuple[str, str, str]]:
-    found: list[tuple[str, str, str]] = []
-    for details in (answer or {}).values():
-        mac = (details.get("hwaddr") or "").lower()
-        for entry in details.get("addrs") or []:
-            address = ipaddress.ip_address(entry["addr"])
-            if address.is_loopback or address.is_link_local:
-                continue
-            found.append((mac, str(address), source))
-    return sorted(
-        set(found), key=lambda item: (item[0], ipaddress.ip_address(item[1]).version, item[1])
-    )
+__all__ = [
+    "DEFAULT_SUBNET_SEARCH",
+    "MAX_BRIDGE_NAME",
+    "MODES",
+    "Lease",
+    "NetworkInfo",
+    "NetworkSpec",
+    "Reservation",
+    "Subnet",
+    "build_network_xml",
+    "check_subnet_free",
+    "create_network",
+    "default_dhcp_range",
+    "delete_network",
+    "host_bridges",
+    "leases",
+    "list_networks",
+    "network_info",
+    "normalize_mac",
+    "parse_dhcp_range",
+    "parse_route_table",
+    "parse_subnet",
+    "pick_free_subnet",
+    "reserve",
+    "set_autostart",
+    "start_network",
+    "stop_network",
+    "unreserve",
+    "used_subnets",
+    "vms_using",
+]

@@ -552,7 +552,7 @@ def addresses(conn: Connection, name: str) -> list[dict[str, str]]:
 
     Raises :class:`NotFound` when none is known, saying why that may be.
     """
-    from kvmgr.services.networks import discover_ips
+    from kvmgr.services.addresses import discover_ips
 
     dom = vms.lookup(conn, name)
     if vms.state_of(dom) != libvirt.VIR_DOMAIN_RUNNING:

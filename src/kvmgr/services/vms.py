@@ -174,7 +174,7 @@ def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
     rows = [_summary(dom, stats, autostart, transient) for dom, stats in records]
     if with_ips and any(row.state == "running" for row in rows):
         # imported only when some VM can have an address: ~10 ms of a short command's start-up
-        from kvmgr.services.networks import discover_ips
+        from kvmgr.services.addresses import discover_ips
 
         for row, (dom, _stats) in zip(rows, records, strict=True):
             if row.state == "running":
@@ -263,7 +263,7 @@ def vm_info(conn: Connection, name: str) -> dict[str, Any]:
         ],
     }
     if state == libvirt.VIR_DOMAIN_RUNNING:
-        from kvmgr.services.networks import discover_ips
+        from kvmgr.services.addresses import discover_ips
 
         info["ips"] = [
             {"mac": mac, "ip": ip, "source": source} for mac, ip, source in discover_ips(conn, dom)
