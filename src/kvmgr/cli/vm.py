@@ -327,6 +327,7 @@ for _module in (
     "kvmgr.cli.vm_clone",
     "kvmgr.cli.vm_migrate",
     "kvmgr.cli.vm_habits",
+    "kvmgr.cli.vm_vnc",
 ):
     try:
         importlib.import_module(_module).register(app)

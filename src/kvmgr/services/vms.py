@@ -216,6 +216,8 @@ def vm_info(conn: Connection, name: str) -> dict[str, Any]:
         autostart = bool(dom.autostart())
         persistent = bool(dom.isPersistent())
     meta = spec.kvmgr_metadata()
+    from kvmgr.services.vnc import displays  # it builds on this module
+
     info: dict[str, Any] = {
         "name": spec.name,
         "uuid": spec.uuid,
@@ -248,15 +250,8 @@ def vm_info(conn: Connection, name: str) -> dict[str, Any]:
             {"mac": nic.mac, "type": nic.type, "source": nic.source, "model": nic.model}
             for nic in spec.devices.interfaces
         ],
-        "graphics": [
-            {
-                "type": gfx.type,
-                "listen": gfx.listen_type or ("address" if gfx.listen else None),
-                "socket": gfx.listen_socket or gfx.socket,
-                "port": gfx.port,
-            }
-            for gfx in spec.devices.graphics
-        ],
+        # type, listen, address, socket, port (once running), password set or not
+        "graphics": [display.as_dict() for display in displays(spec)],
         "consoles": [
             {"type": con.type, "target": con.target_type, "pty": con.source_path}
             for con in spec.devices.consoles
