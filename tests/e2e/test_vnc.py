@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 VM = "t-api2-vnc"
 OTHER = "t-api2-vnc-other"  # defined, never started: only a name a token can be bound to
+TCP = "t-api2-vnc-tcp"  # as virt-install makes it: VNC on TCP with its own password
 ISO = "t-api2-vnc-demo.iso"
 
 
@@ -39,7 +40,7 @@ def _cleanup(served: Served) -> None:
             api.delete(f"/api/v1/vms/{name}", params={"force": "true"})
         api.delete(f"/api/v1/isos/{ISO}")
     with open_connection() as conn:
-        for name in (VM, OTHER):
+        for name in (VM, OTHER, TCP):
             remove_vm(conn, name)
 
 
@@ -68,6 +69,7 @@ def vnc_vm(served: Served, demo_iso: Path) -> Iterator[str]:
             _wait(api, api.post("/api/v1/vms", json=body))
             graphics = api.get(f"/api/v1/vms/{VM}").json()["graphics"]
             assert [g["type"] for g in graphics] == ["vnc"] and graphics[0]["socket"], graphics
+            assert graphics[0]["listen"] == "socket" and graphics[0]["password"] is False
         yield VM
     finally:
         _cleanup(served)
@@ -149,3 +151,37 @@ def test_tokens_are_bound_to_their_vm_and_kind(served: Served, vnc_vm: str) -> N
     token = _token(served, vnc_vm)
     _refused(served, OTHER, token)
     _refused(served, vnc_vm, token)
+
+
+def test_the_proxy_reaches_a_tcp_display(served: Served, demo_iso: Path, vnc_vm: str) -> None:
+    """A VM made outside kvmgr with VNC on TCP and a password: the proxy reaches it through
+    libvirt's descriptor (QEMU's password skipped, as for the VM's owner in virt-viewer), even
+    though the port is in libvirtd's network namespace."""
+    from kvmgr.xml.domain import Graphics, Video
+    from tests.integration.guest import demo_domain
+
+    with open_connection() as conn:
+        spec = demo_domain(conn, TCP, str(demo_iso))
+        graphics = Graphics()
+        graphics.type, graphics.port, graphics.autoport = "vnc", -1, True
+        graphics.listen, graphics.passwd = "127.0.0.1", "vm-Pass1"
+        graphics.listen_type, graphics.listen_address = "address", "127.0.0.1"
+        spec.devices.graphics.append(graphics)
+        video = Video()
+        video.model_type = "vga"
+        spec.devices.videos.append(video)
+        conn.virconn.defineXML(spec.to_xml()).create()
+    try:
+        with _api(served) as api:
+            (shown,) = api.get(f"/api/v1/vms/{TCP}").json()["graphics"]
+        assert shown["listen"] == "address" and shown["port"] >= 5900, shown
+        assert shown["password"] is True and "vm-Pass1" not in str(shown)
+        with connect(_ws_url(served, TCP, _token(served, TCP)), open_timeout=10) as socket:
+            assert socket.recv(timeout=10) == b"RFB 003.008\n"
+            socket.send(b"RFB 003.008\n")
+            assert socket.recv(timeout=10) == bytes([1, 1])  # no authentication: skipped
+            socket.send(b"\x01")
+            assert socket.recv(timeout=10) == b"\0\0\0\0"
+    finally:
+        with open_connection() as conn:
+            remove_vm(conn, TCP)

@@ -22,8 +22,8 @@ from pydantic import BaseModel
 
 from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Ctx, Operator
-from kvmgr.errors import InvalidState, KvmgrError
-from kvmgr.services import vms as vms_service
+from kvmgr.errors import KvmgrError
+from kvmgr.services import vnc as vnc_service
 from kvmgr.services.console import ConsoleBusy, ConsoleSession
 from kvmgr.store.users import Principal
 
@@ -192,20 +192,6 @@ async def _until_first_ends(*coroutines: object) -> None:
     del pending
 
 
-def vnc_socket(ctx: AppContext, name: str) -> str:
-    """The unix socket of the VM's VNC server, from its live definition."""
-    info = vms_service.vm_info(ctx.conn(), name)
-    if info["state"] != "running":
-        raise InvalidState(f"VM {name!r} is not running", hint="start it first")
-    for gfx in info["graphics"]:
-        if gfx["type"] == "vnc" and gfx["socket"]:
-            return str(gfx["socket"])
-    raise InvalidState(
-        f"VM {name!r} has no VNC server on a unix socket",
-        hint="kvmgr creates VMs with <graphics type='vnc'><listen type='socket'/>",
-    )
-
-
 @router.websocket("/{name}/vnc")
 async def vnc_console(
     websocket: WebSocket, name: str, token: Annotated[str, Query(max_length=TOKEN_MAX)] = ""
@@ -218,8 +204,11 @@ async def vnc_console(
     wants_binary = "binary" in websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol="binary" if wants_binary else None)
     try:
-        path = await run_in_threadpool(vnc_socket, ctx, name)
-        reader, writer = await asyncio.open_unix_connection(path)
+        # through libvirt (a descriptor: any display, whatever its socket's permissions or the
+        # daemon's network namespace); noVNC then does the handshake with QEMU itself
+        display, _password = await run_in_threadpool(vnc_service.open_display, ctx.conn(), name)
+        display.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=display)
     except (KvmgrError, OSError) as err:
         await websocket.close(code=CLOSE_ERROR, reason=str(err)[:120])
         return
