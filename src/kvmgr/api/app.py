@@ -39,6 +39,7 @@ from kvmgr.api.routes import (
     moves,
     networks,
     snapshots,
+    stats_history,
     storage,
     tasks,
     users,
@@ -88,6 +89,7 @@ def _routers() -> list[object]:
         moves,  # before vms: "/{name}/migrate" is not one of vms' "/{name}/{action}"
         backups,
         vms,
+        stats_history,
         console,
         networks,
         storage,

@@ -19,6 +19,7 @@ import libvirt
 from kvmgr.api.events import DatabaseEvents, EventBus, StatsPublisher
 from kvmgr.api.security import ConsoleTokens, LoginLimiter
 from kvmgr.api.settings import Settings
+from kvmgr.api.stats_history import HistoryLimits, StatsHistory
 from kvmgr.connect import Connection, open_connection
 from kvmgr.control import tasks
 from kvmgr.control.authz import Authz, state_dirs
@@ -70,7 +71,11 @@ class AppContext:
         self._conn: Connection | None = None
         self._host_name: str | None = None
         self._conn_lock = threading.Lock()
-        self.stats = StatsPublisher(self.conn, self.bus, settings.stats_interval)
+        #: The last hour of samples of the hosts this replica samples (each replica its own).
+        self.history = StatsHistory(HistoryLimits(interval=settings.stats_interval or 1.0))
+        self.stats = StatsPublisher(
+            self.conn, self.bus, settings.stats_interval, self.history, self.own_host
+        )
 
     # ---------------------------------------------------------------- lifetime
     def start(self) -> None:

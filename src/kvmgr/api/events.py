@@ -1,6 +1,7 @@
 """Live events for the UI: libvirt lifecycle events (also from changes made outside kvmgr) and task
-updates, fanned out to every subscribed client; and the VMs' CPU and memory, sampled once per
-interval for all clients (:class:`StatsPublisher`).
+updates, fanned out to every subscribed client; and the VMs' and the host's CPU, memory, disk and
+network, sampled once per interval for all clients and the charts' history
+(:class:`StatsPublisher`).
 
 Task updates (and lifecycle events written by the workers that own each host's event connection)
 come from the database's events table (:class:`DatabaseEvents`), so every API replica streams
@@ -20,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from kvmgr.api.stats_history import HOST_SERIES, StatsHistory
 from kvmgr.connect import Connection
 from kvmgr.control import events as events_store
 from kvmgr.control.ownership import LOCAL_HOST, owners_of_kind
@@ -132,18 +134,33 @@ class DatabaseEvents:
 
 
 class StatsPublisher:
-    """CPU and memory of every VM pushed to every subscriber: one bulk libvirt stats call per
-    interval, whatever the number of open dashboards, and none while nobody listens.
+    """CPU, memory, disk and network of every VM and of the host: one bulk libvirt stats call
+    (and the host's CPU and memory: two calls more) per interval while ``kvmgr serve`` runs,
+    whatever the number of VMs or open dashboards.  Each sample goes into the replica's history
+    (kvmgr.api.stats_history, the charts' last hour) and, while someone listens, to every
+    subscriber as one ``stats`` event.
 
-    Each ``stats`` event carries the rates between this sample and the previous one (none for a
-    VM's first sample) and a sequence number, so clients see the same sample, never their own.
+    Each event carries the rates between this sample and the previous one (none for a VM's first
+    sample), the host's (``host``), the wall-clock time ``t`` and a sequence number, so clients
+    see the same sample, never their own.
     """
 
-    def __init__(self, conn: Callable[[], Connection], bus: EventBus, interval: float) -> None:
+    def __init__(
+        self,
+        conn: Callable[[], Connection],
+        bus: EventBus,
+        interval: float,
+        history: StatsHistory,
+        host_name: Callable[[], str],
+    ) -> None:
         self._conn = conn
         self._bus = bus
         self.interval = interval
+        self.history = history
+        self._host_name = host_name
         self.samples = 0  # bulk calls made: read by tests and useful when debugging load
+        self.last_seconds = 0.0  # what the newest sample cost (libvirt calls and history)
+        self.busy_seconds = 0.0  # and all of them together
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -159,21 +176,43 @@ class StatsPublisher:
             self._thread = None
 
     def _run(self) -> None:
-        previous: StatsSample | None = None
+        previous: tuple[StatsSample, stats.HostCounters] | None = None
         while not self._stop.wait(self.interval):
-            if self._bus.subscriber_count == 0:
-                previous = None  # stale by the time someone subscribes again
-                continue
+            started = time.perf_counter()
             try:
-                sample = stats.collect(self._conn())
+                host = self._host_name()
+                conn = self._conn()
+                sample = stats.collect(conn)
+                counters = stats.host_counters(conn)
             except KvmgrError as err:
                 log.warning("VM statistics unavailable: %s", err)
                 previous = None
                 continue
-            self.samples += 1
-            before = previous or StatsSample(taken_at=sample.taken_at - self.interval)
-            rows = [row.as_dict() for row in stats.rates(before, sample)]
-            self._bus.publish(
-                {"type": "stats", "seq": self.samples, "interval": self.interval, "vms": rows}
+            except Exception:  # a database blip naming the host: the next round tries again
+                log.exception("sampling VM statistics failed")
+                previous = None
+                continue
+            before = previous[0] if previous else StatsSample(sample.taken_at - self.interval)
+            vm_rates = stats.rates(before, sample)
+            host_rates = stats.host_rates(previous[1] if previous else None, counters, vm_rates)
+            previous = (sample, counters)
+            rows = [row.as_dict() for row in vm_rates]
+            at = time.time()
+            self.history.host(host).add(
+                at, {HOST_SERIES: host_rates.as_dict(), **{row["name"]: row for row in rows}}
             )
-            previous = sample
+            self.samples += 1
+            if self._bus.subscriber_count:
+                self._bus.publish(
+                    {
+                        "type": "stats",
+                        "seq": self.samples,
+                        "interval": self.interval,
+                        "t": at,
+                        "host_name": host,
+                        "host": host_rates.as_dict(),
+                        "vms": rows,
+                    }
+                )
+            self.last_seconds = time.perf_counter() - started
+            self.busy_seconds += self.last_seconds

@@ -19,6 +19,7 @@ import libvirt
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, NotFound, libvirt_errors
+from kvmgr.host.memory import node_memory
 from kvmgr.names import validate_existing_name
 from kvmgr.services.vms import STATE_NAMES
 
@@ -267,3 +268,77 @@ def sample_rates(
     first = collect(conn, names)
     sleep(interval)
     return rates(first, collect(conn, names))
+
+
+# ------------------------------------------------------------------------------------ the host
+@dataclass(frozen=True)
+class HostCounters:
+    """The host's CPU counters (nanoseconds over all CPUs) and memory (bytes) at one moment."""
+
+    taken_at: float
+    cpu_busy_ns: int | None
+    cpu_total_ns: int | None
+    memory_total: int
+    memory_available: int
+
+
+@dataclass(frozen=True)
+class HostRates:
+    """``cpu_percent`` is of the whole host (100 = every CPU busy), unlike a VM's, which is of
+    one CPU; disk and network are the sums of the VMs' rates (what the guests move)."""
+
+    cpu_percent: float | None
+    memory_used: int
+    memory_total: int
+    disk_read_bps: float | None
+    disk_write_bps: float | None
+    net_rx_bps: float | None
+    net_tx_bps: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def host_counters(conn: Connection, *, clock: Callable[[], float] = time.monotonic) -> HostCounters:
+    """The host's CPU time (``getCPUStats`` over all CPUs) and memory (kvmgr.host.memory)."""
+    try:
+        cpu = conn.virconn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS, 0)
+    except libvirt.libvirtError:
+        cpu = {}  # the test driver has no CPU stats: the host's CPU is then unknown
+    memory = node_memory(conn)
+    total = sum(int(value) for value in cpu.values()) if cpu else None
+    idle = int(cpu.get("idle", 0)) + int(cpu.get("iowait", 0))
+    return HostCounters(
+        taken_at=clock(),
+        cpu_busy_ns=None if total is None else total - idle,
+        cpu_total_ns=total,
+        memory_total=memory.total,
+        memory_available=memory.available,
+    )
+
+
+def host_rates(prev: HostCounters | None, curr: HostCounters, vms: list[VMRates]) -> HostRates:
+    """The host's rates between two moments (pure); ``vms`` are the VMs' rates of the same
+    interval.  Without a previous sample nothing is a rate yet."""
+
+    def summed(field_name: str) -> float | None:
+        if prev is None:
+            return None
+        values = [getattr(row, field_name) for row in vms]
+        return float(sum(value for value in values if value is not None))
+
+    cpu = None
+    if prev is not None and None not in (prev.cpu_busy_ns, prev.cpu_total_ns, curr.cpu_busy_ns):
+        busy = (curr.cpu_busy_ns or 0) - (prev.cpu_busy_ns or 0)
+        total = (curr.cpu_total_ns or 0) - (prev.cpu_total_ns or 0)
+        if total > 0 and busy >= 0:
+            cpu = round(100.0 * busy / total, 1)
+    return HostRates(
+        cpu_percent=cpu,
+        memory_used=max(curr.memory_total - curr.memory_available, 0),
+        memory_total=curr.memory_total,
+        disk_read_bps=summed("disk_read_bps"),
+        disk_write_bps=summed("disk_write_bps"),
+        net_rx_bps=summed("net_rx_bps"),
+        net_tx_bps=summed("net_tx_bps"),
+    )
