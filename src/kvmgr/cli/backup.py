@@ -8,17 +8,51 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer import _click as click  # Typer vendors click; its groups take these types
+from typer.core import TyperGroup
 
 from kvmgr.cli.common import report_errors, state
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows, status
+from kvmgr.control import backup_policies
+from kvmgr.control.authz import cli_principal
+from kvmgr.control.backup_schedules import Schedules, scheduled_points
 from kvmgr.control.backups import Backups, check_point_input
 from kvmgr.errors import InvalidInput
 from kvmgr.services.backup.retention import Policy
 from kvmgr.units import format_size
 
+
+class _DefaultAdd(TyperGroup):
+    """``backup schedule VM ...`` is ``backup schedule add VM ...`` (and ``policy`` likewise):
+    a first word that names no subcommand is the VM.  A VM called ``list`` needs ``add list``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+    default = "add"
+
+
+class _DefaultSet(_DefaultAdd):
+    default = "set"
+
+
 app = typer.Typer(no_args_is_help=True)
 repo_app = typer.Typer(no_args_is_help=True)
 app.add_typer(repo_app, name="repo", help="Backup repositories: a local directory or NFS mount.")
+schedule_app = typer.Typer(no_args_is_help=True, cls=_DefaultAdd)
+app.add_typer(
+    schedule_app,
+    name="schedule",
+    help="Backups run by the workers: 'schedule VM|--all --every 1d --at 02:00', list, remove.",
+)
+policy_app = typer.Typer(no_args_is_help=True, cls=_DefaultSet)
+app.add_typer(
+    policy_app,
+    name="policy",
+    help="Retention applied after every backup: 'policy VM --keep-last N ...', list, remove.",
+)
 
 VMArg = Annotated[str, typer.Argument(help="VM name")]
 PointArg = Annotated[str, typer.Argument(help="backup point id ('kvmgr backup list')")]
@@ -84,18 +118,25 @@ def list_cmd(
     repo: RepoOption = None,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Show backup points and failed runs, oldest first."""
-    rows = _backups().points(vm, repo=repo)
+    """Show backup points and failed runs (why, in 'error'), oldest first; 'by' says which
+    schedule took a point ('-': by hand)."""
+    backups = _backups()
+    rows = backups.points(vm, repo=repo)
+    by = scheduled_points(backups.plane.store)
+    for row in rows:
+        row["by"] = f"schedule {by[row['id']]}" if row["id"] in by else "-"
     if output.for_people:
         for row in rows:
             row["read"] = format_size(row["read"])
             row["stored"] = format_size(row["stored"])
             row["duration"] = f"{row['duration']:.1f}s"
-    emit_rows(
-        rows,
-        output,
-        ["id", "vm", "kind", "state", "consistency", "created", "duration", "read", "stored"],
-    )
+            row["error"] = _short(row["error"] or "")
+    columns = ["id", "vm", "kind", "state", "consistency", "created", "duration", "read"]
+    emit_rows(rows, output, [*columns, "stored", "by", "error"])
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "\N{HORIZONTAL ELLIPSIS}"
 
 
 @app.command()
@@ -165,3 +206,122 @@ def delete(point: PointArg) -> None:
     """Delete a point; data that later points still need stays until they go too."""
     _backups().delete(check_point_input(point))
     console.print(f"deleted backup point {point}")
+
+
+# ---------------------------------------------------------------------- schedules
+OptionalVM = Annotated[str | None, typer.Argument(help="VM name (or --all)", show_default=False)]
+AllOption = Annotated[
+    bool, typer.Option("--all", help="every VM of the host (less those with their own schedule)")
+]
+
+
+def _target(vm: str | None, every_vm: bool) -> str | None:
+    if (vm is None) == (not every_vm):
+        raise InvalidInput(
+            "give a VM name or --all", hint="e.g. 'kvmgr backup schedule web1 --every 1d'"
+        )
+    return vm
+
+
+@schedule_app.command("add")
+@report_errors
+def schedule_add(
+    vm: OptionalVM = None,
+    every_vm: AllOption = False,
+    every: Annotated[
+        str, typer.Option("--every", help="interval: 30m, 6h, 1d, 1w (at least 10s)")
+    ] = "1d",
+    at: Annotated[
+        str | None, typer.Option("--at", help="time of day, UTC (HH:MM; whole-day --every)")
+    ] = None,
+    repo: RepoOption = None,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Back up VM (or --all) in every window; a window missed while no worker ran runs once."""
+    target = _target(vm, every_vm)
+    made = Schedules(state.plane()).add(
+        state.host_name(), target, every=every, at=at, repo=repo, who=cli_principal()
+    )
+    emit_object(made, output)
+
+
+@schedule_app.command("list")
+@report_errors
+def schedule_list(output: OutputFormat = OutputOption) -> None:
+    """Show the schedules, their next window and how their last run went."""
+    rows = Schedules(state.plane()).all()
+    if output.for_people:
+        for row in rows:
+            row["last_error"] = _short(row["last_error"] or "")
+    columns = ["id", "host", "vm", "every", "at", "next", "last_run", "last_duration"]
+    emit_rows(rows, output, [*columns, "last_error"])
+
+
+@schedule_app.command("runs")
+@report_errors
+def schedule_runs(
+    schedule: Annotated[int | None, typer.Argument(help="schedule id (default: all)")] = None,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Show the runs of the schedules, newest first: window, result, duration, points."""
+    rows = Schedules(state.plane()).runs(schedule)
+    if output.for_people:
+        for row in rows:
+            row["points"] = " ".join(row["points"])
+            row["error"] = _short(row["error"] or "")
+    columns = ["id", "schedule", "window", "state", "duration", "points", "error"]
+    emit_rows(rows, output, columns)
+
+
+@schedule_app.command("remove")
+@report_errors
+def schedule_remove(vm: OptionalVM = None, every_vm: AllOption = False) -> None:
+    """Remove the schedule of VM (or the --all one); points already taken stay."""
+    target = _target(vm, every_vm)
+    Schedules(state.plane()).remove(state.host_name(), target)
+    console.print(f"removed the backup schedule of {target or 'every VM'}")
+
+
+# ---------------------------------------------------------------------- policies
+@policy_app.command("set")
+@report_errors
+def policy_set(
+    vm: VMArg,
+    keep_last: Annotated[int, typer.Option(help="keep the newest N points")] = 0,
+    keep_daily: Annotated[int, typer.Option(help="keep the newest point of each of D days")] = 0,
+    keep_weekly: Annotated[int, typer.Option(help="keep the newest point of each of W weeks")] = 0,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Store VM's retention; every later backup of it (scheduled or not) prunes by it."""
+    policy = Policy(keep_last, keep_daily, keep_weekly)
+    plane = state.plane()
+    if not Backups(plane).points(vm) and not _vm_exists(vm):
+        raise InvalidInput(
+            f"VM {vm!r} has no backup points and is no VM of this host",
+            hint="check the name: 'kvmgr backup list' and 'kvmgr vm list'",
+        )
+    emit_object(
+        backup_policies.set_policy(plane.store, vm, policy, by=cli_principal().name), output
+    )
+
+
+def _vm_exists(vm: str) -> bool:
+    from kvmgr.services import vms
+
+    return vms.exists(state.host_connection(state.host_name()), vm)
+
+
+@policy_app.command("list")
+@report_errors
+def policy_list(output: OutputFormat = OutputOption) -> None:
+    """Show the stored policies."""
+    rows = backup_policies.policies(state.plane().store)
+    emit_rows(rows, output, ["vm", "keep_last", "keep_daily", "keep_weekly", "updated_by"])
+
+
+@policy_app.command("remove")
+@report_errors
+def policy_remove(vm: VMArg) -> None:
+    """Forget VM's policy: its points stay until pruned by hand."""
+    backup_policies.remove_policy(state.plane().store, vm)
+    console.print(f"removed the retention policy of {vm}")

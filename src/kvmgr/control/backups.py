@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from kvmgr.control import backup_policies
 from kvmgr.control.backup_models import BAD, FAILED, GOOD, BackupPoint, BackupRepo
 from kvmgr.control.plane import ControlPlane
 from kvmgr.errors import AlreadyExists, InvalidInput, KvmgrError, NotFound
@@ -116,8 +117,14 @@ class Backups:
         full: bool = False,
         quiesce: bool = False,
         say: Any = None,
+        taken: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Take a backup point of ``vm`` (full, or incremental on its last point)."""
+        """Take a backup point of ``vm`` (full, or incremental on its last point), then apply
+        the VM's stored retention policy, if it has one.
+
+        ``taken`` gets the id of the point, or of the failure row when the backup fails (a
+        schedule's run lists them).
+        """
         repo_name, repository = self.repository(repo)
         conn = self.plane.connect(host)
         key = self.plane.vm_key(host, vm)
@@ -128,20 +135,34 @@ class Backups:
                     conn, repository, vm, steps, full=full, quiesce=quiesce, host=host
                 )
         except KvmgrError as err:
-            self._record_failure(repo_name, host, vm, key.key, started, err)
+            failed = self._record_failure(repo_name, host, vm, key.key, started, err)
+            if taken is not None:
+                taken.append(failed)
             raise
         with self.plane.store.session() as session:
             session.merge(_row(repo_name, manifest))
-        return _summary(manifest)
+        if taken is not None:
+            taken.append(manifest["id"])
+        summary = _summary(manifest)
+        policy = backup_policies.get_policy(self.plane.store, vm)
+        if policy is not None:
+            # The point is taken: a prune that fails (a repository gone read-only) is reported
+            # with it, not as a failed backup; the next backup's prune tries again.
+            try:
+                summary["pruned"] = self.prune(vm, policy)["deleted"]
+            except KvmgrError as err:
+                summary["prune_error"] = str(err)
+        return summary
 
     def _record_failure(
         self, repo: str, host: str, vm: str, key: str, started: datetime, err: KvmgrError
-    ) -> None:
+    ) -> str:
         stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        failed = clip(BackupPoint, "id", f"{vm}.{stamp}.failed")
         with self.plane.store.session() as session:
             session.merge(
                 BackupPoint(
-                    id=clip(BackupPoint, "id", f"{vm}.{stamp}.failed"),
+                    id=failed,
                     repo=repo,
                     vm_name=clip(BackupPoint, "vm_name", vm),
                     vm_uuid=key.rsplit("/", 1)[-1][:36],
@@ -153,6 +174,7 @@ class Backups:
                     error=str(err),
                 )
             )
+        return failed
 
     def points(self, vm: str | None = None, *, repo: str | None = None) -> list[dict[str, Any]]:
         """Points (and failed runs) oldest first, of one VM or all."""

@@ -77,18 +77,33 @@ Handler = Callable[[TaskContext, dict[str, Any]], dict[str, Any]]
 
 #: Every kind a task may name, by name ("vm.create", "snapshot.create", ...).
 KINDS: dict[str, Handler] = {}
+#: Kinds the control plane itself queues (a schedule's window): such a task has no submitting
+#: user, runs as :func:`system_principal`, and its handler checks the rights of whoever made
+#: the schedule when it runs.
+SYSTEM_KINDS: set[str] = set()
 
 
-def task_kind(name: str) -> Callable[[Handler], Handler]:
+def task_kind(name: str, *, system: bool = False) -> Callable[[Handler], Handler]:
     """Register ``func`` as the handler of task kind ``name``."""
 
     def register(func: Handler) -> Handler:
         if name in KINDS and KINDS[name] is not func:
             raise RuntimeError(f"task kind {name!r} registered twice")
         KINDS[name] = func
+        if system:
+            SYSTEM_KINDS.add(name)
         return func
 
     return register
+
+
+def system_principal(kind: str, owner_id: int | None, owner: str) -> Principal | None:
+    """The principal of a task the control plane queued itself (no user submitted it), or None
+    for any other task.  Only a kind registered with ``system=True`` qualifies, and only with no
+    owner id: an API user's task always runs with that user's rights."""
+    if owner_id is None and kind in SYSTEM_KINDS:
+        return Principal(id=0, name=owner, role=Role.admin, group=None)
+    return None
 
 
 @task_kind("noop")
@@ -99,6 +114,7 @@ def _noop(_ctx: TaskContext, _params: dict[str, Any]) -> dict[str, Any]:
 
 def load_kinds() -> None:
     """Import the modules that register the handlers of the API's tasks."""
+    import kvmgr.control.backup_schedules  # registers backup.scheduled
     import kvmgr.control.backup_tasks  # registers backup.create, .verify, .restore
     import kvmgr.control.moves  # registers vm.migrate and host.evacuate on import
     import kvmgr.control.task_kinds  # noqa: F401  - registers on import
@@ -136,27 +152,41 @@ def submit(
     host: str = DEFAULT_HOST,
 ) -> dict[str, Any]:
     """Queue a task of ``kind``; returns its row as a dict (state ``queued``)."""
+    with store.session() as session:
+        return add_task(session, kind, params, owner=owner, target=target, host=host)
+
+
+def add_task(
+    session: Session,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    owner: Principal,
+    target: str,
+    host: str = DEFAULT_HOST,
+) -> dict[str, Any]:
+    """:func:`submit` inside the caller's transaction: the task exists only if the rest of the
+    transaction commits (a schedule's window and its task are written together)."""
     if kind not in KINDS:
         raise InvalidInput(f"unknown task kind {kind!r}", hint=f"one of {', '.join(sorted(KINDS))}")
-    with store.session() as session:
-        task = Task(
-            id=str(uuid.uuid4()),
-            kind=clip(Task, "kind", kind),
-            target=clip(Task, "target", target),
-            owner=clip(Task, "owner", owner.name),
-            owner_id=owner.id if owner.id > 0 else None,  # the CLI's principal is no user
-            host=clip(Task, "host", host),
-            params=params,
-            state="queued",
-            progress=0,
-            message="queued",
-            attempts=0,
-            created=utcnow(),
-        )
-        session.add(task)
-        session.flush()
-        snapshot = as_dict(task)
-        events.record_task(session, snapshot)
+    task = Task(
+        id=str(uuid.uuid4()),
+        kind=clip(Task, "kind", kind),
+        target=clip(Task, "target", target),
+        owner=clip(Task, "owner", owner.name),
+        owner_id=owner.id if owner.id > 0 else None,  # the CLI's principal is no user
+        host=clip(Task, "host", host),
+        params=params,
+        state="queued",
+        progress=0,
+        message="queued",
+        attempts=0,
+        created=utcnow(),
+    )
+    session.add(task)
+    session.flush()
+    snapshot = as_dict(task)
+    events.record_task(session, snapshot)
     return snapshot
 
 

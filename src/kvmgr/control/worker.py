@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from kvmgr.connect import Connection
-from kvmgr.control import events, tasks
+from kvmgr.control import backup_schedules, events, tasks
 from kvmgr.control.authz import state_dirs
 from kvmgr.control.host_events import HostEventOwners
 from kvmgr.control.plane import ControlPlane
@@ -134,6 +134,7 @@ class Worker:
         # What dead processes left half done, then their tasks, before any new work.
         log.info("journal recovery at worker start: %s", self._journal_recovery())
         self.housekeep()
+        self.fire_schedules()  # a window missed while no worker ran fires now, once
         for number in range(self.concurrency):
             thread = threading.Thread(target=self._run, name=f"kvmgr-worker-{number}", daemon=True)
             thread.start()
@@ -203,7 +204,9 @@ class Worker:
 
     def _execute(self, claimed: tasks.Claimed) -> tuple[dict[str, object] | None, str | None]:
         try:
-            owner = owner_principal(self.store, claimed.owner_id, claimed.owner)
+            owner = tasks.system_principal(
+                claimed.kind, claimed.owner_id, claimed.owner
+            ) or owner_principal(self.store, claimed.owner_id, claimed.owner)
             handler = tasks.KINDS.get(claimed.kind)
             if handler is None:
                 raise NotFound(
@@ -254,6 +257,7 @@ class Worker:
                     held = list(self._held)
                 tasks.heartbeat(self.store, self.id, held)
                 self.housekeep()
+                self.fire_schedules()
                 if time.monotonic() - last_prune > 60:
                     with self.store.session() as session:
                         events.prune(session)
@@ -284,6 +288,19 @@ class Worker:
         if interrupted:
             log.warning("%d task(s) of dead workers marked interrupted", len(interrupted))
         return interrupted
+
+    def fire_schedules(self) -> list[int]:
+        """Queue the backup windows that are due (kvmgr.control.backup_schedules): of several
+        workers on one database exactly one queues each window.  Returns the runs queued."""
+        try:
+            fired = backup_schedules.fire_due(self.store)
+        except Exception:  # a schedule that cannot fire must not stop the housekeeping
+            log.exception("firing backup schedules failed")
+            return []
+        if fired:
+            log.info("queued %d scheduled backup run(s)", len(fired))
+            self._wake.set()
+        return fired
 
     def _journal_recovery(self) -> str:
         """The journal's recovery (kvmgr.control.recovery) of the operations dead holders left:

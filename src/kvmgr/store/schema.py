@@ -13,6 +13,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "kvmgr.store.models",
     "kvmgr.control.models",
     "kvmgr.control.backup_models",
+    "kvmgr.control.backup_schedule_models",
     "kvmgr.store.ownership",
     "kvmgr.control.host_models",
     "kvmgr.control.event_models",

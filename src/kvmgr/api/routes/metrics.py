@@ -133,9 +133,11 @@ def _authorize(request: Request, ctx: AppContext) -> None:
 )
 def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
     _authorize(request, ctx)
+    from kvmgr.control import backup_schedules  # the schedules' runs
     from kvmgr.control.backups import metric_lines  # the backup catalog's lines
 
-    text = render(ctx.conn()) + "\n".join(metric_lines(ctx.store)) + "\n"
+    lines = metric_lines(ctx.store) + backup_schedules.metric_lines(ctx.store)
+    text = render(ctx.conn()) + "\n".join(lines) + "\n"
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

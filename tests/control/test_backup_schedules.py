@@ -1,0 +1,300 @@
+"""Backup schedules on a fake clock: windows, the first run, missed windows (one run, not one
+per window), a slow run delaying the next, exactly one run per window with two workers racing
+on SQLite and on PostgreSQL, and a real worker whose scheduled backup fails (test driver: it has
+no backup API), recorded in the catalog, the run, the audit log and the metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from kvmgr.connect.connection import open_connection
+from kvmgr.control import backup_policies, backup_schedules, tasks
+from kvmgr.control.backup_schedule_models import BackupRun, BackupSchedule
+from kvmgr.control.backup_schedules import Schedules, due_window, fire_due, parse_at, parse_every
+from kvmgr.control.backups import Backups
+from kvmgr.control.plane import ControlPlane
+from kvmgr.control.worker import Worker
+from kvmgr.errors import AlreadyExists, InvalidInput, NotFound
+from kvmgr.services.backup.retention import Policy
+from kvmgr.store import audit
+from kvmgr.store.db import Store
+from kvmgr.store.models import Role, Task
+from kvmgr.store.users import Principal
+from tests.api.test_postgres import pg_url
+from tests.control.conftest import principals, wait_for
+
+__all__ = ["pg_url"]
+
+ROOT = Principal(id=0, name="cli:root", role=Role.admin, group=None)
+DAY0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def at(days: float = 0, hours: float = 0, seconds: float = 0) -> datetime:
+    return DAY0 + timedelta(days=days, hours=hours, seconds=seconds)
+
+
+@pytest.fixture
+def conn() -> Iterator[object]:
+    connection = open_connection("test:///default")
+    yield connection
+    connection.close()
+
+
+def _schedules(store: Store, conn: object, tmp_path: Path) -> Schedules:
+    plane = ControlPlane(store, "test:sched", lambda _host: conn)  # type: ignore[arg-type,return-value]
+    Backups(plane).add_repo("main", str(tmp_path / "repo"))
+    return Schedules(plane)
+
+
+def _runs(store: Store) -> list[tuple[int, datetime, str]]:
+    with store.session() as session:
+        rows = session.scalars(select(BackupRun).order_by(BackupRun.window))
+        return [(row.schedule_id, row.window.replace(tzinfo=UTC), row.state) for row in rows]
+
+
+def _end_runs(store: Store, state: str = "done") -> None:
+    with store.session() as session:
+        session.execute(update(BackupRun).values(state=state))
+        session.execute(update(Task).values(state="done"))
+
+
+def test_intervals_times_and_their_hints() -> None:
+    assert [parse_every(text) for text in ("30s", "15m", "6h", "1d", "1w", "1d12h")] == [
+        30,
+        900,
+        21600,
+        86400,
+        604800,
+        129600,
+    ]
+    for bad in ("", "1", "d", "1y", "-1d", "5s", "400d"):
+        with pytest.raises(InvalidInput) as caught:
+            parse_every(bad)
+        assert caught.value.hint
+    assert parse_at("02:00") == 7200 and parse_at("23:59") == 86340
+    for bad in ("24:00", "2", "02:60", "two"):
+        with pytest.raises(InvalidInput):
+            parse_at(bad)
+    with pytest.raises(InvalidInput, match="whole days"):
+        backup_schedules.check_window(3600, 7200)
+
+
+def test_windows_are_the_same_for_every_worker() -> None:
+    day = parse_every("1d")
+    assert due_window(day, 7200, at(hours=-8, seconds=-1)) == datetime(2026, 11, 30, 2, tzinfo=UTC)
+    assert due_window(day, 7200, at(hours=-8)) == datetime(2026, 12, 1, 2, tzinfo=UTC)
+    assert due_window(6 * 3600, None, at()) == datetime(2026, 12, 1, 6, tzinfo=UTC)
+    assert backup_schedules.next_window(day, 7200, at()) == datetime(2026, 12, 2, 2, tzinfo=UTC)
+
+
+def test_add_list_remove_and_their_errors(store: Store, conn: object, tmp_path: Path) -> None:
+    face = _schedules(store, conn, tmp_path)
+    made = face.add("local", "test", every="1d", at="02:00", who=ROOT, now=at())
+    assert (made["vm"], made["every"], made["at"]) == ("test", "1d", "02:00")
+    assert made["next"] == "2026-12-02T02:00:00+00:00"
+    with pytest.raises(AlreadyExists) as exists:
+        face.add("local", "test", every="6h", who=ROOT, now=at())
+    assert "remove it first" in str(exists.value.hint)
+    with pytest.raises(NotFound, match="does not exist") as missing:
+        face.add("local", "no-such-vm", every="1d", who=ROOT)
+    assert "--all" in str(missing.value.hint)
+    with pytest.raises(NotFound, match="not registered"):
+        face.add("local", "test", every="1d", repo="elsewhere", who=ROOT)
+    face.add("local", None, every="12h", who=ROOT, now=at())
+    assert [row["vm"] for row in face.all(now=at())] == ["test", "--all"]
+    face.remove("local", "test")
+    with pytest.raises(NotFound) as gone:
+        face.remove("local", "test")
+    assert "schedule list" in str(gone.value.hint)
+    assert [row["vm"] for row in face.all()] == ["--all"]
+
+
+def test_first_run_is_the_next_window_and_a_missed_one_runs_once(
+    store: Store, conn: object, tmp_path: Path
+) -> None:
+    face = _schedules(store, conn, tmp_path)
+    face.add("local", "test", every="1d", at="02:00", who=ROOT, now=at())
+    assert fire_due(store, at()) == []  # 02:00 today passed before the schedule existed
+    assert fire_due(store, at(hours=15, seconds=59)) == []  # 01:59:59 tomorrow
+    assert len(fire_due(store, at(hours=16))) == 1  # 02:00 tomorrow
+    assert fire_due(store, at(hours=16, seconds=5)) == []  # fired already
+    _end_runs(store)
+    # No worker ran for four days: the newest window runs, once.
+    assert len(fire_due(store, at(days=5, hours=2))) == 1
+    assert fire_due(store, at(days=5, hours=3)) == []
+    assert [window for _, window, _ in _runs(store)] == [
+        datetime(2026, 12, 2, 2, tzinfo=UTC),
+        datetime(2026, 12, 6, 2, tzinfo=UTC),
+    ]
+
+
+def test_a_run_still_going_delays_the_next_window(
+    store: Store, conn: object, tmp_path: Path
+) -> None:
+    face = _schedules(store, conn, tmp_path)
+    face.add("local", "test", every="1h", who=ROOT, now=at())
+    assert len(fire_due(store, at(hours=1))) == 1
+    assert fire_due(store, at(hours=2)) == []  # the 11:00 run is still queued
+    _end_runs(store)
+    assert len(fire_due(store, at(hours=2, seconds=1))) == 1  # 12:00, at once after it ended
+    assert len(_runs(store)) == 2
+
+
+def test_a_run_whose_task_was_interrupted_is_settled(
+    store: Store, conn: object, tmp_path: Path
+) -> None:
+    face = _schedules(store, conn, tmp_path)
+    face.add("local", "test", every="1h", who=ROOT, now=at())
+    fire_due(store, at(hours=1))
+    with store.session() as session:
+        session.execute(update(Task).values(state="interrupted", error="its worker stopped"))
+    assert len(fire_due(store, at(hours=2))) == 1  # settled, so not busy any more
+    assert [state for _, _, state in _runs(store)] == ["interrupted", "queued"]
+    assert face.runs()[1]["error"] == "its worker stopped"
+
+
+def _race(urls: str, conn: object, tmp_path: Path, windows: int) -> None:
+    """Two 'workers' (their own engines, so their own database connections) fire the same
+    windows at the same instants; every window must be queued exactly once."""
+    stores = [Store(urls), Store(urls)]
+    try:
+        face = _schedules(stores[0], conn, tmp_path)
+        face.add("local", "test", every="1m", who=ROOT, now=at())
+        face.add("local", None, every="1m", who=ROOT, now=at())
+        barrier = threading.Barrier(2)
+        fired: list[list[int]] = [[], []]
+        errors: list[BaseException] = []
+
+        def work(number: int) -> None:
+            try:
+                for window in range(1, windows + 1):
+                    barrier.wait(10)
+                    fired[number] += fire_due(stores[number], at(seconds=60 * window))
+                    barrier.wait(10)
+                    if number == 0:
+                        _end_runs(stores[0])
+            except BaseException as err:  # the assertion below names it
+                errors.append(err)
+                barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(number,)) for number in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        runs = _runs(stores[0])
+        assert len(runs) == 2 * windows
+        assert len({(schedule, window) for schedule, window, _ in runs}) == 2 * windows
+        assert sorted(fired[0] + fired[1]) == sorted(set(fired[0] + fired[1]))
+        with stores[0].session() as session:
+            queued = session.scalar(
+                select(func.count()).select_from(Task).where(Task.kind == "backup.scheduled")
+            )
+        assert queued == 2 * windows
+    finally:
+        for one in stores:
+            one.dispose()
+
+
+def test_two_workers_fire_each_window_once_on_sqlite(conn: object, tmp_path: Path) -> None:
+    _race(f"sqlite:///{tmp_path / 'race.db'}", conn, tmp_path, windows=25)
+
+
+@pytest.mark.postgres
+def test_two_workers_fire_each_window_once_on_postgres(
+    pg_url: str, conn: object, tmp_path: Path
+) -> None:
+    store = Store(pg_url)
+    with store.session() as session:  # the module's cluster is shared: start from no schedules
+        session.query(BackupSchedule).delete()
+        session.query(Task).filter(Task.kind == "backup.scheduled").delete()
+        session.execute(update(BackupRun).values(state="done"))
+    store.dispose()
+    _race(pg_url, conn, tmp_path, windows=25)
+
+
+def test_a_failing_scheduled_backup_is_recorded(store: Store, conn: object, tmp_path: Path) -> None:
+    """A real worker fires a due window and runs it; the test driver has no backup API, so the
+    backup fails: the run, the catalog, the audit log and /metrics all say so."""
+    people = principals(store)
+    face = _schedules(store, conn, tmp_path)
+    now = datetime.now(UTC)
+    made = face.add("local", "test", every="1h", who=people["boss"], now=now - timedelta(hours=1))
+    worker = Worker(store, lambda _host: conn, poll=0.05, beat=0.2)  # type: ignore[arg-type,return-value]
+    worker.start()  # fires the due window at once: a missed one
+    try:
+        wait_for(lambda: face.runs() and face.runs()[0]["state"] == "failed", 30, "the run")
+    finally:
+        worker.stop(10)
+    run = face.runs()[0]
+    assert run["schedule"] == made["id"] and run["duration"] >= 0 and run["error"]
+    assert len(run["points"]) == 1 and run["points"][0].endswith(".failed")
+    listed = Backups(ControlPlane(store, "t", lambda _h: conn)).points("test")  # type: ignore[arg-type,return-value]
+    assert [(row["id"], row["state"]) for row in listed] == [(run["points"][0], "failed")]
+    with store.session() as session:
+        entries = [
+            (row.user, row.action, row.target, row.result)
+            for row in audit.entries(session, target="test")
+        ]
+    assert (f"schedule:{made['id']}", "backup.scheduled", "test", "error") in entries
+    lines = backup_schedules.metric_lines(store)
+    assert (
+        f'kvmgr_backup_schedule_last_run_failed{{schedule="{made["id"]}",host="local",vm="test"}} 1'
+        in lines
+    )
+    assert face.all()[0]["last_run"] == "failed"
+    with store.session() as session:
+        task = session.get(Task, run["task"])
+        assert (
+            task is not None
+            and task.state == "failed"
+            and "scheduled backup failed" in str(task.error)
+        )
+
+
+def test_a_schedule_of_a_user_no_longer_admin_does_not_run(
+    store: Store, conn: object, tmp_path: Path
+) -> None:
+    people = principals(store)
+    face = _schedules(store, conn, tmp_path)
+    face.add(
+        "local", "test", every="1h", who=people["boss"], now=datetime.now(UTC) - timedelta(hours=1)
+    )
+    with store.session() as session:
+        session.execute(update(backup_schedules.User).values(role="operator"))
+    worker = Worker(store, lambda _host: conn, poll=0.05, beat=0.2)  # type: ignore[arg-type,return-value]
+    worker.start()
+    try:
+        wait_for(lambda: face.runs() and face.runs()[0]["state"] == "failed", 30, "the run")
+    finally:
+        worker.stop(10)
+    assert "no longer an admin" in str(face.runs()[0]["error"])
+    assert face.runs()[0]["points"] == []
+
+
+def test_stored_policies(store: Store) -> None:
+    assert backup_policies.get_policy(store, "web") is None
+    backup_policies.set_policy(store, "web", Policy(keep_last=3), by="ann")
+    backup_policies.set_policy(store, "web", Policy(keep_last=2, keep_daily=7), by="ann")
+    assert backup_policies.get_policy(store, "web") == Policy(2, 7, 0)
+    assert [row["vm"] for row in backup_policies.policies(store)] == ["web"]
+    with pytest.raises(InvalidInput, match="keeps nothing"):
+        Policy()
+    backup_policies.remove_policy(store, "web")
+    with pytest.raises(NotFound):
+        backup_policies.remove_policy(store, "web")
+
+
+def test_system_kinds_only_for_tasks_without_a_user() -> None:
+    tasks.load_kinds()
+    assert tasks.system_principal("backup.scheduled", None, "schedule:1") is not None
+    assert tasks.system_principal("backup.scheduled", 7, "ann") is None  # a user's: their rights
+    assert tasks.system_principal("backup.create", None, "cli:x") is None
