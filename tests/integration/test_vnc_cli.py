@@ -284,12 +284,13 @@ def test_a_display_with_its_own_password(guests: dict[str, Any]) -> None:
 
 
 NETWORK_PATH = """
-import sys
+import socket, sys
 from kvmgr.connect import open_connection
 from kvmgr.services import vnc
 conn = open_connection("qemu:///system")
 dom, display = vnc.vnc_display(conn, sys.argv[1])
-with vnc._open_over_network(conn, sys.argv[1], display, "test") as sock:
+address = vnc._network_address(conn, sys.argv[1], display, "test")
+with socket.create_connection(address, timeout=20) as sock:
     print(vnc.client_handshake(sock, vnc._vm_password(dom, display)))
     sock.sendall(b"\\x01")
     head = vnc.recv_exact(sock, 24)
@@ -300,9 +301,10 @@ with vnc._open_over_network(conn, sys.argv[1], display, "test") as sock:
 def test_the_network_path_answers_the_vms_password(
     conn: Connection, guests: dict[str, Any]
 ) -> None:
-    # What a remote host gets (no descriptor over ssh): the display's TCP port, answered with
-    # the VM's own password from its secure definition.  The port is in the network namespace
-    # QEMU runs in (kvmgr starts libvirtd in its own), so this part runs there.
+    # What a remote host gets (no descriptor over ssh): the display's TCP address, answered
+    # with the VM's own password from its secure definition (tests/lab has it over real ssh).
+    # The port is in the network namespace QEMU runs in (kvmgr starts libvirtd in its own), so
+    # this part runs there.
     pid = Path(f"/run/libvirt/qemu/{TCP_VM}.pid").read_text().strip()
     child = subprocess.run(
         ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", NETWORK_PATH, TCP_VM],
@@ -315,8 +317,11 @@ def test_the_network_path_answers_the_vms_password(
     assert child.stdout.split("\n")[:2] == ["(3, 8)", f"QEMU ({TCP_VM})"], child.stdout
     _dom, display = vnc.vnc_display(conn, SOCKET_VM)
     with pytest.raises(InvalidState, match="could not pass it") as refused:
-        vnc._open_over_network(conn, SOCKET_VM, display, "test")
-    assert refused.value.hint and "ssh -L" in refused.value.hint
+        vnc._network_address(conn, SOCKET_VM, display, "test")
+    assert refused.value.hint and "ssh -L 5999:/" in refused.value.hint
+    assert vnc.passes_descriptors(URI) and vnc.passes_descriptors("qemu+unix:///system")
+    assert not vnc.passes_descriptors("qemu+ssh://root@node1/system")
+    assert not vnc.passes_descriptors("qemu://node1/system")  # TLS
 
 
 def test_a_viewer_is_started_when_installed(guests: dict[str, Any], tmp_path: Path) -> None:

@@ -103,7 +103,8 @@ def register(app: typer.Typer) -> None:
             return
         host, port = vnc_service.parse_listen(listen or "127.0.0.1:0", allow_remote=allow_remote)
         connection = conn()
-        vnc_service.vnc_display(connection, name)  # refuse a stopped VM before listening
+        # a stopped VM, or a display this connection cannot reach, is refused before listening
+        vnc_service.reachable_display(connection, name)
         forwarder = vnc_service.Forwarder(
             lambda: vnc_service.open_display(connection, name), host, port
         )

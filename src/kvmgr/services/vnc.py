@@ -141,46 +141,73 @@ def _vm_password(dom: libvirt.virDomain, display: Display) -> str | None:
     return gfx.passwd
 
 
+def passes_descriptors(uri: str) -> bool:
+    """libvirt passes file descriptors only over its local unix socket (not ssh, TLS, TCP)."""
+    parts = urlsplit(uri)
+    transport = parts.scheme.partition("+")[2]
+    return transport == "unix" or (transport == "" and not parts.hostname)
+
+
+def reachable_display(conn: Connection, name: str) -> tuple[libvirt.virDomain, Display]:
+    """The VM's VNC display, refused at once (before anything listens) when this connection
+    cannot reach it: a remote host's unix socket or loopback port needs a tunnel."""
+    dom, display = vnc_display(conn, name)
+    if not passes_descriptors(conn.uri):
+        _network_address(conn, name, display, "it cannot pass descriptors over this transport")
+    return dom, display
+
+
 def open_display(conn: Connection, name: str) -> tuple[socket.socket, str | None]:
     """A socket connected to the VM's VNC server, and the password that server will ask for
     (``None`` when it asks none).
 
     Through libvirt when it can pass a descriptor (a local connection): the display then needs
-    no password and its socket file need not be readable by us.  Otherwise (ssh, TLS) the
-    display's TCP port on the remote host.
+    no password, its socket file need not be readable by us, and libvirtd's network namespace
+    does not matter.  Otherwise (ssh, TLS) the display's TCP port on the remote host.
     """
-    dom, display = vnc_display(conn, name)
+    dom, display = reachable_display(conn, name)
+    reason = "it cannot pass descriptors over this transport"
+    if passes_descriptors(conn.uri):
+        try:
+            fd = dom.openGraphicsFD(display.index, libvirt.VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH)
+        except libvirt.libvirtError as err:
+            reason = err.get_error_message() or str(err)
+        else:
+            return socket.socket(fileno=fd), None
+    host, port = _network_address(conn, name, display, reason)
     try:
-        fd = dom.openGraphicsFD(display.index, libvirt.VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH)
-    except libvirt.libvirtError as err:
-        reason = err.get_error_message() or str(err)
-    else:
-        return socket.socket(fileno=fd), None
-    return _open_over_network(conn, name, display, reason), _vm_password(dom, display)
-
-
-def _open_over_network(conn: Connection, name: str, display: Display, reason: str) -> socket.socket:
-    if display.port is None or display.listen not in ("address", "network"):
-        where = "this host" if is_local(conn.uri) else "the remote host"
-        raise InvalidState(
-            f"cannot reach the VNC display of VM {name!r} ({display.where} on {where}): "
-            f"libvirt could not pass it ({reason})",
-            hint="run kvmgr on the VM's host, or tunnel its socket: "
-            f"ssh -L 5999:{display.socket or 'SOCKET'} HOST, then a viewer on 127.0.0.1:5999",
-        )
-    host = display.address or WILDCARD
-    with contextlib.suppress(ValueError):  # a host name is used as it is
-        address = ipaddress.ip_address(host)
-        if address.is_unspecified or address.is_loopback:
-            # a wildcard (or loopback) listener of the VM's host, reached at the host's name
-            host = urlsplit(conn.uri).hostname or "127.0.0.1"
-    try:
-        return socket.create_connection((host, display.port), timeout=HANDSHAKE_SECONDS)
+        sock = socket.create_connection((host, port), timeout=HANDSHAKE_SECONDS)
     except OSError as err:
         raise InvalidState(
-            f"cannot reach the VNC display of VM {name!r} at {host}:{display.port}: {err}",
-            hint="a firewall may block it; tunnel it with ssh -L",
+            f"cannot reach the VNC display of VM {name!r} at {host}:{port}: {err}",
+            hint=f"a firewall may block it; tunnel it: ssh -L 5999:127.0.0.1:{port} {host}, "
+            "then a viewer on 127.0.0.1:5999",
         ) from err
+    return sock, _vm_password(dom, display)
+
+
+def _network_address(conn: Connection, name: str, display: Display, reason: str) -> tuple[str, int]:
+    """Where a display listens on TCP, as seen from here; why it cannot be reached if not."""
+    host = urlsplit(conn.uri).hostname or "127.0.0.1"
+    loopback_only = False
+    if display.port is not None and display.listen in ("address", "network"):
+        listen = display.address or WILDCARD
+        try:
+            address = ipaddress.ip_address(listen)
+        except ValueError:
+            return listen, display.port  # a host name: used as it is
+        if address.is_unspecified:
+            return host, display.port  # every address of the VM's host: reached at its name
+        if not address.is_loopback or is_local(conn.uri):
+            return listen, display.port
+        loopback_only = True  # the remote host's own loopback
+    target = display.socket or f"127.0.0.1:{display.port}"
+    raise InvalidState(
+        f"cannot reach the VNC display of VM {name!r} ({display.where} on {host}): libvirt "
+        f"could not pass it ({reason})" + (", and it listens on loopback only" * loopback_only),
+        hint=f"run kvmgr on the VM's host, or tunnel it: ssh -L 5999:{target} "
+        f"{host if urlsplit(conn.uri).hostname else 'HOST'}, then a viewer on 127.0.0.1:5999",
+    )
 
 
 # ----------------------------------------------------------------------------- RFB pieces
