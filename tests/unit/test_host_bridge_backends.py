@@ -166,8 +166,8 @@ def test_nmcli_plan_copies_the_old_connection_settings() -> None:
 
 
 class ScriptedNmcli(Runner):
-    """Stands in for nmcli, which cannot run on this host: NetworkManager needs D-Bus and
-    systemd, neither of which exists here.  It records every argv and fails the one named."""
+    """Stands in for nmcli where a step must fail on cue: it records every argv and fails the
+    one named."""
 
     def __init__(self, fail: tuple[str, ...]) -> None:
         super().__init__()
@@ -183,13 +183,14 @@ class ScriptedNmcli(Runner):
         return subprocess.CompletedProcess(list(argv), 0, "", "")
 
 
-@pytest.mark.parametrize("failing_step", [1, 2, 3])
+@pytest.mark.parametrize("failing_step", [1, 2, 3, 4])
 def test_nmcli_rollback_deletes_what_it_added_and_reactivates_the_old_connection(
     tmp_path: Path, failing_step: int
 ) -> None:
-    """The real nmcli cannot run here (no NetworkManager without systemd/D-Bus); this proves
-    which undo commands the executor issues when step N fails.  The link checks are real reads
-    of this host's loopback interface, which nothing here changes."""
+    """Which undo commands the executor issues when step N fails, in order (the real
+    NetworkManager, tests/integration/test_bridge_nm_real.py, proves they put its profiles back;
+    a real activation failure at each step cannot be provoked there).  The link checks are real
+    reads of this host's loopback interface, which nothing here changes."""
     lo = Ip().read("lo")
     plan = plan_nmcli_connections(BridgeSpec.from_state(BRIDGE, lo), "Wired 1", NM_SETTINGS)
     runner = ScriptedNmcli(fail=plan.commands[failing_step])
@@ -200,10 +201,26 @@ def test_nmcli_rollback_deletes_what_it_added_and_reactivates_the_old_connection
     assert ran == list(plan.commands[: failing_step + 1])
     delete_port = ("nmcli", "connection", "delete", f"{BRIDGE}-port-lo")
     delete_bridge = ("nmcli", "connection", "delete", BRIDGE)
-    expected_undo = {
+    auto_back = ("nmcli", "connection", "modify", "Wired 1", "connection.autoconnect", "yes")
+    expected_undo = {  # steps: add bridge, add port, old autoconnect off, up bridge, up port
         1: [delete_bridge],
         2: [delete_port, delete_bridge],
-        3: [delete_port, delete_bridge],
+        3: [auto_back, delete_port, delete_bridge],
+        4: [auto_back, delete_port, delete_bridge],
     }
     assert undone == [*expected_undo[failing_step], ("nmcli", "connection", "up", "Wired 1")]
     assert not (tmp_path / "var").exists() or not any((tmp_path / "var").rglob("manifest.json"))
+
+
+def test_nmcli_plan_keeps_the_uplinks_route_metrics() -> None:
+    """NetworkManager would give the bridge its own default metric (425 in 1.42, not the 100 the
+    ethernet uplink had): the bridge profile carries the uplink's metric per family."""
+    routes = (
+        Route("inet", "10.9.0.0/16", "10.232.1.9", metric=50),
+        Route("inet", "default", "10.232.1.1", metric=100, protocol="static"),
+        Route("inet6", "default", "fd31:231::1", metric=1024),
+    )
+    add_bridge = plan_nmcli_connections(SPEC, "Wired connection 1", NM_SETTINGS, routes).commands[0]
+    assert add_bridge[add_bridge.index("ipv4.route-metric") + 1] == "100"
+    assert add_bridge[add_bridge.index("ipv6.route-metric") + 1] == "1024"
+    assert "ipv4.route-metric" not in plan_nmcli_connections(SPEC, None, {}).commands[0]

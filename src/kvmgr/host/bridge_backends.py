@@ -41,6 +41,7 @@ from kvmgr.host.bridge import (
     BridgeSpec,
     Ip,
     LinkState,
+    Route,
     differences,
     plan_ifcfg,
     plan_netplan,
@@ -438,11 +439,32 @@ def read_nm_settings(connection: str, runner: Runner) -> dict[str, str]:
     return settings
 
 
+def route_metrics(routes: tuple[Route, ...] | list[Route]) -> tuple[str, ...]:
+    """``ipv4.route-metric``/``ipv6.route-metric`` settings that keep the uplink's metrics.
+
+    NetworkManager gives a bridge the metric of its device type (425), not the ethernet one the
+    uplink had (100): the bridge's default route would lose to any other route it used to beat,
+    and the check that the routes moved unchanged fails (the real NetworkManager showed both).
+    The default route's metric decides; without one, the first route's of that family.
+    """
+    settings: list[str] = []
+    for family, key in (("inet", "ipv4.route-metric"), ("inet6", "ipv6.route-metric")):
+        ours = [r for r in routes if r.family == family and r.metric is not None]
+        ours.sort(key=lambda r: r.dst != "default")
+        if ours:
+            settings += [key, str(ours[0].metric)]
+    return tuple(settings)
+
+
 def plan_nmcli_connections(
-    spec: BridgeSpec, old_connection: str | None, settings: Mapping[str, str]
+    spec: BridgeSpec,
+    old_connection: str | None,
+    settings: Mapping[str, str],
+    routes: tuple[Route, ...] | list[Route] = (),
 ) -> BackendPlan:
-    """A bridge connection with the old connection's IP settings, a port connection for the
-    uplink, both brought up; the old connection stops autoconnecting so the port wins at boot.
+    """A bridge connection with the old connection's IP settings (and the metrics of the uplink's
+    ``routes``), a port connection for the uplink, both brought up; the old connection stops
+    autoconnecting so the port wins at boot.
     """
     base = plan_nmcli(spec)
     add_bridge, add_port, _ = base.commands
@@ -453,17 +475,25 @@ def plan_nmcli_connections(
             part for key in _NM_SETTINGS if key in settings for part in (key, settings[key])
         )
         add_bridge = (*add_bridge[:cut], *ip_settings)
-    up_port: Argv = ("nmcli", "connection", "up", port_con)
-    up_bridge: Argv = ("nmcli", "connection", "up", spec.bridge)
-    commands: list[Argv] = [add_bridge, add_port, up_port, up_bridge]
+    add_bridge = (*add_bridge, *route_metrics(routes))
+    commands: list[Argv] = [add_bridge, add_port]
     undo_added: list[tuple[Argv, Argv]] = [
         (add_bridge, ("nmcli", "connection", "delete", spec.bridge)),
         (add_port, ("nmcli", "connection", "delete", port_con)),
     ]
+    # Before anything comes up: a real NetworkManager otherwise reconnects the uplink with its
+    # old profile the moment the port lets go of it, and the bridge is left without a port.
     if old_connection is not None and settings.get("connection.autoconnect") == "yes":
         no_auto: Argv = ("nmcli", "connection", "modify", old_connection)
         commands.append((*no_auto, "connection.autoconnect", "no"))
         undo_added.append((commands[-1], (*no_auto, "connection.autoconnect", "yes")))
+    # The bridge first, then its port: activating the bridge after the port (which already
+    # brought the bridge up as its master) re-activates it and detaches the port again; the
+    # real NetworkManager did exactly that, the scripted stand-in never could.
+    commands += [
+        ("nmcli", "connection", "up", spec.bridge),
+        ("nmcli", "connection", "up", port_con),
+    ]
     reactivate: Argv = (
         ("nmcli", "connection", "up", old_connection)
         if old_connection
@@ -481,7 +511,13 @@ def plan_nmcli_connections(
 
 
 def build_plan(
-    backend: str, spec: BridgeSpec, facts: NetworkFacts, *, root: Path, runner: Runner
+    backend: str,
+    spec: BridgeSpec,
+    facts: NetworkFacts,
+    *,
+    root: Path,
+    runner: Runner,
+    routes: tuple[Route, ...] | list[Route] = (),
 ) -> BackendPlan:
     if backend == "ifcfg":
         return plan_ifcfg_files(spec, root, nm=facts.nm_manages_uplink)
@@ -494,7 +530,7 @@ def build_plan(
                 hint="start it, or choose another --backend (auto picks what the host uses)",
             )
         settings = read_nm_settings(facts.nm_connection, runner) if facts.nm_connection else {}
-        return plan_nmcli_connections(spec, facts.nm_connection, settings)
+        return plan_nmcli_connections(spec, facts.nm_connection, settings, routes)
     raise InvalidInput(f"unknown bridge backend {backend!r}", hint=f"use one of {BACKENDS}")
 
 
@@ -722,7 +758,8 @@ def plan_for(
     if chosen == "iproute2":
         return chosen, None, reason
     spec = BridgeSpec.from_state(bridge, before)
-    return chosen, build_plan(chosen, spec, facts, root=root, runner=runner), reason
+    plan = build_plan(chosen, spec, facts, root=root, runner=runner, routes=before.routes)
+    return chosen, plan, reason
 
 
 def _why(facts: NetworkFacts) -> str:
