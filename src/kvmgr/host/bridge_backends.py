@@ -731,7 +731,9 @@ def _delete_link(ip: Ip, bridge: str) -> list[str]:
     try:
         ip.run(("link", "del", "dev", bridge))
     except HostError as err:
-        return [err.message]
+        # NetworkManager removes the device itself after its profile is deleted, in its own
+        # time: gone between the check and the delete is the outcome wanted (seen 1 run in 6).
+        return [] if not ip.link_exists(bridge) else [err.message]
     return []
 
 
