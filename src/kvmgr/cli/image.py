@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from kvmgr.cli.common import authz, conn, progress, report_errors
+from kvmgr.cli.objects import forget, held, journaled, record
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 
 app = typer.Typer(no_args_is_help=True)
@@ -58,14 +59,20 @@ def import_command(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Store a cloud image once, as a protected base VMs get overlays of."""
-    from os.path import abspath  # the option named "os" hides the module
+    from os.path import abspath, basename  # the option named "os" hides the module
 
+    from kvmgr.control.objects import image_key
     from kvmgr.services.cloud_images import import_image
 
     # Resolved and never a system file: every operator's VMs may be built on the library.
     path = authz().import_source(abspath(path), what="cloud image")
-    with progress(f"importing {path}"):
-        image = import_image(conn(), path, os_id=os, name=name)
+    label = name or basename(path)  # the service's default name, for the lease key
+    with (
+        progress(f"importing {path}"),
+        journaled("image import", label, lambda host: image_key(host, label)) as steps,
+    ):
+        image = import_image(conn(), path, os_id=os, name=name, steps=steps)
+    record("image", image.name)
     emit_object(image.as_dict(), output)
 
 
@@ -83,9 +90,12 @@ def list_command(output: OutputFormat = OutputOption) -> None:
 @report_errors
 def delete_command(name: Annotated[str, typer.Argument(help="image name")]) -> None:
     """Delete a cloud image no VM's disk is an overlay of."""
+    from kvmgr.control.objects import image_key
     from kvmgr.services.cloud_images import delete_image
 
-    delete_image(conn(), name)
+    with held(lambda host: image_key(host, name), "delete"):
+        delete_image(conn(), name)
+    forget("image", name)
     console.print(f"image {name}: deleted")
 
 

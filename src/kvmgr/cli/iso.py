@@ -9,7 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from kvmgr.cli.common import authz, conn, report_errors
+from kvmgr.cli.objects import forget, held, journaled, record
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object, emit_rows, err_console
+from kvmgr.control.objects import iso_key
 from kvmgr.units import format_size
 
 app = typer.Typer(no_args_is_help=True)
@@ -47,14 +49,18 @@ def import_cmd(
     from kvmgr.services import isos
 
     path = Path(authz().import_source(str(path.absolute())))  # never a system file
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
+    label = name or path.name  # the service's default name, for the lease key
+    with (
+        journaled("iso import", label, lambda host: iso_key(host, label, pool)) as steps,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar,
+    ):
         task = bar.add_task(f"uploading {path.name}", total=None)
         info = isos.import_iso(
             conn(),
@@ -62,7 +68,9 @@ def import_cmd(
             name,
             pool,
             progress=lambda sent, total: bar.update(task, completed=sent, total=total),
+            steps=steps,
         )
+    record("iso", info.name, label=f"{pool}/{info.name}")
     emit_object(_human(asdict(info), output, "size"), output)
 
 
@@ -85,7 +93,9 @@ def delete(
     """Delete an imported ISO (refused while a VM uses it)."""
     from kvmgr.services import isos
 
-    isos.delete_iso(conn(), name, pool)
+    with held(lambda host: iso_key(host, name, pool), "delete"):
+        isos.delete_iso(conn(), name, pool)
+    forget("iso", name)
     err_console.print(f"deleted ISO {name}")
 
 

@@ -7,12 +7,17 @@ from typing import Annotated, Any
 import typer
 
 from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.objects import busy, forget, held, journaled, owner_fields, record
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
+from kvmgr.control.objects import check_group, net_key
 from kvmgr.services import networks
 
 app = typer.Typer(no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(help="network name")]
+GroupOption = Annotated[
+    str | None, typer.Option("--group", help="serve only this group's operators (and admins)")
+]
 _LIST_COLUMNS = ["name", "mode", "subnet", "bridge", "active", "autostart", "vms"]
 
 
@@ -48,9 +53,11 @@ def create(
         str,
         typer.Option("--subnet-from", help="comma-separated CIDRs to pick a free /24 from"),
     ] = networks.DEFAULT_SUBNET_SEARCH,
+    group: GroupOption = None,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create and start a network."""
+    check_group(group)
     spec = networks.NetworkSpec(
         name=name,
         mode=mode,
@@ -61,7 +68,10 @@ def create(
         autostart=autostart,
         subnet_search=subnet_from,
     )
-    emit_object(_info_dict(networks.create_network(conn(), spec)), output)
+    with journaled("net create", name, lambda host: net_key(host, name)) as steps:
+        made = networks.create_network(conn(), spec, steps=steps)
+    record("network", name, group=group)
+    emit_object(_info_dict(made), output)
 
 
 @app.command("list")
@@ -75,15 +85,42 @@ def list_(output: OutputFormat = OutputOption) -> None:
 @app.command("info")
 @report_errors
 def info(name: Name, output: OutputFormat = OutputOption) -> None:
-    """Everything about one network, reservations included."""
-    emit_object(_info_dict(networks.network_info(conn(), name)), output)
+    """Everything about one network, reservations included, who owns it and who works on it."""
+    data = _info_dict(networks.network_info(conn(), name))
+    data.update(owner_fields("network", name))
+    data["busy"] = busy(lambda host: net_key(host, name))
+    emit_object(data, output)
+
+
+@app.command("set")
+@report_errors
+def set_(
+    name: Name,
+    group: GroupOption = None,
+    no_group: Annotated[
+        bool, typer.Option("--no-group", help="share it with every operator")
+    ] = False,
+) -> None:
+    """Change who may use a network: its group (admins only, as the CLI's caller is)."""
+    from kvmgr.cli.common import state
+    from kvmgr.control.authz import cli_principal
+    from kvmgr.control.objects import set_group
+
+    if (group is None) == (not no_group):
+        raise typer.BadParameter("give --group NAME or --no-group")
+    with held(lambda host: net_key(host, name), "set group"):
+        networks.network_info(conn(), name)  # NotFound for a network that is not there
+        set_group(state.store(), "network", name, group, cli_principal(), host=state.host_name())
+    shown = f"group {group}" if group else "no group (shared)"
+    console.print(f"network {name}: {shown}", highlight=False)
 
 
 @app.command("start")
 @report_errors
 def start(name: Name) -> None:
     """Start a stopped network."""
-    networks.start_network(conn(), name)
+    with held(lambda host: net_key(host, name), "start"):
+        networks.start_network(conn(), name)
     console.print(f"network {name} started", highlight=False)
 
 
@@ -94,7 +131,8 @@ def stop(
     force: Annotated[bool, typer.Option(help="stop even while running VMs use it")] = False,
 ) -> None:
     """Stop a network (refused while running VMs use it)."""
-    networks.stop_network(conn(), name, force=force)
+    with held(lambda host: net_key(host, name), "stop"):
+        networks.stop_network(conn(), name, force=force)
     console.print(f"network {name} stopped", highlight=False)
 
 
@@ -105,7 +143,8 @@ def autostart(
     disable: Annotated[bool, typer.Option("--disable", help="do not start with the host")] = False,
 ) -> None:
     """Start the network when the host (libvirtd) starts."""
-    networks.set_autostart(conn(), name, not disable)
+    with held(lambda host: net_key(host, name), "autostart"):
+        networks.set_autostart(conn(), name, not disable)
     console.print(f"network {name} autostart {'off' if disable else 'on'}", highlight=False)
 
 
@@ -116,7 +155,9 @@ def delete(
     force: Annotated[bool, typer.Option(help="delete even while VMs use it")] = False,
 ) -> None:
     """Stop and remove a network (refused while VMs use it)."""
-    networks.delete_network(conn(), name, force=force)
+    with held(lambda host: net_key(host, name), "delete"):
+        networks.delete_network(conn(), name, force=force)
+    forget("network", name)
     console.print(f"network {name} deleted", highlight=False)
 
 
@@ -131,7 +172,8 @@ def reserve(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Reserve a DHCP address for a MAC or VM, live and persistently."""
-    found = networks.reserve(conn(), name, ip, mac=mac, vm=vm, hostname=hostname)
+    with held(lambda host: net_key(host, name), f"reserve {ip}"):
+        found = networks.reserve(conn(), name, ip, mac=mac, vm=vm, hostname=hostname)
     emit_object(vars(found), output)
 
 
@@ -144,7 +186,8 @@ def unreserve(
     vm: Annotated[str | None, typer.Option(help="VM whose reservation to remove")] = None,
 ) -> None:
     """Remove a DHCP reservation, live and persistently."""
-    gone = networks.unreserve(conn(), name, mac=mac, ip=ip, vm=vm)
+    with held(lambda host: net_key(host, name), "unreserve"):
+        gone = networks.unreserve(conn(), name, mac=mac, ip=ip, vm=vm)
     console.print(f"reservation {gone.ip} for {gone.mac} removed from {name}", highlight=False)
 
 

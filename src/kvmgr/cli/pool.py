@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, Any
 
 import typer
 
 from kvmgr.cli.common import authz, conn, report_errors
+from kvmgr.cli.objects import busy, forget, held, journaled, owner_fields, record
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
+from kvmgr.control.objects import check_group, pool_key
 from kvmgr.services import storage
 from kvmgr.units import format_size
 
 app = typer.Typer(no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(help="pool name")]
+GroupOption = Annotated[
+    str | None, typer.Option("--group", help="serve only this group's operators (and admins)")
+]
 _SIZES = ("capacity", "allocation", "available")
 
 
@@ -32,11 +38,16 @@ def create(
     name: Name,
     path: Annotated[str, typer.Option(help="directory of the pool (created if missing)")],
     pool_type: Annotated[str, typer.Option("--type", help="pool type: dir")] = "dir",
+    group: GroupOption = None,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create, start and autostart a storage pool."""
+    check_group(group)
     path = authz().pool_path(path)  # never in, on or above a system directory
-    emit_object(_human(storage.create_pool(conn(), name, path, pool_type), output), output)
+    with journaled("pool create", name, lambda host: pool_key(host, name)) as steps:
+        made = storage.create_pool(conn(), name, path, pool_type, steps=steps)
+    record("pool", name, group=group)
+    emit_object(_human(made, output), output)
 
 
 @app.command("list")
@@ -54,15 +65,43 @@ def list_(output: OutputFormat = OutputOption) -> None:
 @app.command("info")
 @report_errors
 def info(name: Name, output: OutputFormat = OutputOption) -> None:
-    """Everything about one pool."""
-    emit_object(_human(storage.pool_info(conn(), name), output), output)
+    """Everything about one pool, who owns it and who works on it."""
+    data = _human(storage.pool_info(conn(), name), output)
+    data.update(owner_fields("pool", name))
+    data["busy"] = busy(lambda host: pool_key(host, name))
+    emit_object(data, output)
+
+
+@app.command("set")
+@report_errors
+def set_(
+    name: Name,
+    group: GroupOption = None,
+    no_group: Annotated[
+        bool, typer.Option("--no-group", help="share it with every operator")
+    ] = False,
+) -> None:
+    """Change who may use a pool: its group (admins only, as the CLI's caller is)."""
+    from kvmgr.cli.common import state
+    from kvmgr.control.authz import cli_principal
+    from kvmgr.control.objects import set_group
+
+    if (group is None) == (not no_group):
+        raise typer.BadParameter("give --group NAME or --no-group")
+    with held(lambda host: pool_key(host, name), "set group"):
+        storage.pool_info(conn(), name)  # NotFound for a pool that is not there
+        set_group(state.store(), "pool", name, group, cli_principal(), host=state.host_name())
+    shown = f"group {group}" if group else "no group (shared)"
+    console.print(f"pool {name}: {shown}", highlight=False)
 
 
 @app.command("refresh")
 @report_errors
 def refresh(name: Name, output: OutputFormat = OutputOption) -> None:
     """Rescan the pool's directory for volumes (starts a stopped pool)."""
-    emit_object(_human(storage.refresh_pool(conn(), name), output), output)
+    with held(lambda host: pool_key(host, name), "refresh"):
+        refreshed = storage.refresh_pool(conn(), name)
+    emit_object(_human(refreshed, output), output)
 
 
 @app.command("delete")
@@ -74,7 +113,12 @@ def delete(
     ] = False,
 ) -> None:
     """Remove a pool; its directory only when empty (refused while it holds volumes)."""
-    result = storage.delete_pool(conn(), name, force=force)
+    with held(lambda host: pool_key(host, name), "delete"):
+        where = storage.pool_info(conn(), name).path
+        result = storage.delete_pool(conn(), name, force=force)
+    forget("pool", name)
+    if where:  # a dir pool's volumes are its files: their records are keyed by path
+        forget("volume", *(posixpath.join(where, vol) for vol in result.deleted_volumes))
     for volume in result.deleted_volumes:
         console.print(f"deleted volume {volume}", highlight=False)
     for kept in result.kept_files:

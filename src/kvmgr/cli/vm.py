@@ -9,6 +9,7 @@ import typer
 
 from kvmgr.cli.common import authz, conn, journaled, name_lease, report_errors, vm_lease
 from kvmgr.cli.common import state as cli_state
+from kvmgr.cli.objects import forget, record_vm
 from kvmgr.cli.output import (
     OutputFormat,
     OutputOption,
@@ -201,6 +202,7 @@ def create(
         }  # fmt: skip
         with name_lease(name, "create"):
             data = provision(spec, options)
+        record_vm(name)
         emit_object(data, output)
         return
     with (
@@ -208,6 +210,7 @@ def create(
         journaled("create", name, new_names=(name,), say=spinner.update) as steps,
     ):
         result = create_vm(conn(), spec, progress=spinner.update, steps=steps)
+    record_vm(result.name)
     typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)
     data = result.__dict__.copy()
     if output.for_people:
@@ -233,8 +236,16 @@ def _import_into_library(path: str) -> str:
             )
         console.print(f"using {source.name} of the ISO library", highlight=False)
         return same.name
-    with status(f"importing {source.name} into the ISO library"):
-        info = isos.import_iso(conn(), source)
+    from kvmgr.cli.objects import journaled as object_journaled
+    from kvmgr.cli.objects import record
+    from kvmgr.control.objects import iso_key
+
+    with (
+        status(f"importing {source.name} into the ISO library"),
+        object_journaled("iso import", source.name, lambda h: iso_key(h, source.name)) as steps,
+    ):
+        info = isos.import_iso(conn(), source, steps=steps)
+    record("iso", info.name)
     console.print(f"imported {source} into the ISO library as {info.name}", highlight=False)
     return info.name
 
@@ -298,8 +309,11 @@ def delete(
         for disk in vms.vm_info(conn(), name)["disks"]
         if disk["device"] == "disk" and disk["source"]
     ]
+    uuid = str(vms.lookup(conn(), name).UUIDString())
     with journaled("delete", name, vms=(name,)) as steps:
         removed = vms.delete(conn(), name, force=force, keep_disks=keep_disks, steps=steps)
+    forget("vm", uuid)
+    forget("volume", *removed)
     console.print(f"{name}: deleted" + (f"; removed {', '.join(removed)}" if removed else ""))
     kept = [path for path in disks if path not in removed]
     if kept:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from kvmgr.cli.common import conn, journaled, report_errors, vm_lease
+from kvmgr.cli.objects import record_vm
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object
 
 
@@ -30,6 +31,7 @@ def clone(
         result = clones.clone_vm(
             conn(), source, name, linked=linked, start=start, snapshot=snapshot, steps=steps
         )
+    record_vm(result.name)
     data = result.as_dict()
     if output.for_people:  # scripts get the exact number, people a readable one
         data["seconds"] = f"{result.seconds:.2f}"

@@ -16,6 +16,7 @@ from rich.progress import (
 )
 
 from kvmgr.cli.common import conn, report_errors
+from kvmgr.cli.objects import forget, held, journaled, record
 from kvmgr.cli.output import (
     OutputFormat,
     OutputOption,
@@ -24,6 +25,7 @@ from kvmgr.cli.output import (
     emit_rows,
     err_console,
 )
+from kvmgr.control.objects import vol_key
 from kvmgr.services import storage
 from kvmgr.units import format_size
 
@@ -71,7 +73,10 @@ def create(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create a sparse volume."""
-    emit_object(_human(storage.create_pool_volume(conn(), pool, name, size, fmt), output), output)
+    with journaled("vol create", f"{pool}/{name}", lambda host: vol_key(host, pool, name)) as steps:
+        made = storage.create_pool_volume(conn(), pool, name, size, fmt, steps=steps)
+    record("volume", made.path, label=f"{pool}/{name}")
+    emit_object(_human(made, output), output)
 
 
 @app.command("list")
@@ -99,7 +104,8 @@ def resize(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Grow a volume (or shrink it with --shrink)."""
-    result = storage.resize_volume(conn(), pool, name, size, shrink=shrink)
+    with held(lambda host: vol_key(host, pool, name), "resize"):
+        result = storage.resize_volume(conn(), pool, name, size, shrink=shrink)
     emit_object(_human(result, output), output)
 
 
@@ -107,7 +113,10 @@ def resize(
 @report_errors
 def delete(pool: Pool, name: Name) -> None:
     """Delete a volume (refused while a VM uses it)."""
-    storage.delete_pool_volume(conn(), pool, name)
+    with held(lambda host: vol_key(host, pool, name), "delete"):
+        path = storage.volume_info(conn(), pool, name).path
+        storage.delete_pool_volume(conn(), pool, name)
+    forget("volume", path)
     console.print(f"volume {name} deleted from pool {pool}", highlight=False)
 
 
@@ -120,8 +129,14 @@ def upload(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Copy a local file into a volume (created if missing); holes stay holes."""
-    with _progress_bar(f"upload {name}") as report:
-        result = storage.upload_volume(conn(), pool, name, source, progress=report)
+    key = lambda host: vol_key(host, pool, name)  # noqa: E731 - the key of the volume
+    with (
+        _progress_bar(f"upload {name}") as report,
+        journaled("vol upload", f"{pool}/{name}", key) as steps,
+    ):
+        result = storage.upload_volume(conn(), pool, name, source, progress=report, steps=steps)
+    # an overwritten volume keeps its owner; a new one is the CLI's
+    record("volume", result.path, label=f"{pool}/{name}", if_missing=True)
     emit_object(_human(result, output), output)
 
 

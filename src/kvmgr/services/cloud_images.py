@@ -23,7 +23,7 @@ from kvmgr.connect.uri import is_local
 from kvmgr.errors import AlreadyExists, InvalidInput, NotFound, libvirt_errors
 from kvmgr.names import validate_name
 from kvmgr.services.install_media import VolumeReader
-from kvmgr.services.steps import LocalSteps
+from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.services.storage import ensure_pool
 
 IMAGE_POOL = "kvmgr-images"
@@ -72,8 +72,16 @@ def _image_format(path: str) -> tuple[str, int]:
     return "raw", size
 
 
-def import_image(conn: Connection, path: str, *, os_id: str, name: str | None = None) -> CloudImage:
-    """Store the image at ``path`` as a protected base volume named ``name``."""
+def import_image(
+    conn: Connection,
+    path: str,
+    *,
+    os_id: str,
+    name: str | None = None,
+    steps: Steps | None = None,
+) -> CloudImage:
+    """Store the image at ``path`` as a protected base volume named ``name`` (undone if a step
+    fails; journaled in ``steps``, so after a kill -9 the next kvmgr undoes it)."""
     from kvmgr.osinfo import get_profile
     from kvmgr.services.storage import upload_volume
 
@@ -87,9 +95,8 @@ def import_image(conn: Connection, path: str, *, os_id: str, name: str | None = 
         existing = {vol.name() for vol in pool.listAllVolumes(0)}
     if name in existing:
         raise AlreadyExists(f"image {name!r} already exists", hint="choose another --name")
-    steps = LocalSteps()
-    try:
-        steps.undo_with("volume.delete", pool=IMAGE_POOL, name=name)
+    with owned_steps(conn, steps) as journal:
+        journal.undo_with("volume.delete", pool=IMAGE_POOL, name=name)
         info = upload_volume(conn, IMAGE_POOL, name, path)
         if is_local(conn.uri):
             # qemu opens bases read-only; nobody should write them.  (libvirt has no call to
@@ -108,10 +115,7 @@ def import_image(conn: Connection, path: str, *, os_id: str, name: str | None = 
         record = json.dumps(image.as_dict(), indent=1).encode()
         from kvmgr.services.install_media import upload_bytes
 
-        upload_bytes(conn, IMAGE_POOL, name + _META_SUFFIX, record, steps)
-    except BaseException:
-        steps.recover(conn)
-        raise
+        upload_bytes(conn, IMAGE_POOL, name + _META_SUFFIX, record, journal)
     return image
 
 

@@ -41,6 +41,8 @@ from kvmgr.names import validate_name
 from kvmgr.osinfo import Detection, IsoDescriptor, detect_descriptor, read_descriptor
 from kvmgr.osinfo.iso import SECTOR_SIZE, parse_descriptor_set
 from kvmgr.services import vms
+from kvmgr.services.steps import Steps, owned_steps
+from kvmgr.services.storage import undo_volume_args
 from kvmgr.xml.domain import Domain
 from kvmgr.xml.storage import StorageVolume
 
@@ -262,11 +264,12 @@ def import_iso(
     pool: str = ISO_POOL,
     *,
     progress: Progress | None = None,
+    steps: Steps | None = None,
 ) -> IsoInfo:
     """Upload the ISO file at ``path`` into ``pool`` (created on first use) and detect its OS.
 
     Refuses a file that is not an ISO 9660 image and a name that exists.  A failed upload
-    deletes the partial volume.
+    deletes the partial volume (journaled in ``steps``: after a kill -9, the next kvmgr does).
     """
     source = os.path.abspath(os.fspath(path))
     descriptor = read_descriptor(source)  # NotFound / InvalidInput("not an ISO image")
@@ -279,17 +282,14 @@ def import_iso(
                 f"an ISO named {name!r} exists in pool {pool}",
                 hint="choose another name with --name, or delete the old one",
             )
-    vol = _create_volume(storage_pool, name, size)
-    try:
+    with owned_steps(conn, steps) as journal:
+        journal.undo_with("volume.delete", **undo_volume_args(storage_pool, name))
+        vol = _create_volume(storage_pool, name, size)
         with libvirt_errors(f"uploading {source} to volume {name}"):
             _upload(conn, vol, source, size, progress)
         _verify_size(vol, name, size)
         with libvirt_errors(f"reading volume {name}"):
             facts = _volume_facts(vol)
-    except BaseException:
-        with libvirt_errors(f"deleting the partial volume {name}"):
-            vol.delete(0)
-        raise
     stored = IsoDescriptor(**{**asdict(descriptor), "path": facts.path})
     _update_cache({_cache_key(facts.path, facts.size, facts.mtime): asdict(stored)})
     return _info(pool, facts, detect_descriptor(stored))

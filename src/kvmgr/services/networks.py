@@ -27,7 +27,6 @@ from kvmgr.errors import (
     AlreadyExists,
     InvalidInput,
     InvalidState,
-    KvmgrError,
     NotFound,
     Unsupported,
     libvirt_errors,
@@ -35,6 +34,8 @@ from kvmgr.errors import (
 )
 from kvmgr.names import validate_existing_name, validate_name
 from kvmgr.services.daemon_ns import daemon_proc_net
+from kvmgr.services.object_undo import NETWORK_DELETE
+from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.xml.domain import Domain
 from kvmgr.xml.interface import HostInterface
 from kvmgr.xml.network import DHCPRange, Network, NetworkIP
@@ -483,29 +484,21 @@ def _validate_bridge_mode(conn: Connection, spec: NetworkSpec) -> None:
     _check_host_bridge(conn, spec.bridge)
 
 
-def create_network(conn: Connection, spec: NetworkSpec) -> NetworkInfo:
-    """Define, start and (by default) autostart a network; undo the definition if a step fails."""
-    subnet = _validate_spec(conn, spec)
+def create_network(
+    conn: Connection, spec: NetworkSpec, *, steps: Steps | None = None
+) -> NetworkInfo:
+    """Define, start and (by default) autostart a network; undone if a step fails (journaled in
+    ``steps``, so a killed process's next kvmgr undoes it too)."""
+    subnet = _validate_spec(conn, spec)  # refuses a name in use: the undo would delete it
     model = build_network_xml(spec, subnet)
-    with libvirt_errors(f"defining network {spec.name}"):
-        net = conn.virconn.networkDefineXML(model.to_xml())
-    try:
+    with owned_steps(conn, steps) as journal:
+        journal.undo_with(NETWORK_DELETE, name=spec.name)
+        with libvirt_errors(f"defining network {spec.name}"):
+            net = conn.virconn.networkDefineXML(model.to_xml())
         with libvirt_errors(f"starting network {spec.name}"):
             net.create()
             net.setAutostart(1 if spec.autostart else 0)
-    except KvmgrError:
-        _undo_create(net)
-        raise
     return network_info(conn, spec.name)
-
-
-def _undo_create(net: libvirt.virNetwork) -> None:
-    try:
-        if net.isActive():
-            net.destroy()
-        net.undefine()
-    except libvirt.libvirtError:
-        pass  # the original error is the one worth reporting
 
 
 # ----------------------------------------------------------------------------------- lifecycle

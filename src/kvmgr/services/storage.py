@@ -16,14 +16,14 @@ from kvmgr.errors import (
     AlreadyExists,
     InvalidInput,
     InvalidState,
-    KvmgrError,
     NotFound,
     Unsupported,
     libvirt_errors,
     translate,
 )
 from kvmgr.names import validate_existing_name, validate_name
-from kvmgr.services.steps import recovery_action
+from kvmgr.services.object_undo import POOL_DELETE
+from kvmgr.services.steps import Steps, owned_steps, recovery_action
 from kvmgr.units import format_size, parse_size
 from kvmgr.xml.domain import Disk
 from kvmgr.xml.storage import StoragePool, StorageVolume
@@ -333,8 +333,16 @@ def pool_info(conn: Connection, name: str) -> PoolInfo:
     return _pool_info(_lookup_pool(conn, name))
 
 
-def create_pool(conn: Connection, name: str, path: str, pool_type: str = "dir") -> PoolInfo:
-    """Define, build (mkdir), start and autostart a pool; undo every step if one fails."""
+def create_pool(
+    conn: Connection,
+    name: str,
+    path: str,
+    pool_type: str = "dir",
+    *,
+    steps: Steps | None = None,
+) -> PoolInfo:
+    """Define, build (mkdir), start and autostart a pool; undo every step if one fails (journaled
+    in ``steps``, so a killed process's next kvmgr undoes it too)."""
     validate_name(name, what="pool name")
     if pool_type not in POOL_TYPES:
         raise Unsupported(f"pool type {pool_type!r} is not supported yet", hint="use --type dir")
@@ -351,29 +359,16 @@ def create_pool(conn: Connection, name: str, path: str, pool_type: str = "dir") 
     made_dir = is_local(conn.uri) and not conn.is_test_driver and not os.path.exists(path)
     spec = StoragePool()
     spec.type, spec.name, spec.target_path = pool_type, name, path
-    with libvirt_errors(f"defining storage pool {name} at {path}"):
-        pool = conn.virconn.storagePoolDefineXML(spec.to_xml(), 0)
-    try:
+    with owned_steps(conn, steps) as journal:
+        journal.undo_with(POOL_DELETE, name=name, remove_dir=made_dir)
+        with libvirt_errors(f"defining storage pool {name} at {path}"):
+            pool = conn.virconn.storagePoolDefineXML(spec.to_xml(), 0)
         with libvirt_errors(f"creating the directory {path} of pool {name}"):
             pool.build(0)
         with libvirt_errors(f"starting storage pool {name}"):
             pool.create(0)
             pool.setAutostart(1)
-    except KvmgrError:
-        _undo_pool(pool, remove_dir=made_dir)
-        raise
     return _pool_info(pool)
-
-
-def _undo_pool(pool: libvirt.virStoragePool, *, remove_dir: bool) -> None:
-    try:
-        if pool.isActive():
-            pool.destroy()
-        if remove_dir:
-            pool.delete(0)  # a dir pool's delete is rmdir: it cannot remove anything inside
-        pool.undefine()
-    except libvirt.libvirtError:
-        pass  # the original error is the one worth reporting
 
 
 def refresh_pool(conn: Connection, name: str) -> PoolInfo:
@@ -557,12 +552,24 @@ def volume_info(conn: Connection, pool_name: str, name: str) -> VolumeInfo:
 
 
 def create_pool_volume(
-    conn: Connection, pool_name: str, name: str, size: str | int, fmt: str = "qcow2"
+    conn: Connection,
+    pool_name: str,
+    name: str,
+    size: str | int,
+    fmt: str = "qcow2",
+    *,
+    steps: Steps | None = None,
 ) -> VolumeInfo:
     """``kvmgr vol create``: a sparse volume in an existing pool (never creates the pool)."""
-    _active_pool(conn, pool_name)
+    pool = _active_pool(conn, pool_name)
     validate_name(name, what="volume name")
-    ref = create_volume(conn, pool_name, name, parse_size(size, what="volume size"), fmt)
+    capacity = parse_size(size, what="volume size")
+    with libvirt_errors(f"looking up volume {name} in pool {pool_name}"):
+        if _volume_exists(pool, name):  # before the undo record: that would delete the old one
+            raise AlreadyExists(f"volume {name!r} already exists in pool {pool_name!r}")
+    with owned_steps(conn, steps) as journal:
+        journal.undo_with("volume.delete", **undo_volume_args(pool, name))
+        ref = create_volume(conn, pool_name, name, capacity, fmt)
     return volume_info(conn, ref.pool, ref.name)
 
 

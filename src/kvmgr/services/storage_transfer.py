@@ -16,6 +16,7 @@ import libvirt
 from kvmgr.connect import Connection
 from kvmgr.errors import AlreadyExists, InvalidInput, libvirt_errors
 from kvmgr.names import validate_name
+from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.services.storage import (
     VolumeInfo,
     _active_pool,
@@ -23,6 +24,7 @@ from kvmgr.services.storage import (
     _refuse_if_used,
     _volume_exists,
     create_volume,
+    undo_volume_args,
     volume_info,
 )
 from kvmgr.units import format_size
@@ -105,34 +107,32 @@ def upload_volume(
     source: str,
     *,
     progress: Progress = _no_progress,
+    steps: Steps | None = None,
 ) -> VolumeInfo:
     """Copy a local file into volume ``name`` through a libvirt stream, keeping holes as holes.
 
-    A missing volume is created with the file's size (and deleted again if the upload fails);
-    an existing one must be large enough and not in use by a VM.
+    A missing volume is created with the file's size (and deleted again if the upload fails,
+    journaled in ``steps``, so a killed process's next kvmgr deletes it too); an existing one
+    must be large enough and not in use by a VM.
     """
     size = _source_size(source)
     pool = _active_pool(conn, pool_name)
     validate_name(name, what="volume name")
-    created = False
     with libvirt_errors(f"looking up volume {name}"):
         exists = _volume_exists(pool, name)
-    if exists:
+    if exists:  # overwritten in place: nothing to undo (the old bytes are gone as they go)
         vol = _lookup_volume(conn, pool_name, name)
         _refuse_if_used(conn, vol, "overwrite")
         _check_fits(vol, size, source)
-    else:
-        # raw whatever the content: the bytes bring their own format, which the refresh below
-        # makes libvirt detect (a qcow2 made by libvirt would be overwritten anyway)
-        ref = create_volume(conn, pool_name, name, size, "raw")
-        vol, created = _lookup_volume(conn, pool_name, ref.name), True
-    try:
         _send(conn, vol, source, size, progress)
-    except BaseException:
-        if created:
-            with contextlib.suppress(libvirt.libvirtError):
-                vol.delete(0)
-        raise
+    else:
+        with owned_steps(conn, steps) as journal:
+            journal.undo_with("volume.delete", **undo_volume_args(pool, name))
+            # raw whatever the content: the bytes bring their own format, which the refresh
+            # below makes libvirt detect (a qcow2 made by libvirt would be overwritten anyway)
+            ref = create_volume(conn, pool_name, name, size, "raw")
+            vol = _lookup_volume(conn, pool_name, ref.name)
+            _send(conn, vol, source, size, progress)
     with libvirt_errors(f"refreshing pool {pool_name}"):
         pool.refresh(0)  # libvirt re-reads the format and allocation of what was written
     return volume_info(conn, pool_name, name)

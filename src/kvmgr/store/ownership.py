@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from kvmgr.store.models import Base, Role, User, utcnow
 
 #: The kinds of object ownership is recorded for.
-KINDS = ("vm", "volume", "network", "pool", "snapshot", "backup", "template", "iso")
+KINDS = ("vm", "volume", "network", "pool", "snapshot", "backup", "template", "iso", "image")
 #: The host of objects on the default connection until hosts are registered by name.
 LOCAL_HOST = "local"
 
