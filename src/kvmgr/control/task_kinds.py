@@ -171,9 +171,18 @@ def _iso_import(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         ctx.report(f"uploaded {done} of {total} bytes", done * 100 // total if total else None)
 
+    import os
+
+    from kvmgr.control.objects import iso_key
+
     name = params.get("name")
     source = ctx.authz().import_source(_text(params, "path"))
-    return asdict(iso_service.import_iso(ctx.conn(), source, name, progress=progress))
+    label = str(name or os.path.basename(source))  # the service's default name, for the key
+    key = iso_key(ctx.host, label)
+    with ctx.plane.operation("iso import", label, ctx.host, [key]) as steps:
+        info = iso_service.import_iso(ctx.conn(), source, name, progress=progress, steps=steps)
+    ownership.record_owner(ctx.store, "iso", info.name, ctx.owner, host=ctx.host)
+    return asdict(info)
 
 
 #: Seconds a task waits for its VM's lease: it is queued work, so another operation on the VM

@@ -9,6 +9,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from kvmgr.api.deps import Admin, Ctx, Viewer
+from kvmgr.connect import Connection
+from kvmgr.control import ownership
+from kvmgr.control.objects import iso_key
 from kvmgr.errors import KvmgrError
 from kvmgr.names import validate_name
 from kvmgr.services import isos as iso_service
@@ -81,5 +84,11 @@ def import_iso(body: IsoImport, who: Admin, ctx: Ctx) -> dict[str, Any]:
 
 @router.delete("/{name}", summary="Delete an imported ISO (refused while a VM uses it)")
 def delete_iso(name: str, who: Admin, ctx: Ctx) -> dict[str, str]:
-    ctx.act(who, "iso.delete", name, lambda conn: iso_service.delete_iso(conn, name))
+    def work(conn: Connection) -> None:
+        lease = ctx.plane_for(who).lease(iso_key(ctx.host_name(), name), "delete")
+        with lease:
+            iso_service.delete_iso(conn, name)
+        ownership.forget_owner(ctx.store, "iso", name, host=ctx.host_name())
+
+    ctx.act(who, "iso.delete", name, work)
     return {"status": "deleted", "name": name}

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Admin, Ctx, Viewer
 from kvmgr.connect import Connection
 from kvmgr.control import ownership
-from kvmgr.names import validate_name
+from kvmgr.control.objects import check_group, net_key, set_group
 from kvmgr.services import networks as net_service
+from kvmgr.store.users import Principal
 
 router = APIRouter(prefix="/api/v1/networks", tags=["networks"])
 
@@ -28,6 +31,12 @@ class NetworkCreate(BaseModel):
     group: str | None = Field(
         default=None, max_length=64, description="serve only this group's operators"
     )
+
+
+class NetworkChange(BaseModel):
+    """What may change on an existing network: its group (null: shared by every operator)."""
+
+    group: str | None = Field(max_length=64, description="serve only this group's operators")
 
 
 class Autostart(BaseModel):
@@ -50,7 +59,11 @@ def list_networks(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
 
 @router.get("/{name}", summary="One network")
 def network_info(name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
-    return net_service.network_info(ctx.conn(), name).as_dict()
+    data = net_service.network_info(ctx.conn(), name).as_dict()
+    owner = ownership.owner_of(ctx.store, "network", name, host=ctx.host_name())
+    data["group"] = owner.group if owner is not None else None
+    data["busy"] = ctx.plane.busy(net_key(ctx.host_name(), name))
+    return data
 
 
 @router.get("/{name}/leases", summary="DHCP leases of a running network")
@@ -63,9 +76,10 @@ def create_network(body: NetworkCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
     spec = net_service.NetworkSpec(**body.model_dump(exclude={"group"}))
 
     def work(conn: Connection) -> dict[str, Any]:
-        if body.group is not None:
-            validate_name(body.group, what="group name")
-        made = net_service.create_network(conn, spec).as_dict()
+        check_group(body.group)
+        key = net_key(ctx.host_name(), body.name)
+        with ctx.operation(who, "net create", body.name, [key]) as steps:
+            made = net_service.create_network(conn, spec, steps=steps).as_dict()
         ownership.record_owner(
             ctx.store, "network", body.name, who, group=body.group, host=ctx.host_name()
         )
@@ -74,39 +88,58 @@ def create_network(body: NetworkCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
     return ctx.act(who, "net.create", body.name, work)
 
 
+@router.patch("/{name}", summary="Change a network's group (null: shared by every operator)")
+def change_network(name: str, body: NetworkChange, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        with _lease(ctx, who, name, "set group"):
+            net_service.network_info(conn, name)  # 404 for a network that is not there
+            set_group(ctx.store, "network", name, body.group, who, host=ctx.host_name())
+        return {"name": name, "group": body.group}
+
+    return ctx.act(who, "net.change", name, work)
+
+
+def _lease(
+    ctx: AppContext, who: Principal, name: str, operation: str
+) -> AbstractContextManager[None]:
+    """Network ``name``'s lease: refused (409 Busy) while any kvmgr process works on it."""
+    return ctx.plane_for(who).lease(net_key(ctx.host_name(), name), operation)
+
+
 @router.post("/{name}/start", summary="Start a network")
 def start_network(name: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    return ctx.act(
-        who, "net.start", name, lambda conn: net_service.start_network(conn, name).as_dict()
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        with _lease(ctx, who, name, "start"):
+            return net_service.start_network(conn, name).as_dict()
+
+    return ctx.act(who, "net.start", name, work)
 
 
 @router.post("/{name}/stop", summary="Stop a network (refused while running VMs use it)")
 def stop_network(name: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, Any]:
-    return ctx.act(
-        who,
-        "net.stop",
-        name,
-        lambda conn: net_service.stop_network(conn, name, force=force).as_dict(),
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        with _lease(ctx, who, name, "stop"):
+            return net_service.stop_network(conn, name, force=force).as_dict()
+
+    return ctx.act(who, "net.stop", name, work)
 
 
 @router.put("/{name}/autostart", summary="Start the network with the host, or not")
 def network_autostart(name: str, body: Autostart, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    return ctx.act(
-        who,
-        "net.autostart",
-        name,
-        lambda conn: net_service.set_autostart(conn, name, body.enabled).as_dict(),
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        with _lease(ctx, who, name, "autostart"):
+            return net_service.set_autostart(conn, name, body.enabled).as_dict()
+
+    return ctx.act(who, "net.autostart", name, work)
 
 
 @router.post("/{name}/reservations", status_code=201, summary="Reserve a DHCP address")
 def reserve(name: str, body: ReservationCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
-        found = net_service.reserve(
-            conn, name, body.ip, mac=body.mac, vm=body.vm, hostname=body.hostname
-        )
+        with _lease(ctx, who, name, f"reserve {body.ip}"):
+            found = net_service.reserve(
+                conn, name, body.ip, mac=body.mac, vm=body.vm, hostname=body.hostname
+            )
         return asdict(found)
 
     return ctx.act(who, "net.reserve", f"{name}/{body.ip}", work)
@@ -115,7 +148,8 @@ def reserve(name: str, body: ReservationCreate, who: Admin, ctx: Ctx) -> dict[st
 @router.delete("/{name}/reservations/{ip}", summary="Remove the DHCP reservation of an address")
 def unreserve(name: str, ip: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
-        return asdict(net_service.unreserve(conn, name, ip=ip))
+        with _lease(ctx, who, name, "unreserve"):
+            return asdict(net_service.unreserve(conn, name, ip=ip))
 
     return ctx.act(who, "net.unreserve", f"{name}/{ip}", work)
 
@@ -123,7 +157,8 @@ def unreserve(name: str, ip: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 @router.delete("/{name}", summary="Delete a network (refused while VMs use it)")
 def delete_network(name: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, str]:
     def work(conn: Connection) -> None:
-        net_service.delete_network(conn, name, force=force)
+        with _lease(ctx, who, name, "delete"):
+            net_service.delete_network(conn, name, force=force)
         ownership.forget_owner(ctx.store, "network", name, host=ctx.host_name())
 
     ctx.act(who, "net.delete", name, work)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import posixpath
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from kvmgr.api.context import AppContext
 from kvmgr.api.deps import Admin, Ctx, Viewer
 from kvmgr.connect import Connection
 from kvmgr.control import ownership
-from kvmgr.names import validate_name
+from kvmgr.control.objects import check_group, pool_key, set_group, vol_key
+from kvmgr.control.plane import Key
 from kvmgr.services import storage as storage_service
+from kvmgr.store.users import Principal
 
 router = APIRouter(prefix="/api/v1/pools", tags=["storage"])
 
@@ -24,6 +29,12 @@ class PoolCreate(BaseModel):
     group: str | None = Field(
         default=None, max_length=64, description="serve only this group's operators"
     )
+
+
+class PoolChange(BaseModel):
+    """What may change on an existing pool: its group (null: shared by every operator)."""
+
+    group: str | None = Field(max_length=64, description="serve only this group's operators")
 
 
 class VolumeCreate(BaseModel):
@@ -44,16 +55,30 @@ def list_pools(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
 
 @router.get("/{pool}", summary="One pool")
 def pool_info(pool: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
-    return storage_service.pool_info(ctx.conn(), pool).as_dict()
+    data = storage_service.pool_info(ctx.conn(), pool).as_dict()
+    owner = ownership.owner_of(ctx.store, "pool", pool, host=ctx.host_name())
+    data["group"] = owner.group if owner is not None else None
+    data["busy"] = ctx.plane.busy(pool_key(ctx.host_name(), pool))
+    return data
+
+
+def _lease(
+    ctx: AppContext, who: Principal, key: Key, operation: str
+) -> AbstractContextManager[None]:
+    """The object's lease: refused (409 Busy) while any kvmgr process works on it."""
+    return ctx.plane_for(who).lease(key, operation)
 
 
 @router.post("", status_code=201, summary="Create, build and start a directory pool")
 def create_pool(body: PoolCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
-        if body.group is not None:
-            validate_name(body.group, what="group name")
+        check_group(body.group)
         path = ctx.authz(conn, who).pool_path(body.path)
-        made = storage_service.create_pool(conn, body.name, path, body.type).as_dict()
+        key = pool_key(ctx.host_name(), body.name)
+        with ctx.operation(who, "pool create", body.name, [key]) as steps:
+            made = storage_service.create_pool(
+                conn, body.name, path, body.type, steps=steps
+            ).as_dict()
         ownership.record_owner(
             ctx.store, "pool", body.name, who, group=body.group, host=ctx.host_name()
         )
@@ -62,19 +87,37 @@ def create_pool(body: PoolCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
     return ctx.act(who, "pool.create", body.name, work)
 
 
+@router.patch("/{pool}", summary="Change a pool's group (null: shared by every operator)")
+def change_pool(pool: str, body: PoolChange, who: Admin, ctx: Ctx) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        with _lease(ctx, who, pool_key(ctx.host_name(), pool), "set group"):
+            storage_service.pool_info(conn, pool)  # 404 for a pool that is not there
+            set_group(ctx.store, "pool", pool, body.group, who, host=ctx.host_name())
+        return {"name": pool, "group": body.group}
+
+    return ctx.act(who, "pool.change", pool, work)
+
+
 @router.post("/{pool}/refresh", summary="Rescan a pool's volumes")
 def refresh_pool(pool: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    return ctx.act(
-        who, "pool.refresh", pool, lambda conn: storage_service.refresh_pool(conn, pool).as_dict()
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        with _lease(ctx, who, pool_key(ctx.host_name(), pool), "refresh"):
+            return storage_service.refresh_pool(conn, pool).as_dict()
+
+    return ctx.act(who, "pool.refresh", pool, work)
 
 
 @router.delete("/{pool}", summary="Delete a pool (refused while used; force deletes its volumes)")
 def delete_pool(pool: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
-        deleted = asdict(storage_service.delete_pool(conn, pool, force=force))
+        with _lease(ctx, who, pool_key(ctx.host_name(), pool), "delete"):
+            where = storage_service.pool_info(conn, pool).path
+            deletion = storage_service.delete_pool(conn, pool, force=force)
         ownership.forget_owner(ctx.store, "pool", pool, host=ctx.host_name())
-        return deleted
+        for vol in deletion.deleted_volumes if where else []:
+            path = posixpath.join(where or "", vol)  # a dir pool's volumes are its files
+            ownership.forget_owner(ctx.store, "volume", path, host=ctx.host_name())
+        return asdict(deletion)
 
     return ctx.act(who, "pool.delete", pool, work)
 
@@ -91,34 +134,38 @@ def volume_info(pool: str, name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
 
 @router.post("/{pool}/volumes", status_code=201, summary="Create a sparse volume")
 def create_volume(pool: str, body: VolumeCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    return ctx.act(
-        who,
-        "vol.create",
-        f"{pool}/{body.name}",
-        lambda conn: storage_service.create_pool_volume(
-            conn, pool, body.name, body.size, body.format
-        ).as_dict(),
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        key = vol_key(ctx.host_name(), pool, body.name)
+        with ctx.operation(who, "vol create", f"{pool}/{body.name}", [key]) as steps:
+            made = storage_service.create_pool_volume(
+                conn, pool, body.name, body.size, body.format, steps=steps
+            )
+        ownership.record_owner(
+            ctx.store, "volume", made.path, who, label=f"{pool}/{body.name}", host=ctx.host_name()
+        )
+        return made.as_dict()
+
+    return ctx.act(who, "vol.create", f"{pool}/{body.name}", work)
 
 
 @router.patch("/{pool}/volumes/{name}", summary="Resize a volume (shrinking only with shrink)")
 def resize_volume(pool: str, name: str, body: VolumeResize, who: Admin, ctx: Ctx) -> dict[str, Any]:
-    return ctx.act(
-        who,
-        "vol.resize",
-        f"{pool}/{name}",
-        lambda conn: storage_service.resize_volume(
-            conn, pool, name, body.size, shrink=body.shrink
-        ).as_dict(),
-    )
+    def work(conn: Connection) -> dict[str, Any]:
+        with _lease(ctx, who, vol_key(ctx.host_name(), pool, name), "resize"):
+            return storage_service.resize_volume(
+                conn, pool, name, body.size, shrink=body.shrink
+            ).as_dict()
+
+    return ctx.act(who, "vol.resize", f"{pool}/{name}", work)
 
 
 @router.delete("/{pool}/volumes/{name}", summary="Delete a volume (refused while used)")
 def delete_volume(pool: str, name: str, who: Admin, ctx: Ctx) -> dict[str, str]:
-    ctx.act(
-        who,
-        "vol.delete",
-        f"{pool}/{name}",
-        lambda conn: storage_service.delete_pool_volume(conn, pool, name),
-    )
+    def work(conn: Connection) -> None:
+        with _lease(ctx, who, vol_key(ctx.host_name(), pool, name), "delete"):
+            path = storage_service.volume_info(conn, pool, name).path
+            storage_service.delete_pool_volume(conn, pool, name)
+        ownership.forget_owner(ctx.store, "volume", path, host=ctx.host_name())
+
+    ctx.act(who, "vol.delete", f"{pool}/{name}", work)
     return {"status": "deleted", "pool": pool, "name": name}
