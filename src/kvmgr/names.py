@@ -11,6 +11,8 @@ import re
 from kvmgr.errors import InvalidInput
 
 MAX_NAME_LENGTH = 64
+#: ``--host auto`` asks placement for a host, so no host may be registered under this name.
+AUTO_HOST = "auto"
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _RULE = "letters, digits, '-', '_' and '.', at most 64, not starting with '.' or '-'"
 

@@ -139,6 +139,13 @@ class CLIState:
                 self._host_name = self.hosts().default().name
         return self._host_name
 
+    def use_host(self, name: str) -> None:
+        """Act on registered host ``name`` from now on (placement chose it: ``--host auto``)."""
+        self.host = name
+        self._host_name = None
+        if not self._direct:
+            self._conn = None
+
     def host_connection(self, host: str) -> Connection:
         """The connection to registered host ``host`` (this command's own when it is that one)."""
         try:
@@ -261,15 +268,19 @@ def progress(message: str) -> Iterator[None]:
 def authz() -> Authz:
     """The input checks of kvmgr.control.authz for the CLI's caller (an admin of the socket it
     opened): paths resolved, system directories refused, templates' disks never attached."""
+    return authz_on(conn(), state.host_name())
+
+
+def authz_on(connection: Connection, host: str) -> Authz:
+    """:func:`authz` for registered host ``host`` over ``connection`` (placement asks each)."""
     from kvmgr.api.settings import Settings
     from kvmgr.control.authz import Authz, cli_principal, state_dirs
 
-    plane = state.plane()
     return Authz(
-        conn(),
+        connection,
         cli_principal(),
-        plane.store,
-        host=state.host_name(),
+        state.plane().store,
+        host=host,
         state_dirs=state_dirs(Settings().state_dir),
         relative_paths=True,
     )

@@ -18,7 +18,9 @@ from kvmgr.cli.output import (
     emit_rows,
     status,
 )
+from kvmgr.cli.vm_place import join_group, place
 from kvmgr.errors import InvalidInput
+from kvmgr.names import AUTO_HOST
 from kvmgr.services import vms
 from kvmgr.units import format_size, parse_size
 
@@ -157,9 +159,23 @@ def create(
     network_config: Annotated[
         str | None, typer.Option(help="--cloud-init: network-config v2 (matched to NICs by MAC)")
     ] = None,
+    require: Annotated[
+        str | None, typer.Option(help="with --host auto: labels k=v,k2=v2 the host needs")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="placement group of the VM")] = None,
+    anti_affinity: Annotated[
+        bool, typer.Option("--anti-affinity", help="never two VMs of --group on one host")
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="with --host auto: every host and why (not) picked")
+    ] = False,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Create a VM from an ISO (optionally installed unattended) or from a cloud image."""
+    """Create a VM from an ISO (optionally installed unattended) or from a cloud image.
+
+    --host auto lets placement pick the host: by free memory and CPU load, honouring
+    --require labels, --group/--anti-affinity and maintenance mode (--explain says why).
+    """
     from kvmgr.control.authz import check_vm_spec
     from kvmgr.services.create import VMSpec, create_vm, parse_disk_option, parse_network_option
 
@@ -189,6 +205,8 @@ def create(
         spec.disks = disks
     if network is not None:
         spec.nics = nics
+    if cli_state.host == AUTO_HOST:
+        place(spec, require, group, anti_affinity, explain=explain)
     check_vm_spec(authz(), spec)  # paths resolved; system files and templates' disks refused
     if unattended or image:
         from kvmgr.cli.vm_provision import provision
@@ -203,6 +221,8 @@ def create(
         with name_lease(name, "create"):
             data = provision(spec, options)
         record_vm(name)
+        if group:
+            join_group(name, group, anti_affinity)
         emit_object(data, output)
         return
     with (
@@ -211,6 +231,8 @@ def create(
     ):
         result = create_vm(conn(), spec, progress=spinner.update, steps=steps)
     record_vm(result.name)
+    if group:
+        join_group(name, group, anti_affinity)
     typer.echo(f"domain type: {result.domain_type} ({result.domain_type_reason})", err=True)
     data = result.__dict__.copy()
     if output.for_people:

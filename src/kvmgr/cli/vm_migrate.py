@@ -10,11 +10,11 @@ import typer
 
 from kvmgr.cli.common import err_console, report_errors, state
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
+from kvmgr.cli.vm_place import print_verdicts
 from kvmgr.units import MIB, format_size
 
 if TYPE_CHECKING:
     from kvmgr.control.moves import MoveReport
-    from kvmgr.control.placement import Verdict
 
 
 def _show_progress(sample: object) -> None:
@@ -110,7 +110,7 @@ def migrate(
         emit_object(data, output)
         return
     if explain and report.verdicts:
-        _print_verdicts(report.verdicts)
+        print_verdicts(report.verdicts)
     if dry_run:
         _print_check(report)
         if not report.check.ok:
@@ -123,14 +123,6 @@ def migrate(
         f"{result.seconds:.1f} s"
         + (f", downtime {result.downtime_ms} ms" if result.downtime_ms is not None else "")
     )
-
-
-def _print_verdicts(verdicts: list[Verdict]) -> None:
-    rows = [
-        {"host": v.host, "picked": "yes" if i == 0 and v.eligible else "no", "why": v.reason}
-        for i, v in enumerate(verdicts)
-    ]
-    emit_rows(rows, OutputFormat.table, ["host", "picked", "why"])
 
 
 @report_errors

@@ -54,7 +54,7 @@ from kvmgr.control.host_lookup import LOCAL, choose_default
 from kvmgr.control.host_models import Host
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, libvirt_errors
 from kvmgr.host.memory import node_memory
-from kvmgr.names import validate_name
+from kvmgr.names import AUTO_HOST, validate_name
 from kvmgr.store.db import Store
 from kvmgr.store.models import aware, utcnow
 from kvmgr.store.ownership import ObjectOwner
@@ -339,6 +339,11 @@ class HostRegistry:
     ) -> HostRecord:
         """Register a host after it answered (``verify``) and proved to be a new machine."""
         validate_name(name, what="host name")
+        if name == AUTO_HOST:
+            raise InvalidInput(
+                f"{AUTO_HOST!r} cannot be a host name: '--host {AUTO_HOST}' lets placement choose",
+                hint="give the host another name",
+            )
         uri = check_host_uri(uri, insecure_transport=insecure_transport)
         with self.store.session() as session:
             if session.scalars(select(Host).where(Host.name == name)).first() is not None:

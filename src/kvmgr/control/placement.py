@@ -11,13 +11,15 @@ VM, less the vCPUs committed per CPU, plus a bonus for hosts holding its (affini
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from kvmgr.connect import Connection
 from kvmgr.connect.bounded import fan_out
 from kvmgr.control.hosts import HostRecord, HostRegistry, connect_uri
-from kvmgr.errors import InvalidState
-from kvmgr.services.placement import host_load
+from kvmgr.errors import InvalidState, KvmgrError
+from kvmgr.services.create import VMSpec, requirements
+from kvmgr.services.placement import HostLoad, host_load
 from kvmgr.units import MIB
 
 #: Weight of committed vCPUs per host CPU against the share of memory left (both ~0..1).
@@ -39,6 +41,7 @@ class HostView:
     memory_available: int = 0
     vcpus_running: int = 0
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> its VMs here
+    refusal: str | None = None  # what this host lacks for the VM (a network, the ISO, ...)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def _judge(host: HostView, need: Need) -> Verdict:
         return Verdict(
             host.name, False, f"anti-affinity group {need.group}: {', '.join(others)} is there"
         )
+    if host.refusal is not None:  # after the labels: the user's own constraints read first
+        return Verdict(host.name, False, host.refusal)
     if host.memory_available < need.memory:
         return Verdict(
             host.name, False,
@@ -147,15 +152,25 @@ def gather(
     registry: HostRegistry, hosts: list[HostRecord] | None = None, *, with_groups: bool = False
 ) -> list[HostView]:
     """Every (or each given) registered host's view, asked in parallel, each within the bound."""
-    records = registry.all() if hosts is None else hosts
 
     def ask(record: HostRecord) -> HostView:
         load = host_load(connect_uri(record.uri, registry.timeout), with_groups=with_groups)
-        return HostView(
-            record.name, dict(record.labels), record.maintenance, None, load.cpus,
-            load.memory_total, load.memory_available, load.vcpus_running, load.groups,
-        )  # fmt: skip
+        return _view(record, load)
 
+    return _ask_all(registry, registry.all() if hosts is None else hosts, ask)
+
+
+def _view(record: HostRecord, load: HostLoad, refusal: str | None = None) -> HostView:
+    return HostView(
+        record.name, dict(record.labels), record.maintenance, None, load.cpus,
+        load.memory_total, load.memory_available, load.vcpus_running, load.groups, refusal,
+    )  # fmt: skip
+
+
+def _ask_all(
+    registry: HostRegistry, records: list[HostRecord], ask: Callable[[HostRecord], HostView]
+) -> list[HostView]:
+    """``ask`` of every host in parallel; a host that does not answer in time is unreachable."""
     outcomes = fan_out(records, ask, registry.timeout)
     return [
         outcome.value
@@ -163,6 +178,44 @@ def gather(
         else HostView(record.name, dict(record.labels), record.maintenance, str(outcome.error))
         for record, outcome in zip(records, outcomes, strict=True)
     ]
+
+
+def place_new(
+    registry: HostRegistry,
+    spec: VMSpec,
+    *,
+    require: dict[str, str] | None = None,
+    group: str | None = None,
+    anti_affinity: bool = False,
+    authorise: Callable[[str, Connection], VMSpec] | None = None,
+) -> tuple[str, list[Verdict]]:
+    """The host a new VM goes to (``vm create --host auto``) and every host's verdict.
+
+    Each host is asked, in parallel and within the bound, for its load and for what the VM
+    would need there: a host where the create would be refused (the name is taken, a network,
+    pool or the ISO is missing, or ``authorise`` refuses the request's inputs there; it returns
+    the request with its inputs resolved for that host) is ruled out with that reason.  The
+    VM's memory and vCPUs are the request's or, without them, the OS defaults a host worked out.
+    """
+    asked: dict[str, tuple[int, int]] = {}
+
+    def ask(record: HostRecord) -> HostView:
+        conn = connect_uri(record.uri, registry.timeout)
+        load = host_load(conn, with_groups=group is not None)
+        try:
+            there = spec if authorise is None else authorise(record.name, conn)
+            asked[record.name] = requirements(conn, there)
+        except KvmgrError as err:
+            return _view(record, load, err.message)
+        return _view(record, load)
+
+    views = _ask_all(registry, registry.all(), ask)
+    memory, vcpus = next(iter(asked.values()), (spec.memory or 0, spec.vcpus or 1))
+    need = Need(
+        vm=spec.name, memory=memory, vcpus=vcpus, require=dict(require or {}), group=group,
+        anti_affinity=anti_affinity,
+    )  # fmt: skip
+    return choose(views, need)
 
 
 # ------------------------------------------------------------------------------ rebalance

@@ -174,6 +174,15 @@ def check_request(conn: Connection, spec: VMSpec) -> None:
         _check_qemu_can_read(conn, _resolve_iso(conn, spec.iso))
 
 
+def requirements(conn: Connection, spec: VMSpec) -> tuple[int, int]:
+    """Memory (bytes) and vCPUs the VM will ask of this host, after :func:`check_request`'s
+    refusals; placement (``vm create --host auto``) asks each candidate host."""
+    check_request(conn, spec)
+    profile = _choose_profile(spec.os, _resolve_iso(conn, spec.iso) if spec.iso else None)
+    memory = profile.recommended_memory if spec.memory is None else spec.memory
+    return memory, profile.recommended_vcpus if spec.vcpus is None else spec.vcpus
+
+
 def _require_pool(conn: Connection, name: str) -> None:
     try:
         conn.virconn.storagePoolLookupByName(name)
