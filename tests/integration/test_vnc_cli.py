@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -120,19 +121,24 @@ def _authenticate(sock: socket.socket, password: str) -> tuple[int, bytes]:
 def _server_init(sock: socket.socket) -> tuple[int, int, bytes]:
     sock.sendall(b"\x01")  # ClientInit, shared
     width, height = struct.unpack(">HH", _recv(sock, 4))
-    _pixel_format = _recv(sock, 16)
+    pixel_format = _recv(sock, 16)
+    assert pixel_format[0] == 32, "QEMU's default: 32 bits per pixel (raw is 4 bytes a pixel)"
     (length,) = struct.unpack(">I", _recv(sock, 4))
     return width, height, _recv(sock, length)
 
 
 def _framebuffer_update(sock: socket.socket, width: int, height: int) -> tuple[int, int]:
-    """Ask for the whole screen; (rectangles, first rectangle's encoding)."""
+    """Ask for the whole screen and read the update; (rectangles, bytes of pixels)."""
     sock.sendall(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
     kind, _pad, rectangles = struct.unpack(">BBH", _recv(sock, 4))
     assert kind == 0, f"message type {kind}, not FramebufferUpdate"
-    x, y, w, h, encoding = struct.unpack(">HHHHi", _recv(sock, 12))
-    assert x + w <= width and y + h <= height and w * h > 0
-    return rectangles, encoding
+    pixels = 0
+    for _ in range(rectangles):
+        x, y, w, h, encoding = struct.unpack(">HHHHi", _recv(sock, 12))
+        assert encoding == 0, "raw: the client asked for no other encoding"
+        assert x + w <= width and y + h <= height and w * h > 0
+        pixels += len(_recv(sock, w * h * 4))
+    return rectangles, pixels
 
 
 def _direct_size(dom: libvirt.virDomain) -> tuple[int, int]:
@@ -242,9 +248,9 @@ def test_forwarding_with_a_one_time_password(guests: dict[str, Any]) -> None:
         after = _direct_size(guests[SOCKET_VM])
         assert (width, height) in (before, after) and name == f"QEMU ({SOCKET_VM})".encode()
         started = time.monotonic()
-        rectangles, encoding = _framebuffer_update(viewer, width, height)
+        rectangles, pixels = _framebuffer_update(viewer, width, height)
         update = time.monotonic() - started
-        assert rectangles >= 1 and encoding == 0  # raw: we asked for no other encoding
+        assert rectangles >= 1 and pixels == width * height * 4  # a full request: every pixel
         with forward.connect() as again:  # used up, while the first session still runs
             assert _authenticate(again, record["password"])[0] == 1
         viewer.close()
@@ -254,8 +260,8 @@ def test_forwarding_with_a_one_time_password(guests: dict[str, Any]) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         print(
             f"vm vnc: ready line after {forward.ready_seconds:.2f} s, VNC auth + ServerInit "
-            f"{handshake * 1000:.0f} ms, first full update header {update * 1000:.0f} ms, "
-            f"{width}x{height}"
+            f"{handshake * 1000:.0f} ms, a full raw frame ({width}x{height}, {pixels} bytes) "
+            f"{update * 1000:.0f} ms"
         )
     finally:
         forward.kill()
@@ -387,3 +393,27 @@ def test_refusals(guests: dict[str, Any]) -> None:
     assert code != 0 and "is not running" in out and f"kvmgr vm start {OFF_VM}" in out, out
     code, out = kvmgr("vm", "vnc", f"{PREFIX}missing")
     assert code != 0 and "does not exist" in out, out
+
+
+def test_a_viewer_that_exits_first_and_ctrl_c(guests: dict[str, Any], tmp_path: Path) -> None:
+    viewer = tmp_path / "remote-viewer"
+    viewer.write_text("#!/bin/sh\nexit 3\n")  # no $DISPLAY, say
+    viewer.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    forward = Forwarding(SOCKET_VM, "--viewer", env=env)
+    try:
+        code, err = forward.finish()
+        text = " ".join(err.split())
+        assert code == 1 and "viewer exited (status 3) before it connected" in text, err
+        assert "--no-viewer" in text
+    finally:
+        forward.kill()
+    forward = Forwarding(SOCKET_VM, "--listen", "127.0.0.1:0", "--no-viewer")
+    try:
+        forward.child.send_signal(signal.SIGINT)
+        code, err = forward.finish()
+        assert code == 0 and "stopped" in err and "Traceback" not in err, err
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", forward.record["port"]), timeout=2).close()
+    finally:
+        forward.kill()

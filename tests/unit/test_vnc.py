@@ -7,10 +7,13 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from kvmgr.errors import InvalidInput
+from kvmgr.connect import Connection
+from kvmgr.errors import InvalidInput, InvalidState
 from kvmgr.services import vnc
 from kvmgr.services.vnc import RFBError
 from kvmgr.xml.domain import Domain
@@ -338,3 +341,61 @@ def test_displays_of_a_definition() -> None:
         },
     ]
     assert [d.where for d in found] == ["unix:/run/x.sock", "127.0.0.1:5905", "address"]
+
+
+# ------------------------------------------------------------------ reaching a display
+def _conn(uri: str) -> Connection:
+    return cast(Connection, SimpleNamespace(uri=uri))
+
+
+SSH = "qemu+ssh://root@node1/system"
+
+
+def _tcp(address: str | None, port: int | None = 5901) -> vnc.Display:
+    return vnc.Display(0, "vnc", "address", address, None, port, False)
+
+
+@pytest.mark.parametrize(
+    ("uri", "passes"),
+    [
+        ("qemu:///system", True),
+        ("qemu+unix:///system", True),
+        (SSH, False),
+        ("qemu+tls://node1/system", False),
+        ("qemu://node1/system", False),  # TLS by default
+    ],
+)
+def test_descriptors_pass_over_the_local_socket_only(uri: str, passes: bool) -> None:
+    assert vnc.passes_descriptors(uri) is passes
+
+
+@pytest.mark.parametrize(
+    ("uri", "display", "expected"),
+    [
+        (SSH, _tcp("0.0.0.0"), ("node1", 5901)),  # a wildcard: the host's own name
+        (SSH, _tcp(None), ("node1", 5901)),
+        (SSH, _tcp("192.0.2.7"), ("192.0.2.7", 5901)),
+        (SSH, _tcp("node1.example"), ("node1.example", 5901)),
+        ("qemu:///system", _tcp("127.0.0.1"), ("127.0.0.1", 5901)),
+    ],
+)
+def test_where_a_tcp_display_is_reached(
+    uri: str, display: vnc.Display, expected: tuple[str, int]
+) -> None:
+    assert vnc._network_address(_conn(uri), "vm", display, "why") == expected
+
+
+@pytest.mark.parametrize(
+    ("display", "said", "tunnel"),
+    [
+        (vnc.Display(0, "vnc", "socket", None, "/run/v.sock", None, False), "", "5999:/run/v.sock"),
+        (_tcp("127.0.0.1"), "loopback only", "5999:127.0.0.1:5901"),
+    ],
+)
+def test_displays_a_remote_connection_cannot_reach(
+    display: vnc.Display, said: str, tunnel: str
+) -> None:
+    with pytest.raises(InvalidState, match=f"could not pass it \\(why\\).*{said}") as refused:
+        vnc._network_address(_conn(SSH), "vm", display, "why")
+    assert refused.value.hint and f"ssh -L {tunnel}" in refused.value.hint
+    assert "node1" in refused.value.hint

@@ -16,12 +16,16 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kvmgr.cli.common import conn, report_errors
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object, emit_rows, err_console
+from kvmgr.errors import InvalidState
+
+if TYPE_CHECKING:  # the service is imported when a command runs, not when the CLI starts
+    from kvmgr.services.vnc import Forwarder, SessionEnd
 
 #: Viewers that take a connection file with the password in it (virt-viewer's package ships
 #: remote-viewer; ``virt-viewer`` itself only opens libvirt domains by name).
@@ -108,36 +112,8 @@ def register(app: typer.Typer) -> None:
         forwarder = vnc_service.Forwarder(
             lambda: vnc_service.open_display(connection, name), host, port
         )
-        bound_host, bound_port = forwarder.address
-        program = find_viewer() if viewer is not False else None
-        if output.for_people:
-            typer.echo(f"VM {name}: VNC display forwarded to {forwarder.url}")
-            typer.echo(f"password: {forwarder.password}  (one viewer session; Ctrl-C stops)")
-        else:
-            record = {
-                "vm": name,
-                "host": bound_host,
-                "port": bound_port,
-                "url": forwarder.url,
-                "password": forwarder.password,
-                "viewer": program,
-            }
-            if output is OutputFormat.json:  # one line: a script reads it while we run
-                typer.echo(json.dumps(record))
-            else:
-                emit_object(record, output)
-        sys.stdout.flush()
-        process = None
-        if program is not None:
-            process = launch_viewer(program, name, bound_host, bound_port, forwarder.password)
-        elif viewer:
-            err_console.print(
-                "no remote-viewer installed (package virt-viewer): open a VNC viewer on "
-                f"{bound_host}:{bound_port} and give it the password",
-                highlight=False,
-            )
         try:
-            end = forwarder.serve(lambda: process is not None and process.poll() is not None)
+            process, end = _forward(name, forwarder, viewer, output)
         except KeyboardInterrupt:
             err_console.print("stopped")
             return
@@ -145,9 +121,13 @@ def register(app: typer.Typer) -> None:
             raise forwarder.error
         if end.failures >= vnc_service.MAX_FAILURES and not end.served:
             raise vnc_service.too_many_failures(end)
-        err_console.print(
-            "the viewer disconnected" if end.served else "the viewer exited", highlight=False
-        )
+        if not end.served and process is not None:
+            raise InvalidState(
+                f"the viewer exited (status {process.returncode}) before it connected",
+                hint=f"is $DISPLAY set? run 'kvmgr vm vnc {name} --listen 127.0.0.1:PORT "
+                "--no-viewer' and point any VNC viewer at that port",
+            )
+        err_console.print("the viewer disconnected", highlight=False)
 
     def _show(name: str, output: OutputFormat) -> None:
         from kvmgr.services import vms
@@ -164,3 +144,38 @@ def register(app: typer.Typer) -> None:
                     f"forward it to a local viewer: kvmgr vm vnc {name} --listen 127.0.0.1:5901",
                     highlight=False,
                 )
+
+
+def _forward(
+    name: str, forwarder: Forwarder, viewer: bool | None, output: OutputFormat
+) -> tuple[subprocess.Popen[bytes] | None, SessionEnd]:
+    """Say where the display is and its password, start the viewer, serve until done."""
+    bound_host, bound_port = forwarder.address
+    program = find_viewer() if viewer is not False else None
+    if output.for_people:
+        typer.echo(f"VM {name}: VNC display forwarded to {forwarder.url}")
+        typer.echo(f"password: {forwarder.password}  (one viewer session; Ctrl-C stops)")
+    else:
+        record = {
+            "vm": name,
+            "host": bound_host,
+            "port": bound_port,
+            "url": forwarder.url,
+            "password": forwarder.password,
+            "viewer": program,
+        }
+        if output is OutputFormat.json:  # one line: a script reads it while we run
+            typer.echo(json.dumps(record))
+        else:
+            emit_object(record, output)
+    sys.stdout.flush()
+    process = None
+    if program is not None:
+        process = launch_viewer(program, name, bound_host, bound_port, forwarder.password)
+    elif viewer:
+        err_console.print(
+            "no remote-viewer installed (package virt-viewer): open a VNC viewer on "
+            f"{bound_host}:{bound_port} and give it the password",
+            highlight=False,
+        )
+    return process, forwarder.serve(lambda: process is not None and process.poll() is not None)
