@@ -43,6 +43,7 @@ OWN_SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/vms/{name}/snapshots/{snapshot}/revert"): {},
     ("DELETE", "/api/v1/vms/{name}/snapshots/{snapshot}"): {},
     ("POST", "/api/v1/vms/{name}/clone"): {"json": {"name": "t-api-sec-clone"}},
+    ("POST", "/api/v1/vms/{name}/backups"): {"json": {}},
 }
 PATH_VALUES = {"target": "vda", "mac": "52:54:00:00:00:01", "action": "pause"}
 

@@ -23,9 +23,12 @@ from kvmgr.errors import AlreadyExists, InvalidInput, KvmgrError, NotFound
 from kvmgr.names import validate_name
 from kvmgr.services.backup import backup, restore, retention, verify
 from kvmgr.services.backup.repository import Repository
+from kvmgr.store import ownership
 from kvmgr.store.clip import clip
 from kvmgr.store.db import Store
-from kvmgr.store.models import aware, utcnow
+from kvmgr.store.models import Role, aware, utcnow
+from kvmgr.store.ownership import ObjectOwner
+from kvmgr.store.users import Principal
 
 
 @dataclass
@@ -141,6 +144,20 @@ class Backups:
             raise
         with self.plane.store.session() as session:
             session.merge(_row(repo_name, manifest))
+            # The point is its VM's owner's (not the taker's: an admin's schedule backs up an
+            # operator's VM), so that owner may list and restore it after the VM is gone.
+            vm_owner = ownership.get(session, "vm", manifest["vm"]["uuid"], host)
+            if vm_owner is not None:
+                ownership.record(
+                    session,
+                    "backup",
+                    manifest["id"],
+                    vm_owner.owner_id,
+                    vm_owner.group,
+                    host=host,
+                    label=vm,
+                    creator=self.plane.actor,
+                )
         if taken is not None:
             taken.append(manifest["id"])
         summary = _summary(manifest)
@@ -276,13 +293,65 @@ class Backups:
             row = session.get(BackupPoint, point)
             if row is None:
                 raise NotFound(f"backup point {point!r} is not in the catalog")
-            failed, repo_name = row.state == FAILED, row.repo
+            failed, repo_name, host = row.state == FAILED, row.repo, row.host
         if not failed:
             _, repository = self.repository(repo_name)
             with contextlib.suppress(NotFound):  # gone from disk already: the catalog follows
                 repository.delete_point(point)
         with self.plane.store.session() as session:
             session.execute(delete(BackupPoint).where(BackupPoint.id == point))
+            ownership.forget(session, "backup", point, host)
+
+    def visible(self, who: Principal, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows of :meth:`points` that ``who`` may see: an admin all, an operator those of
+        the VMs they or their group owned when the point was taken (failed runs by the VM's
+        owner record now); a point without an owner record is the admins'."""
+        if who.at_least(Role.admin):
+            return rows
+        with self.plane.store.session() as session:
+            owned = session.scalars(
+                select(ObjectOwner).where(ObjectOwner.kind.in_(("backup", "vm")))
+            )
+            rows_by = {(row.kind, row.host, row.key): row for row in owned}
+            return [
+                row
+                for row in rows
+                if ownership.may_act(
+                    who,
+                    rows_by.get(("backup", row["host"], row["id"]))
+                    or (
+                        rows_by.get(("vm", row["host"], row["uuid"]))
+                        if row["state"] == FAILED
+                        else None
+                    ),
+                )
+            ]
+
+    def may_restore(self, who: Principal, point: str) -> bool:
+        row, _ = self.point(point)
+        if who.at_least(Role.admin):
+            return True
+        with self.plane.store.session() as session:
+            return ownership.may_act(who, ownership.get(session, "backup", point, row.host))
+
+    def overview(self, who: Principal) -> list[dict[str, Any]]:
+        """Per VM (that ``who`` may see): its newest good point, its newest failure, and how many
+        runs failed since the last good one (the backups page)."""
+        by_vm: dict[str, dict[str, Any]] = {}
+        for row in self.visible(who, self.points()):
+            entry = by_vm.setdefault(
+                row["vm"],
+                {"vm": row["vm"], "last_good": None, "last_failure": None, "failures_since": 0},
+            )
+            if row["state"] == FAILED:
+                entry["last_failure"] = row
+                entry["failures_since"] += 1
+            elif row["state"] == GOOD:
+                entry["last_good"] = row
+                entry["failures_since"] = 0
+            else:
+                entry["bad"] = row
+        return sorted(by_vm.values(), key=lambda entry: entry["vm"])
 
 
 def metric_lines(store: Store) -> list[str]:
@@ -359,6 +428,7 @@ def _point_dict(row: BackupPoint) -> dict[str, Any]:
     return {
         "id": row.id,
         "vm": row.vm_name,
+        "uuid": row.vm_uuid,
         "kind": row.kind,
         "state": row.state,
         "consistency": row.consistency,

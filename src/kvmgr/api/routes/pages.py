@@ -105,6 +105,11 @@ def tasks_page(request: Request, who: Viewer) -> Response:
     return render(request, who, "tasks.html")
 
 
+@router.get("/backups", response_class=HTMLResponse)
+def backups_page(request: Request, who: Viewer) -> Response:
+    return render(request, who, "backups.html")
+
+
 @router.get("/users", response_class=HTMLResponse)
 def users_page(request: Request, who: Admin) -> Response:
     return render(request, who, "users.html")
