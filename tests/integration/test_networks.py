@@ -7,7 +7,7 @@ reaches db on the isolated net, db has no default route and cannot reach the NAT
 
 A third guest sits on ``t-net-br``, a bridge-mode network on ``kvt-br0``, a Linux bridge the test
 creates in the daemon's namespace with its own dnsmasq (10.240.12/24): its address comes from
-that dnsmasq, and ``discover_ips`` finds it through ARP.
+that dnsmasq, and ``discover_ips`` finds it through ARP (or the namespace's neighbour table).
 
 Traffic goes only to these guests and to the bridges this module made.
 """
@@ -242,4 +242,5 @@ def test_guest_on_a_host_bridge_gets_lan_dhcp_and_is_found_by_arp(
         # traffic from the guest puts it in the daemon namespace's ARP table
         shell.run(f"ping -c 1 -W 3 {BRIDGE_ADDR}", timeout=30)
         found = _eventually(lambda: addresses.discover_ips(conn, BRVM), 10)
-        assert found == [(BRVM_MAC, ip, "arp")]
+        # libvirt's ARP source when it works, else the namespace's neighbour table over netlink
+        assert found in ([(BRVM_MAC, ip, "arp")], [(BRVM_MAC, ip, "neighbour")])

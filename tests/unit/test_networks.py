@@ -99,15 +99,6 @@ def test_route_table_is_decoded_and_default_route_skipped() -> None:
     assert routes == [(ipaddress.IPv4Network("192.168.122.0/24"), "virbr0")]
 
 
-def test_arp_table_keeps_complete_entries_only() -> None:
-    table = (
-        "IP address       HW type     Flags       HW address            Mask     Device\n"
-        "10.240.12.105    0x1         0x2         52:54:00:F0:12:30     *        kvt-br0\n"
-        "10.240.12.106    0x1         0x0         00:00:00:00:00:00     *        kvt-br0\n"
-    )
-    assert addresses.parse_arp_table(table) == [("52:54:00:f0:12:30", "10.240.12.105")]
-
-
 def test_default_dhcp_range_leaves_low_addresses_for_reservations() -> None:
     first, last = networks.default_dhcp_range(ipaddress.IPv4Network("10.240.1.0/24"))
     assert (str(first), str(last)) == ("10.240.1.100", "10.240.1.254")

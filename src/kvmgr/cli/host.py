@@ -12,7 +12,15 @@ import typer
 from kvmgr.cli import host_registry, vm_migrate
 from kvmgr.cli.common import conn, report_errors
 from kvmgr.cli.host_daemons import app as daemons_app
-from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
+from kvmgr.cli.output import (
+    OutputFormat,
+    OutputOption,
+    console,
+    emit_object,
+    emit_rows,
+    err_console,
+)
+from kvmgr.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=True)
 host_registry.register(app)
@@ -93,7 +101,34 @@ bridge_app = typer.Typer(no_args_is_help=True)
 host_registry.register(app)
 app.add_typer(bridge_app, name="bridge", help="Host bridges: move an uplink onto a bridge, safely.")
 
-NetnsOption = typer.Option("--netns", help="work inside this named network namespace")
+NetnsOption = typer.Option(
+    "--netns",
+    help="work inside this named network namespace (default: the one libvirt's daemon runs in, "
+    "where its guests' bridges must be)",
+)
+HostNetnsOption = typer.Option(
+    "--host-netns", help="work in the host's own namespace even when libvirt's daemon is elsewhere"
+)
+
+
+def _netns(netns: str | None, host_netns: bool) -> str | None:
+    """The namespace to work in: the one given, else the daemon's (said on stderr)."""
+    if netns is not None or host_netns:
+        if netns is not None and host_netns:
+            raise InvalidInput("give --netns or --host-netns, not both")
+        return netns
+    from kvmgr.host.daemons import daemon_netns
+
+    found = daemon_netns()
+    if found is not None:
+        err_console.print(
+            f"working in network namespace {found!r}, where libvirt's daemon runs "
+            "(--host-netns for the host's own)",
+            highlight=False,
+        )
+    return found
+
+
 DryRunOption = typer.Option("--dry-run", help="print the exact commands, change nothing")
 YesOption = typer.Option("--yes", help="allow touching the interface with the default route")
 RootOption = typer.Option(
@@ -135,6 +170,7 @@ def bridge_create(
     name: Annotated[str, typer.Argument(help="bridge name, e.g. br0")],
     uplink: Annotated[str, typer.Option("--uplink", help="interface whose addresses move")],
     netns: Annotated[str | None, NetnsOption] = None,
+    host_netns: Annotated[bool, HostNetnsOption] = False,
     dry_run: Annotated[bool, DryRunOption] = False,
     yes: Annotated[bool, YesOption] = False,
     ping: Annotated[
@@ -158,7 +194,7 @@ def bridge_create(
     result = create_bridge(
         name,
         uplink,
-        netns=netns,
+        netns=_netns(netns, host_netns),
         yes=yes,
         dry_run=dry_run,
         ping=ping,
@@ -173,6 +209,7 @@ def bridge_create(
 def bridge_delete(
     name: Annotated[str, typer.Argument(help="a bridge kvmgr created")],
     netns: Annotated[str | None, NetnsOption] = None,
+    host_netns: Annotated[bool, HostNetnsOption] = False,
     dry_run: Annotated[bool, DryRunOption] = False,
     yes: Annotated[bool, YesOption] = False,
     root: Annotated[Path, RootOption] = Path("/"),
@@ -181,7 +218,9 @@ def bridge_delete(
     """Move a kvmgr bridge's addresses back to its uplink and delete the bridge."""
     from kvmgr.host.bridge import delete_bridge
 
-    result = delete_bridge(name, netns=netns, yes=yes, dry_run=dry_run, root=root)
+    result = delete_bridge(
+        name, netns=_netns(netns, host_netns), yes=yes, dry_run=dry_run, root=root
+    )
     _emit_bridge_result(result.as_dict(), output)
 
 
@@ -189,6 +228,7 @@ def bridge_delete(
 @report_errors
 def bridge_list(
     netns: Annotated[str | None, NetnsOption] = None,
+    host_netns: Annotated[bool, HostNetnsOption] = False,
     root: Annotated[Path, RootOption] = Path("/"),
     output: OutputFormat = OutputOption,
 ) -> None:
@@ -196,7 +236,7 @@ def bridge_list(
     from kvmgr.host.bridge import list_bridges
 
     emit_rows(
-        list_bridges(netns=netns, root=root),
+        list_bridges(netns=_netns(netns, host_netns), root=root),
         output,
         ["name", "state", "ports", "addresses", "kvmgr"],
     )

@@ -213,11 +213,24 @@ def nic_remove(
 
 # ------------------------------------------------------------------------------------ ip
 @report_errors
-def ip_cmd(name: NameArg, output: OutputFormat = OutputOption) -> None:
-    """Show the VM's IP addresses and where each was found (lease, agent, arp)."""
+def ip_cmd(
+    name: NameArg,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            help="seconds to wait for an address, listening to the guest's DHCP and ARP "
+            "traffic meanwhile (bridged guests; local daemon, root)",
+            min=0,
+        ),
+    ] = 0.0,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Show the VM's IP addresses and where each was found (lease, agent, arp, neighbour,
+    dhcp-snoop, arp-snoop)."""
     from kvmgr.services.resources import addresses
 
-    emit_rows(addresses(conn(), name), output, ["mac", "ip", "source"])
+    emit_rows(addresses(conn(), name, wait=wait), output, ["mac", "ip", "source"])
 
 
 # ------------------------------------------------------------------------------------ definitions

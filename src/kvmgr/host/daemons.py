@@ -225,6 +225,24 @@ def _read_pidfile(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+#: pid files of the daemon that runs libvirt's networks (monolithic, then modular)
+NETWORK_DAEMON_PID_FILES = (
+    "/run/libvirtd.pid",
+    "/run/libvirt/virtnetworkd.pid",
+    "/run/virtnetworkd.pid",
+)
+
+
+def daemon_netns(proc: Path = PROC, netns_dir: Path = NETNS_DIR) -> str | None:
+    """The named network namespace this host's libvirt daemon (its networks, the bridges its
+    guests plug into) runs in; None when it runs in the host's own namespace or none runs."""
+    for path in NETWORK_DAEMON_PID_FILES:
+        pid = _read_pidfile(path)
+        if pid is not None and (proc / str(pid)).exists():
+            return _netns_of(pid, _netns_inodes(netns_dir), proc)
+    return None
+
+
 def _pidfiles_present() -> dict[str, int | None]:
     return {path: _read_pidfile(path) for path in PID_FILES.values() if Path(path).exists()}
 

@@ -156,6 +156,10 @@ def _validate_request(conn: Connection, spec: VMSpec) -> None:
         check_nic_model(nic.model)
         if nic.kind == "network":
             _require_network(conn, nic.source)
+        elif nic.kind == "bridge":
+            from kvmgr.services.networks import check_host_bridge
+
+            check_host_bridge(conn, nic.source)
     for disk in spec.disks:
         if disk.path and not _path_known(conn, disk.path):
             raise NotFound(
@@ -349,20 +353,21 @@ def _kept_on_timeout(spec: VMSpec) -> Iterator[None]:
 def _wait_for_ip(
     conn: Connection, dom: libvirt.virDomain, spec: VMSpec, journal: Steps
 ) -> str | None:
-    from kvmgr.services.addresses import discover_ips
+    from kvmgr.services.addresses import wait_for_addresses
 
     if not spec.nics:
         return None
     journal.progress(f"waiting for {spec.name} to get an IP address")
-    deadline = time.monotonic() + spec.wait_timeout
-    while time.monotonic() < deadline:
-        found = discover_ips(conn, dom)
-        if found:
-            return found[0][1]
-        time.sleep(0.5)
+    # listens to the guest's DHCP/ARP traffic meanwhile: a bridged guest's lease is nowhere else
+    found, why_not = wait_for_addresses(conn, dom, spec.wait_timeout)
+    if found:
+        mac, ip, source = found[0]
+        journal.progress(f"{spec.name} has address {ip} ({source}, NIC {mac})")
+        return ip
+    unheard = f" (kvmgr could not listen to its traffic: {why_not})" if why_not else ""
     raise OperationFailed(
         f"VM {spec.name!r} was created and is kept running, but got no IP address within "
-        f"{spec.wait_timeout:g} s",
+        f"{spec.wait_timeout:g} s{unheard}",
         hint="check the guest's network configuration on its console: 'kvmgr vm console NAME'; "
         f"'kvmgr vm delete {spec.name} --force' removes it",
     )

@@ -10,9 +10,14 @@ to what libvirt's own API tells.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import functools
+import ipaddress
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +35,11 @@ def daemon_pid(conn: Connection) -> int | None:
     """The pid of the local daemon that runs libvirt's networks; None for a remote daemon."""
     if not is_local(conn.uri) or conn.is_test_driver:
         return None
+    return local_daemon_pid()
+
+
+def local_daemon_pid() -> int | None:
+    """The pid of this host's libvirt daemon (monolithic or virtnetworkd), from its pid file."""
     for pid_file in _DAEMON_PID_FILES:
         try:
             pid = int(Path(pid_file).read_text().strip())
@@ -62,6 +72,22 @@ def daemon_interfaces(conn: Connection) -> list[str] | None:
         if sep:
             names.append(name.strip())
     return names
+
+
+def netns_name(pid: int, netns_dir: Path = Path("/run/netns")) -> str | None:
+    """The name (``ip netns``) of the network namespace process ``pid`` runs in; None for the
+    host's own namespace or one without a name."""
+    try:
+        target = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        for entry in sorted(netns_dir.iterdir()):
+            with contextlib.suppress(OSError):
+                st = entry.stat()
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    return entry.name
+    return None
 
 
 def run_in_daemon_netns(conn: Connection, work: Callable[[], T]) -> T:
@@ -105,9 +131,99 @@ def run_in_daemon_netns(conn: Connection, work: Callable[[], T]) -> T:
     return result[0]
 
 
+# ------------------------------------------------------------------ neighbour table (netlink)
+_RTM_NEWNEIGH, _RTM_GETNEIGH = 28, 30
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x01, 0x300
+_NDA_DST, _NDA_LLADDR = 1, 2
+#: NUD states of an entry whose link-layer address is known (REACHABLE, STALE, DELAY, PROBE,
+#: PERMANENT); INCOMPLETE and FAILED entries have none worth reporting
+_NUD_KNOWN = 0x02 | 0x04 | 0x08 | 0x10 | 0x80
+_NLMSG_HDR = struct.Struct("=LHHLL")
+_NDMSG = struct.Struct("=BBHiHBB")
+_RTATTR = struct.Struct("=HH")
+
+
+def parse_neighbour_messages(data: bytes) -> tuple[list[tuple[str, str, int]], bool]:
+    """Netlink RTM_NEWNEIGH messages -> ([(mac, ip, ifindex)], dump finished).
+
+    Entries without a known link-layer address (incomplete, failed) are left out."""
+    entries: list[tuple[str, str, int]] = []
+    offset = 0
+    while offset + _NLMSG_HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+        if length < _NLMSG_HDR.size:
+            break  # malformed: stop rather than loop
+        if kind == _NLMSG_DONE:
+            return entries, True
+        if kind == _NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", data, offset + _NLMSG_HDR.size)
+            raise OSError(-code, f"netlink neighbour dump: {os.strerror(-code)}")
+        if kind == _RTM_NEWNEIGH:
+            entry = _neighbour(data[offset + _NLMSG_HDR.size : offset + length])
+            if entry is not None:
+                entries.append(entry)
+        offset += (length + 3) & ~3
+    return entries, False
+
+
+def _neighbour(body: bytes) -> tuple[str, str, int] | None:
+    if len(body) < _NDMSG.size:
+        return None
+    _family, _p1, _p2, ifindex, state, _flags, _type = _NDMSG.unpack_from(body)
+    if not state & _NUD_KNOWN:
+        return None
+    dst = lladdr = None
+    offset = _NDMSG.size
+    while offset + _RTATTR.size <= len(body):
+        length, kind = _RTATTR.unpack_from(body, offset)
+        if length < _RTATTR.size:
+            break
+        value = body[offset + _RTATTR.size : offset + length]
+        if kind == _NDA_DST and len(value) in (4, 16):
+            dst = str(ipaddress.ip_address(value))
+        elif kind == _NDA_LLADDR and len(value) == 6:
+            lladdr = ":".join(f"{byte:02x}" for byte in value)
+        offset += (length + 3) & ~3
+    if dst is None or lladdr is None:
+        return None
+    return lladdr, dst, ifindex
+
+
+def dump_neighbours() -> list[tuple[str, str, int]]:
+    """The neighbour table (IPv4 ARP and IPv6 NDP) of the calling thread's namespace."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(2.0)
+        request = _NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0)
+        header = _NLMSG_HDR.pack(
+            _NLMSG_HDR.size + len(request), _RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+        )
+        sock.send(header + request)
+        entries: list[tuple[str, str, int]] = []
+        while True:
+            found, done = parse_neighbour_messages(sock.recv(65536))
+            entries.extend(found)
+            if done:
+                return entries
+
+
 def _setns(fd: int, nstype: int) -> int:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return int(libc.setns(fd, nstype))
+    return int(_libc().setns(fd, nstype))
 
 
-__all__ = ["daemon_interfaces", "daemon_pid", "daemon_proc_net", "run_in_daemon_netns"]
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # loaded once: find_library runs ldconfig, milliseconds per call
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+__all__ = [
+    "daemon_interfaces",
+    "daemon_pid",
+    "daemon_proc_net",
+    "dump_neighbours",
+    "local_daemon_pid",
+    "netns_name",
+    "parse_neighbour_messages",
+    "run_in_daemon_netns",
+]

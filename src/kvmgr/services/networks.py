@@ -33,7 +33,7 @@ from kvmgr.errors import (
     translate,
 )
 from kvmgr.names import validate_existing_name, validate_name
-from kvmgr.services.daemon_ns import daemon_proc_net
+from kvmgr.services.daemon_ns import daemon_pid, daemon_proc_net, netns_name
 from kvmgr.services.object_undo import NETWORK_DELETE
 from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.xml.domain import Domain
@@ -397,16 +397,22 @@ def host_bridges(conn: Connection) -> list[str]:
     return sorted(model.name for model in models if model.type == "bridge" and model.name)
 
 
-def _check_host_bridge(conn: Connection, bridge: str) -> None:
+def check_host_bridge(conn: Connection, bridge: str) -> None:
+    """Refuse a host bridge the daemon cannot see (before anything is made), naming those it
+    can: libvirt's interface API answers from the daemon's own network namespace."""
+    _validate_bridge_name(bridge)
     try:
         bridges = host_bridges(conn)
     except Unsupported:
         return  # no interface backend on that daemon: libvirt itself checks when VMs attach
     if bridge not in bridges:
+        pid = daemon_pid(conn)
+        netns = netns_name(pid) if pid else None
+        where = f"network namespace {netns!r} of the libvirt daemon" if netns else "libvirt host"
         raise NotFound(
-            f"host bridge {bridge!r} does not exist on the libvirt host",
-            hint=f"create it with 'kvmgr host bridge create {bridge}'"
-            + (f" (bridges there: {', '.join(bridges)})" if bridges else ""),
+            f"host bridge {bridge!r} does not exist in the {where}",
+            hint=f"create it with 'kvmgr host bridge create {bridge} --uplink IFACE'"
+            + (f" (bridges there: {', '.join(bridges)})" if bridges else " (it has no bridges)"),
         )
 
 
@@ -481,7 +487,7 @@ def _validate_bridge_mode(conn: Connection, spec: NetworkSpec) -> None:
                 f"{option} does not apply to mode bridge",
                 hint="addresses of a bridged network come from the LAN behind the bridge",
             )
-    _check_host_bridge(conn, spec.bridge)
+    check_host_bridge(conn, spec.bridge)
 
 
 def create_network(
@@ -590,6 +596,7 @@ __all__ = [
     "Reservation",
     "Subnet",
     "build_network_xml",
+    "check_host_bridge",
     "check_subnet_free",
     "create_network",
     "default_dhcp_range",

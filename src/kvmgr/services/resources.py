@@ -444,7 +444,9 @@ def add_nic(
         nic.type, nic.source_network = "network", network
     else:
         assert bridge is not None
-        validate_name(bridge, what="bridge")
+        from kvmgr.services.networks import check_host_bridge
+
+        check_host_bridge(conn, bridge)  # validates the name too
         nic.type, nic.source_bridge = "bridge", bridge
     nic.mac = _choose_mac(conn, mac)
     domains = _definitions(dom, scope)
@@ -547,12 +549,14 @@ def _find_nic(domain: Domain, mac: str) -> Interface | None:
 
 
 # ------------------------------------------------------------------------------------ addresses
-def addresses(conn: Connection, name: str) -> list[dict[str, str]]:
-    """The VM's IP addresses with the source that answered (lease, agent, arp).
+def addresses(conn: Connection, name: str, *, wait: float = 0.0) -> list[dict[str, str]]:
+    """The VM's IP addresses with the source that answered (lease, agent, arp, neighbour,
+    dhcp-snoop, arp-snoop); with ``wait``, up to that many seconds for one, listening to the
+    guest's DHCP and ARP traffic meanwhile (a local daemon only).
 
     Raises :class:`NotFound` when none is known, saying why that may be.
     """
-    from kvmgr.services.addresses import discover_ips
+    from kvmgr.services.addresses import wait_for_addresses
 
     dom = vms.lookup(conn, name)
     if vms.state_of(dom) != libvirt.VIR_DOMAIN_RUNNING:
@@ -560,12 +564,20 @@ def addresses(conn: Connection, name: str) -> list[dict[str, str]]:
             f"VM {name!r} is not running, so it has no addresses",
             hint=f"start it with 'kvmgr vm start {name}'",
         )
-    found = discover_ips(conn, dom)
+    found, why_not = wait_for_addresses(conn, dom, wait)
     if not found:
+        unheard = f"; could not listen to its traffic: {why_not}" if why_not and wait else ""
         raise NotFound(
-            f"no IP address found for VM {name!r} (asked DHCP leases, guest agent, ARP table)",
+            f"no IP address found for VM {name!r} (asked DHCP leases, guest agent, ARP and "
+            f"neighbour tables{', and listened ' + format(wait, 'g') + ' s' if wait else ''}"
+            f"{unheard})",
             hint="the guest may still be booting or have no DHCP client; check its console "
-            f"with 'kvmgr vm console {name}'",
+            f"with 'kvmgr vm console {name}'"
+            + (
+                ""
+                if wait
+                else f", or listen for its DHCP/ARP traffic: 'kvmgr vm ip {name} --wait 60'"
+            ),
         )
     return [{"mac": mac, "ip": ip, "source": source} for mac, ip, source in found]
 
