@@ -190,3 +190,28 @@ def test_the_api_is_refused_while_another_process_works_on_the_object(
         holder.kill()
         holder.join(10)
     assert as_user["admin"].get("/api/v1/pools/default-pool").json()["busy"] is None
+
+
+def test_a_cli_made_vm_and_its_disk_are_the_admins_and_deleting_it_drops_them(
+    as_user: dict[str, As], app: FastAPI, cli: None
+) -> None:
+    store = app.state.ctx.store
+    host = app.state.ctx.own_host()
+    small = ("--memory", "64M", "--vcpus", "1", "--network", "none", "--graphics", "none")
+    code, output = kvmgr("vm", "create", "t-objg-vm", "--disk", "16M", "--no-start", *small)
+    assert code == 0, output
+    try:
+        uuid = as_user["admin"].get("/api/v1/vms/t-objg-vm").json()["uuid"]
+        owner = ownership.owner_of(store, "vm", uuid, host=host)
+        assert owner is not None and owner.owner_id is None and owner.creator.startswith("cli:")
+        disks = ownership.owners_of_kind(store, "volume", host=host)
+        made = [path for path in disks if "t-objg-vm" in path]
+        assert made, disks
+        refused = as_user["op1"].post("/api/v1/vms/t-objg-vm/start")
+        assert refused.status_code == 403, refused.text
+    finally:
+        code, output = kvmgr("vm", "delete", "t-objg-vm")
+        assert code == 0, output
+    assert ownership.owner_of(store, "vm", uuid, host=host) is None
+    for path in made:
+        assert ownership.owner_of(store, "volume", path, host=host) is None

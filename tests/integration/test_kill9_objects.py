@@ -1,7 +1,7 @@
 """kill -9 of the CLI at every journaled step of making a network, a pool, a volume (create and
-upload), an ISO of the library and a cloud image, on the real daemon; then ``kvmgr ops recover``
-(another process) must leave exactly the state from before: no network, pool, pool directory or
-volume left over.  See tests/integration/test_kill9.py for the hook (``KVMGR_TEST_CRASH_AFTER``).
+upload), an ISO of the library and a cloud image (image + metadata: two records), on the real
+daemon; then ``kvmgr ops recover`` (another process) must leave exactly the state from before:
+no network, pool, pool directory or volume left over.  See tests/integration/test_kill9.py for the hook (``KVMGR_TEST_CRASH_AFTER``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 
 from kvmgr.connect import Connection
 from kvmgr.services import storage
+from kvmgr.services.cloud_images import _META_SUFFIX as IMAGE_META
 
 from .conftest import Cleanup, purge_prefix
 from .test_kill9 import kvmgr
@@ -91,6 +92,19 @@ OPERATIONS: dict[
         lambda d: ["iso", "import", str(d / "media.iso"), "--name", f"{PREFIX}media.iso"],
         1,
     ),
+    "image-import": (
+        lambda c, d: None,
+        lambda d: [
+            "image",
+            "import",
+            str(d / "source.img"),
+            "--os",
+            "linux2022",
+            "--name",
+            f"{PREFIX}img",
+        ],
+        2,
+    ),
 }
 CASES = [
     (name, crash)
@@ -145,5 +159,7 @@ def test_the_same_commands_unkilled_make_their_object(
         f"{POOL}/{PREFIX}vol",
         f"{POOL}/{PREFIX}up",
         f"kvmgr-isos/{PREFIX}media.iso",
+        f"kvmgr-images/{PREFIX}img",
+        f"kvmgr-images/{PREFIX}img{IMAGE_META}",
     }
     assert after["new pool directory"]

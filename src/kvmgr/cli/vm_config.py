@@ -109,6 +109,10 @@ def disk_add(
             config=config,
             steps=steps,
         )
+    if result.path and result.owned:  # a volume made for the VM: the CLI's, like the VM
+        from kvmgr.cli.objects import record
+
+        record("volume", result.path)
     emit_object(result.as_dict(), output)
 
 
@@ -139,6 +143,10 @@ def disk_remove(
             timeout=timeout,
             steps=steps,
         )
+    if result.volume_deleted and result.path:
+        from kvmgr.cli.objects import forget
+
+        forget("volume", result.path)
     emit_object(result.as_dict(), output)
 
 
