@@ -1,7 +1,8 @@
 """kill -9 of the CLI at every journaled step of making a network, a pool, a volume (create and
 upload), an ISO of the library and a cloud image (image + metadata: two records), on the real
 daemon; then ``kvmgr ops recover`` (another process) must leave exactly the state from before:
-no network, pool, pool directory or volume left over.  See tests/integration/test_kill9.py for the hook (``KVMGR_TEST_CRASH_AFTER``).
+no network, pool, pool directory or volume left over.  See tests/integration/test_kill9.py for
+the hook (``KVMGR_TEST_CRASH_AFTER``).
 """
 
 from __future__ import annotations
