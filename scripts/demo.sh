@@ -17,8 +17,12 @@ if "$KVMGR" vm state "$NAME" >/dev/null 2>&1; then
     echo "VM $NAME exists already:"
     "$KVMGR" vm info "$NAME"
 else
+    # VNC (kvmgr's default, a unix socket only) as well as the serial console: the web UI's
+    # noVNC page is half of what `kvmgr serve` shows a newcomer, and it needs a display.
     "$KVMGR" vm create "$NAME" --iso "$DEMO_ISO" --memory 256M --vcpus 1 --disk 1G \
-        --network default --graphics none --wait ready
+        --network default --wait ready
 fi
 echo
 echo "Next: '$KVMGR vm console $NAME' (Ctrl+] leaves), '$KVMGR vm list', '$KVMGR vm delete $NAME --force'"
+echo "Web UI: '$KVMGR user create admin --role admin', then '$KVMGR serve --listen 127.0.0.1:8080'"
+echo "and open http://127.0.0.1:8080/vms/$NAME (serial console and VNC)"
