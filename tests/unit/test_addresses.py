@@ -6,6 +6,7 @@ layouts, so each parser is checked against the wire format, not against itself."
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -196,3 +197,32 @@ def test_a_missing_bridge_is_refused_before_anything_is_made(host: Connection) -
     with pytest.raises(NotFound, match="kvt-nope0"):
         add_nic(host, "t-bd-vm1", bridge="kvt-nope0", config=True)
     assert "<interface" not in host.virconn.lookupByName("t-bd-vm1").XMLDesc(0)
+
+
+# ----------------------------------------------------------------------------- the BPF filter
+@pytest.mark.skipif(not hasattr(socket, "AF_PACKET"), reason="Linux packet sockets only")
+def test_the_kernel_filter_passes_arp_and_dhcp_replies_only() -> None:
+    # frames sent on loopback and read back through a socket carrying kvmgr's filter
+    try:
+        sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        listener = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    except PermissionError:
+        pytest.skip("packet sockets need CAP_NET_RAW")
+    with sender, listener:
+        address_learning._attach_filter(listener)
+        listener.bind(("lo", 0x0003))
+        listener.settimeout(0.2)
+        sender.bind(("lo", 0))
+        dns = bytearray(_dhcp_frame(5, "10.240.31.120"))
+        dns[14 + 20 + 2 : 14 + 20 + 4] = struct.pack("!H", 53)  # the same frame, to port 53
+        wanted = [
+            _arp_frame(GUEST, "10.240.31.120", "10.240.31.1"),
+            _dhcp_frame(5, "10.240.31.120"),
+        ]
+        for frame in (bytes(dns), *wanted):
+            sender.send(frame)
+        heard = set()
+        with contextlib.suppress(TimeoutError):
+            while True:
+                heard.add(listener.recv(2048))
+    assert heard == set(wanted)

@@ -198,10 +198,15 @@ class AddressLearner:
         return cls({mac for _tap, mac in taps}, run_in_daemon_netns(conn, open_sockets))
 
     def poll(self, timeout: float) -> list[Learned]:
+        """What was heard since the last poll, waiting up to ``timeout`` s for something
+        (``0``: only what is queued, never blocks)."""
         deadline = time.monotonic() + timeout
         learned: list[Learned] = []
         while not learned:
             left = deadline - time.monotonic()
+            if not self.sockets:
+                time.sleep(max(left, 0.0))
+                break
             ready, _w, _x = select.select(self.sockets, [], [], max(left, 0.0))
             for sock in ready:
                 learned.extend(self._drain(sock))
@@ -215,6 +220,12 @@ class AddressLearner:
             try:
                 frame = sock.recv(2048)
             except BlockingIOError:
+                return found
+            except OSError:
+                # the tap went away (the guest stopped or the NIC was unplugged): stop
+                # listening there, keep the others
+                self.sockets.remove(sock)
+                sock.close()
                 return found
             fact = parse_frame(frame)
             if fact is not None and fact.mac in self.macs:
