@@ -129,16 +129,18 @@ class Backups:
         schedule's run lists them).
         """
         repo_name, repository = self.repository(repo)
-        conn = self.plane.connect(host)
-        key = self.plane.vm_key(host, vm)
         started = datetime.now(UTC)
-        try:
-            with self.plane.operation("backup", vm, host, keys=[key], say=say) as steps:
+        key = ""
+        try:  # a host that is down or a VM that is gone is a failed run too, in the catalog
+            conn = self.plane.connect(host)
+            lease = self.plane.vm_key(host, vm)
+            key = lease.key
+            with self.plane.operation("backup", vm, host, keys=[lease], say=say) as steps:
                 manifest = backup.create_backup(
                     conn, repository, vm, steps, full=full, quiesce=quiesce, host=host
                 )
         except KvmgrError as err:
-            failed = self._record_failure(repo_name, host, vm, key.key, started, err)
+            failed = self._record_failure(repo_name, host, vm, key, started, err)
             if taken is not None:
                 taken.append(failed)
             raise
