@@ -7,7 +7,8 @@ and takes its lease from that dnsmasq.  Nobody pings it and the host has no addr
 LAN, so libvirt has no lease, there is no agent and no ARP or neighbour entry: before this
 change ``vm create --wait ip`` timed out.  kvmgr hears the guest's DHCP ACK on its tap device
 and reports the address with its source, ``dhcp-snoop``; ``vm ip`` finds it afterwards, and
-after a restart (live metadata gone with the old run) ``vm ip --wait`` learns it again.  The
+after a restart (live metadata gone with the old run) ``vm ip --wait`` learns it again, and an
+ARP request the guest sends to the LAN server is heard as ``arp-snoop``.  The
 bridge checks (``vm create``, ``net create`` refuse a bridge missing in the daemon's namespace)
 and the bridge wizard's default namespace are checked against the same setup.
 
@@ -29,8 +30,10 @@ import pytest
 
 from kvmgr.connect import Connection
 from kvmgr.services import daemon_ns
+from kvmgr.services.address_learning import AddressLearner
 
 from .conftest import Cleanup
+from .guest import GuestShell
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +173,11 @@ def test_bridged_guest_address_is_heard_with_its_source(
     assert heard.returncode == 0, heard.stderr
     ((row),) = json.loads(heard.stdout)
     assert (row["mac"], row["source"]) == (mac, "dhcp-snoop") and _in_range(row["ip"])
+
+    # the ARP path on the same tap: the guest asks for the LAN server's MAC (traffic to the LAN
+    # namespace only), and its ARP request names its own address
+    with AddressLearner.open(conn, dom) as learner, GuestShell.open(conn, VM) as shell:
+        shell.wait_ready(120)
+        shell.run(f"ping -c 1 -W 3 {LAN_SERVER}", timeout=30)
+        heard_arp = learner.poll(5.0)
+    assert (mac, row["ip"], "arp-snoop") in {(f.mac, f.ip, f.source) for f in heard_arp}

@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +227,24 @@ def test_the_kernel_filter_passes_arp_and_dhcp_replies_only() -> None:
             while True:
                 heard.add(listener.recv(2048))
     assert heard == set(wanted)
+
+
+def test_learned_facts_are_kept_in_live_metadata_and_a_lease_outlives_arp(host: Connection) -> None:
+    dom = host.virconn.lookupByName("t-bd-vm1")
+    assert dom.isActive()
+
+    now = float(int(time.time()))  # remember() drops ended leases by the real clock
+
+    def kept() -> list[Learned]:
+        return remembered(Domain.from_xml(dom.XMLDesc(0)), now=now)
+
+    lease = Learned(GUEST, "10.240.31.120", "dhcp-snoop", now, now + 3600)
+    assert address_learning.remember(dom, [lease])
+    assert kept() == [lease]
+    assert address_learning.remember(dom, [Learned(GUEST, "10.240.31.120", "arp-snoop", now + 5)])
+    assert kept() == [lease]  # the same address by ARP: the lease's end is kept
+    moved = Learned(GUEST, "10.240.31.121", "arp-snoop", now + 9)
+    assert address_learning.remember(dom, [moved])
+    assert kept() == [moved]  # another address: the newest fact wins
+    inactive = Domain.from_xml(dom.XMLDesc(1 << 1))  # VIR_DOMAIN_XML_INACTIVE: never saved
+    assert remembered(inactive, now=now) == []

@@ -289,6 +289,9 @@ def remember(dom: libvirt.virDomain, learned: list[Learned]) -> bool:
         return False
     newest: dict[str, Learned] = {fact.mac: fact for fact in remembered(domain)}
     for fact in sorted(learned, key=lambda item: item.seen):
+        known = newest.get(fact.mac)
+        if known and known.ip == fact.ip and known.until is not None and fact.until is None:
+            continue  # ARP confirming a DHCP lease: keep the lease's source and its end
         newest[fact.mac] = fact
     root = etree.Element("learned")
     for fact in sorted(newest.values(), key=lambda item: item.mac):
