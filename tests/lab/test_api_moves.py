@@ -19,6 +19,7 @@ from kvmgr.store import users
 from kvmgr.store.models import Role
 from kvmgr.units import MIB
 from tests.api.conftest import PASSWORD, make_settings
+from tests.integration.guest import demo_domain
 from tests.lab.test_migration import POOL, _shut_off_domain, _volumes
 from tests.lab.test_moves import _purge_prefix
 
@@ -71,3 +72,61 @@ def test_api_migrates_a_vm_as_a_task_and_only_for_admins(
     finally:
         close_connections()
         _purge_prefix(lab_tls)
+
+
+def test_an_api_cancel_aborts_a_running_migration(
+    lab: labs.Lab, lab_tls: list[Connection], demo_iso: Path, tmp_path: Path
+) -> None:
+    """POST /api/v1/tasks/{id}/cancel of a running vm.migrate: the worker aborts the job, the
+    task ends cancelled, the VM runs on the source, and the destination keeps nothing."""
+    _purge_prefix(lab_tls)
+    app = create_app(make_settings(tmp_path / "api", uri=lab.tls_uri(lab.host(1))))
+    ctx = app.state.ctx
+    registry = HostRegistry(ctx.store)
+    for host in lab.hosts[:2]:
+        registry.add(f"h{host.index}", lab.tls_uri(host))
+    with ctx.store.session() as session:
+        users.create_user(session, "admin", PASSWORD, Role.admin, None)
+        admin = {"Authorization": f"Bearer {users.create_token(session, 'admin', 'tests')}"}
+    src, dst = lab_tls[0], lab_tls[1]
+    name = f"{PREFIX}-cancel"
+    ref = storage.create_volume(src, POOL, f"{name}.qcow2", 64 * MIB, "qcow2")
+    src.virconn.defineXML(demo_domain(src, name, str(demo_iso), disk_path=ref.path).to_xml())
+    dom = src.virconn.lookupByName(name)
+    dom.create()
+    try:
+        with TestClient(app) as client:
+            body = {"to": "h2", "bandwidth_mib": 1}  # slow enough to be caught running
+            task = client.post(f"/api/v1/vms/{name}/migrate", json=body, headers=admin)
+            assert task.status_code in (200, 202), task.text
+            task_id = task.json()["id"]
+            deadline = time.monotonic() + 120
+            while dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                state = client.get(f"/api/v1/tasks/{task_id}", headers=admin).json()
+                assert state["state"] in ("queued", "running"), state
+                assert time.monotonic() < deadline, "the migration job never started"
+                time.sleep(0.2)
+            asked = client.post(f"/api/v1/tasks/{task_id}/cancel", headers=admin)
+            assert asked.status_code == 200, asked.text
+            assert asked.json()["cancel_requested"]
+            state = _wait_task(client, task_id, admin)
+            assert state["state"] == "cancelled", state
+            assert "aborted" in (state["error"] or ""), state
+        assert dom.isActive() and dom.isPersistent()  # still on the source, running
+        with pytest.raises(libvirt.libvirtError):
+            dst.virconn.lookupByName(name)
+        assert f"{name}.qcow2" not in _volumes(dst)
+        assert f"{name}.qcow2" in _volumes(src)
+    finally:
+        close_connections()
+        _purge_prefix(lab_tls)
+
+
+def _wait_task(client: TestClient, task_id: str, headers: dict[str, str]) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while True:
+        state: dict[str, object] = client.get(f"/api/v1/tasks/{task_id}", headers=headers).json()
+        if state["state"] not in ("queued", "running"):
+            return state
+        assert time.monotonic() < deadline, state
+        time.sleep(0.3)

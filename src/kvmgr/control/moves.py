@@ -257,7 +257,7 @@ def _admin_only(ctx: TaskContext) -> None:
         raise InvalidState(f"{ctx.owner.name} is no longer an admin: only admins move VMs")
 
 
-@task_kind("vm.migrate")
+@task_kind("vm.migrate", cancellable=True)  # an aborted job leaves the VM on the source
 def _migrate_task(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     _admin_only(ctx)
 
@@ -269,7 +269,7 @@ def _migrate_task(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
 
     report = migrate_vm(
         ctx.plane, HostRegistry(ctx.store), str(params["vm"]), str(params["source"]),
-        str(params["to"]), _options(params), progress=progress,
+        str(params["to"]), _options(params), progress=progress, cancel=ctx.cancel,
     )  # fmt: skip
     return report.as_dict()
 

@@ -19,13 +19,14 @@ id, so a new user given a deleted user's name inherits nothing).  See docs/SECUR
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection
@@ -60,6 +61,8 @@ class TaskContext:
     plane: ControlPlane
     state_dirs: tuple[str, ...] = ()
     report: Callable[[str, int | None], None] = field(default=lambda _message, _percent: None)
+    #: Set by the worker when someone cancels the running task (kinds in CANCELLABLE_KINDS).
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     def conn(self) -> Connection:
         return self.connect(self.host)
@@ -81,10 +84,16 @@ KINDS: dict[str, Handler] = {}
 #: user, runs as :func:`system_principal`, and its handler checks the rights of whoever made
 #: the schedule when it runs.
 SYSTEM_KINDS: set[str] = set()
+#: Kinds that can stop half way and leave things as they were (a migration aborts its job and
+#: the VM stays on the source): a cancel of such a running task asks its handler to stop.
+CANCELLABLE_KINDS: set[str] = set()
 
 
-def task_kind(name: str, *, system: bool = False) -> Callable[[Handler], Handler]:
-    """Register ``func`` as the handler of task kind ``name``."""
+def task_kind(
+    name: str, *, system: bool = False, cancellable: bool = False
+) -> Callable[[Handler], Handler]:
+    """Register ``func`` as the handler of task kind ``name``; a ``cancellable`` handler
+    watches ``ctx.cancel`` and, when it is set, stops and raises."""
 
     def register(func: Handler) -> Handler:
         if name in KINDS and KINDS[name] is not func:
@@ -92,6 +101,8 @@ def task_kind(name: str, *, system: bool = False) -> Callable[[Handler], Handler
         KINDS[name] = func
         if system:
             SYSTEM_KINDS.add(name)
+        if cancellable:
+            CANCELLABLE_KINDS.add(name)
         return func
 
     return register
@@ -134,6 +145,7 @@ def as_dict(task: Task) -> dict[str, Any]:
         "result": task.result,
         "error": task.error,
         "attempts": task.attempts,
+        "cancel_requested": bool(task.cancel_requested),
         "worker": task.claimed_by,
         "created": aware(task.created).isoformat(),
         "started": aware(task.started).isoformat() if task.started else None,
@@ -227,14 +239,21 @@ def submit_many(
 
 
 def cancel(store: Store, who: Principal, task_id: str) -> dict[str, Any]:
-    """Cancel a queued task (its owner or an admin).  A running one must finish or be recovered:
-    stopping it half way is what the journal exists to avoid."""
+    """Cancel a task (its owner or an admin): a queued one at once; a running one only if its
+    kind can stop half way (CANCELLABLE_KINDS), by asking its worker to stop it.  Any other
+    running task must finish or be recovered: stopping it half way is what the journal exists
+    to avoid."""
     with store.session() as session:
         task = get_task(session, who, task_id)
+        if task.state == "running" and task.kind in CANCELLABLE_KINDS:
+            return _request_cancel(session, who, task)
         if task.state != "queued":
+            running = task.state == "running"
             raise InvalidInput(
-                f"task {task_id} is {task.state}; only a queued task can be cancelled",
-                hint="a running task finishes or, if its worker dies, is recovered",
+                f"task {task_id} is {task.state}; only a queued task can be cancelled"
+                + (f" ({task.kind} cannot stop half way)" if running else ""),
+                hint="a running task finishes or, if its worker dies, is recovered; running "
+                f"tasks of kinds {', '.join(sorted(CANCELLABLE_KINDS))} can be cancelled",
             )
         result = session.execute(
             update(Task)
@@ -247,6 +266,32 @@ def cancel(store: Store, who: Principal, task_id: str) -> dict[str, Any]:
         snapshot = as_dict(task)
         events.record_task(session, snapshot)
     return snapshot
+
+
+def _request_cancel(session: Session, who: Principal, task: Task) -> dict[str, Any]:
+    session.execute(
+        update(Task)
+        .where(Task.id == task.id, Task.state == "running")
+        .values(cancel_requested=True, message=f"cancel requested by {who.name}")
+    )
+    session.refresh(task)
+    snapshot = as_dict(task)
+    events.record_task(session, snapshot)
+    return snapshot
+
+
+def cancels_requested(store: Store, worker: str, task_ids: Iterable[str]) -> set[str]:
+    """Which of the running tasks ``worker`` holds someone asked to cancel."""
+    ids = list(task_ids)
+    if not ids:
+        return set()
+    with store.session() as session:
+        rows = session.scalars(
+            select(Task.id).where(
+                Task.id.in_(ids), Task.claimed_by == worker, Task.cancel_requested.is_(True)
+            )
+        )
+        return set(rows)
 
 
 # ------------------------------------------------------------------------------ claiming
@@ -341,9 +386,13 @@ def complete(
 ) -> bool:
     """Record the end of a task this worker holds; False if it was taken away meanwhile (marked
     interrupted after a heartbeat gap), in which case the recorded state stands."""
+    cancelled = Task.cancel_requested.is_(True)
     values: dict[str, Any] = {
-        "state": "failed" if error is not None else "done",
-        "message": "failed" if error is not None else "finished",
+        # a handler that stopped on a cancel ends the task cancelled, not failed
+        "state": case((cancelled, "cancelled"), else_="failed") if error is not None else "done",
+        "message": case((cancelled, "cancelled"), else_="failed")
+        if error is not None
+        else "finished",
         "result": result,
         "error": error,
         "finished": utcnow(),

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between heartbeats (and between looks for tasks of dead workers).
 BEAT = 5.0
+#: Seconds between looks for cancels of running tasks.
+CANCEL_POLL = 1.0
 #: A task whose heartbeat is older than this belongs to a dead worker (any machine).
 STALE_AFTER = timedelta(seconds=30)
 
@@ -119,6 +121,7 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._held: set[str] = set()
+        self._cancels: dict[str, threading.Event] = {}  # running cancellable task -> its cancel
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         #: Watches the lifecycle events of the hosts ``host_events()`` lists (name -> URI),
@@ -190,10 +193,13 @@ class Worker:
             self.run_claimed(claimed)
 
     def run_claimed(self, claimed: tasks.Claimed) -> None:
+        cancel = threading.Event()
         with self._held_lock:
             self._held.add(claimed.id)
+            if claimed.kind in tasks.CANCELLABLE_KINDS:
+                self._cancels[claimed.id] = cancel
         try:
-            result, error = self._execute(claimed)
+            result, error = self._execute(claimed, cancel)
             if not tasks.complete(self.store, self.id, claimed.id, result=result, error=error):
                 log.warning("task %s was taken from this worker before it ended", claimed.id)
             self._audit(claimed, error)
@@ -201,8 +207,11 @@ class Worker:
         finally:
             with self._held_lock:
                 self._held.discard(claimed.id)
+                self._cancels.pop(claimed.id, None)
 
-    def _execute(self, claimed: tasks.Claimed) -> tuple[dict[str, object] | None, str | None]:
+    def _execute(
+        self, claimed: tasks.Claimed, cancel: threading.Event
+    ) -> tuple[dict[str, object] | None, str | None]:
         try:
             owner = tasks.system_principal(
                 claimed.kind, claimed.owner_id, claimed.owner
@@ -228,6 +237,7 @@ class Worker:
                 plane=self.plane.for_actor(owner.name),
                 state_dirs=self.state_dirs,
                 report=report,
+                cancel=cancel,
             )
             return handler(context, claimed.params), None
         except Exception as err:  # a bug in a task must still end the task, not the worker
@@ -250,9 +260,13 @@ class Worker:
 
     # ------------------------------------------------------------------ housekeeping
     def _keep(self) -> None:
-        last_prune = 0.0
-        while not self._stop.wait(self.beat):
+        last_beat = last_prune = time.monotonic()
+        while not self._stop.wait(min(self.beat, CANCEL_POLL)):
             try:
+                self._pass_on_cancels()
+                if time.monotonic() - last_beat < self.beat:
+                    continue
+                last_beat = time.monotonic()
                 with self._held_lock:
                     held = list(self._held)
                 tasks.heartbeat(self.store, self.id, held)
@@ -264,6 +278,19 @@ class Worker:
                     last_prune = time.monotonic()
             except Exception:  # the next beat tries again; a worker must outlive a DB blip
                 log.exception("worker housekeeping failed")
+
+    def _pass_on_cancels(self) -> None:
+        """Set the cancel of each running task someone cancelled (one query, only while a
+        cancellable task runs)."""
+        with self._held_lock:
+            watched = {
+                task_id: event for task_id, event in self._cancels.items() if not event.is_set()
+            }
+        if not watched:
+            return
+        for task_id in tasks.cancels_requested(self.store, self.id, watched):
+            log.info("task %s: cancel requested", task_id)
+            watched[task_id].set()
 
     def housekeep(self) -> list[str]:
         """Mark tasks of dead workers interrupted and run the journal's recovery for them.

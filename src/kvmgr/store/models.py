@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -117,6 +117,8 @@ class Task(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128), default=None)  # a worker id
     heartbeat: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: A cancel of the running task (kinds that can stop half way): its worker stops it.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     progress: Mapped[int] = mapped_column(Integer, default=0)  # percent
     message: Mapped[str] = mapped_column(Text, default="")
     result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
