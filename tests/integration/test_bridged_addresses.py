@@ -132,6 +132,12 @@ def test_the_bridge_wizard_works_where_the_daemon_runs(lan: Path) -> None:
     own = kvmgr("host", "bridge", "list", "--host-netns", "-o", "json")
     assert own.returncode == 0, own.stderr
     assert BRIDGE not in {row["name"] for row in json.loads(own.stdout)}
+    # create looks for the uplink there too (a dry run: nothing changes either way)
+    planned = kvmgr("host", "bridge", "create", "kvt-bdx0", "--uplink", PORT, "--dry-run")
+    assert f"{PORT} is already a port of {BRIDGE}" in planned.stderr  # found where it is
+    elsewhere = kvmgr("host", "bridge", "create", "kvt-bdx0", "--uplink", LAN_END, "--dry-run")
+    assert elsewhere.returncode != 0
+    assert f"'{LAN_END}' does not exist in network namespace {DAEMON_NS}" in elsewhere.stderr
 
 
 def test_bridged_guest_address_is_heard_with_its_source(

@@ -159,7 +159,14 @@ class Ip:
         if not links:
             where = f" in network namespace {self.netns}" if self.netns else ""
             raise NotFound(
-                f"interface {name!r} does not exist{where}", hint="list interfaces with 'ip link'"
+                f"interface {name!r} does not exist{where}",
+                hint=f"list interfaces with '{shlex.join(self.argv(('link',)))}'"
+                + (
+                    f"; an interface of another namespace moves here with 'ip link set {name} "
+                    f"netns {self.netns}' (or choose the namespace: --netns, --host-netns)"
+                    if self.netns
+                    else ""
+                ),
             )
         link = links[0]
         return LinkState(
