@@ -295,7 +295,7 @@ def test_a_raised_maximum_does_not_apply_to_the_running_guest(
 
 def test_a_failed_step_puts_back_the_earlier_ones(conn: Connection, running: str) -> None:
     dom = conn.virconn.lookupByName(running)
-    changes = resources._Changes(running)
+    changes = resources._Changes(dom)
     changes.apply(
         "the vCPUs (config)", lambda n: dom.setVcpusFlags(n, libvirt.VIR_DOMAIN_AFFECT_CONFIG), 2, 1
     )

@@ -65,6 +65,7 @@ def list_cmd(
     if output.for_people:
         for row in rows:
             row["memory"] = format_size(row["memory"]) if row.get("memory") else None
+            row["state"] = vms.describe_state(row["state"], row.get("state_reason"))
     emit_rows(rows, output, columns)
 
 
@@ -79,10 +80,21 @@ def info(name: NameArg, output: OutputFormat = OutputOption) -> None:
         for key in ("memory", "max_memory"):
             if data.get(key):
                 data[key] = format_size(data[key])
+        data["state"] = vms.describe_state(data["state"], data.pop("state_reason", None))
     emit_object(data, output)
 
 
-@app.command()
+_CREATE_HELP = (
+    "Create a VM from an ISO (optionally installed unattended) or from a cloud image.\n\n"
+    "The VM can grow live up to its ceilings ('kvmgr vm set NAME --vcpus N --memory SIZE'): "
+    "by default as many vCPUs as the host has CPUs (never fewer than --vcpus) and twice "
+    "--memory through the virtio balloon (at most the host's memory).  A guest without virtio "
+    "drivers gets --memory as its ceiling, a legacy 'pc' guest --vcpus.  Raising a ceiling "
+    "later needs a restart ('vm set --config --max-vcpus/--max-memory', then restart)."
+)
+
+
+@app.command(help=_CREATE_HELP)
 @report_errors
 def create(
     name: NameArg,
@@ -104,10 +116,20 @@ def create(
         str | None, typer.Option(help="e.g. 2G (default: what the OS recommends)")
     ] = None,
     max_memory: Annotated[
-        str | None, typer.Option(help="balloon ceiling for live memory changes")
+        str | None,
+        typer.Option(
+            help="ceiling for live memory changes (balloon; default: twice --memory, at most "
+            "the host's memory; --memory for a guest without virtio)"
+        ),
     ] = None,
     vcpus: Annotated[int | None, typer.Option(help="vCPUs at boot")] = None,
-    max_vcpus: Annotated[int | None, typer.Option(help="ceiling for vCPU hotplug")] = None,
+    max_vcpus: Annotated[
+        int | None,
+        typer.Option(
+            help="ceiling for vCPU hot-plug (default: the host's CPU count, never below "
+            "--vcpus; --vcpus for a legacy 'pc' guest)"
+        ),
+    ] = None,
     disk: Annotated[
         list[str] | None,
         typer.Option(help="20G | pool=P,size=S,format=qcow2 | path=PATH | none (repeatable)"),
@@ -237,6 +259,7 @@ def create(
     data = result.__dict__.copy()
     if output.for_people:
         data["memory"] = format_size(result.memory)
+        data["max_memory"] = format_size(result.max_memory)
         data["seconds"] = f"{result.seconds:.1f}"
     emit_object(data, output)
 

@@ -67,6 +67,8 @@ class CreateResult:
     state: str
     ip: str | None = None
     seconds: float = 0.0
+    max_vcpus: int = 0  # the ceilings vm set can grow it to live (create_policy.default_ceilings)
+    max_memory: int = 0
 
 
 # ------------------------------------------------------------ create
@@ -122,6 +124,8 @@ def create_vm(
             vcpus=vcpus,
             volumes=[volume.path for volume in volumes],
             state="shut off",
+            max_vcpus=domain.vcpus or vcpus,
+            max_memory=domain.memory_bytes or memory,
         )
         if spec.start:
             journal.progress(f"starting VM {spec.name}")

@@ -41,6 +41,10 @@ _MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 # (14 -> 4 ports: ~0.3 s of ~6.9 s of guest CPU, docs/BENCHMARKS.md), so the VM gets the ports its
 # devices take plus HOTPLUG_PORTS free ones; libvirt fills them in order.
 HOTPLUG_PORTS = 4
+# The default memory ceiling is this many times the memory (``default_ceilings``).  Booting the
+# 256 MiB demo guest with a 512 MiB or 1 GiB ceiling, or 8 or 16 possible vCPUs, cost no
+# measurable boot time under TCG, nor QEMU memory at boot (docs/BENCHMARKS.md).
+MEMORY_ROOM = 2
 
 
 # ------------------------------------------------------------ requests
@@ -165,6 +169,42 @@ def _key_values(text: str, *, allowed: set[str], what: str) -> dict[str, str]:
     return fields
 
 
+# ------------------------------------------------------------ ceilings
+@dataclass(frozen=True)
+class Ceilings:
+    """How far a VM can grow while it runs: its maximum vCPUs and memory (bytes)."""
+
+    vcpus: int
+    memory: int
+
+
+def default_ceilings(
+    *,
+    vcpus: int,
+    memory: int,
+    host_cpus: int,
+    host_memory: int,
+    cpu_hotplug: bool,
+    balloon: bool,
+) -> Ceilings:
+    """The ceilings a new VM gets when ``--max-vcpus``/``--max-memory`` are not given.
+
+    Raising a ceiling needs a restart, so a VM gets room to grow live (``vm set``):
+
+    - **vCPUs**: up to the host's CPU count (more vCPUs than host CPUs only take turns on
+      them), never below ``vcpus``.  A guest for the legacy ``pc`` machine gets ``vcpus``:
+      the old OSes that need it do not take hot-plugged CPUs.
+    - **memory**: ``MEMORY_ROOM`` times ``memory``, at most the host's total memory, never
+      below ``memory``.  The room is given through the virtio balloon: the guest boots with
+      the ceiling and the balloon driver hands back what is above ``memory`` (MemTotal in the
+      guest follows every ``vm set --memory``, up and down).  A guest without a virtio
+      balloon gets ``memory``: it would keep the whole ceiling.
+    """
+    max_vcpus = max(vcpus, host_cpus) if cpu_hotplug else vcpus
+    max_memory = max(memory, min(MEMORY_ROOM * memory, host_memory)) if balloon else memory
+    return Ceilings(vcpus=max_vcpus, memory=max_memory)
+
+
 # ------------------------------------------------------------ policy
 def build_domain(
     conn: Connection,
@@ -187,11 +227,18 @@ def build_domain(
     meta.created_by = f"kvmgr {__version__}"
     meta.os_id = profile.short_id
     meta.owned_volumes = [volume.path for volume in volumes]
-    max_memory = spec.max_memory or memory
+    ceilings = default_ceilings(
+        vcpus=vcpus,
+        memory=memory,
+        host_cpus=_host_cpus(conn),
+        host_memory=_host_memory(conn),
+        cpu_hotplug=q35,
+        balloon=profile.virtio,
+    )
+    max_memory = spec.max_memory or ceilings.memory
     domain.memory_bytes = max_memory
     domain.current_memory_bytes = memory
-    # A modern guest can take hot-plugged vCPUs up to the host's count; an old one cannot.
-    max_vcpus = spec.max_vcpus or (max(vcpus, _host_cpus(conn)) if q35 else vcpus)
+    max_vcpus = spec.max_vcpus or ceilings.vcpus
     domain.vcpus = max_vcpus
     if max_vcpus != vcpus:
         domain.vcpus_current = vcpus
@@ -246,6 +293,12 @@ def _add_root_ports(domain: Domain) -> None:
 def _host_cpus(conn: Connection) -> int:
     with libvirt_errors("reading the host's CPUs"):
         return int(conn.virconn.getInfo()[2])
+
+
+def _host_memory(conn: Connection) -> int:
+    from kvmgr.host.memory import node_memory
+
+    return node_memory(conn).total  # all NUMA nodes: getInfo may report one
 
 
 def _require_uefi(conn: Connection, domain_type: str) -> None:

@@ -34,6 +34,7 @@ from kvmgr.errors import (
 )
 from kvmgr.names import validate_name
 from kvmgr.services import vms
+from kvmgr.services.live_errors import qemu_errors, set_live_vcpus
 from kvmgr.units import MIB, format_size, to_kib
 from kvmgr.xml.base import XMLObject
 from kvmgr.xml.domain import KVMGR_NS, KVMGR_PREFIX, Disk, Domain, Interface
@@ -169,7 +170,7 @@ def set_resources(
     _check_ceilings_cover_current(name, defined, max_vcpus, max_memory, vcpus, memory)
     if scope.live:
         _check_live_ceilings(dom, vcpus, memory)
-    changes = _Changes(name)
+    changes = _Changes(dom)
     # Ceilings first: a larger maximum must exist before a current value may use it.
     if max_vcpus is not None:
         changes.apply(
@@ -208,7 +209,10 @@ def set_resources(
         with libvirt_errors(f"reading the vCPUs of VM {name}"):
             live_vcpus = int(dom.vcpusFlags(LIVE))
         changes.apply(
-            "the vCPUs (live)", lambda value: dom.setVcpusFlags(value, LIVE), vcpus, live_vcpus
+            "the vCPUs (live)",
+            lambda value: set_live_vcpus(dom, value, live_vcpus),
+            vcpus,
+            live_vcpus,
         )
     if memory is not None and scope.live:
         changes.apply(
@@ -223,13 +227,16 @@ def set_resources(
 class _Changes:
     """Applied changes with their previous values, put back in reverse order on failure."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self.dom = dom
+        self.name = dom.name()
         self._done: list[tuple[str, Callable[[int], object], int]] = []
 
     def apply(self, what: str, setter: Callable[[int], object], value: int, previous: int) -> None:
         try:
-            with libvirt_errors(f"setting {what} of VM {self.name} to {_show(what, value)}"):
+            # A QEMU that dies under the change is reported as crashed, not as libvirt's
+            # "End of file from qemu monitor".
+            with qemu_errors(self.dom, f"setting {what} of VM {self.name} to {_show(what, value)}"):
                 setter(value)
         except KvmgrError as err:
             problems = self._undo()
@@ -245,6 +252,8 @@ class _Changes:
                 setter(previous)
             except libvirt.libvirtError as err:
                 problems.append(f"{what}: {err.get_error_message()}")
+            except KvmgrError as err:
+                problems.append(f"{what}: {err.message}")
         return "; ".join(problems)
 
 
@@ -260,8 +269,9 @@ def _check_vcpus(name: str, vcpus: int, ceiling: int, *, explicit_max: bool) -> 
             f"{vcpus} vCPUs is above the maximum of {ceiling} for VM {name!r}",
             hint="give --max-vcpus as well (only with --config, i.e. for the next boot)"
             if explicit_max
-            else "the maximum is set at create time with --max-vcpus; to raise it, shut the VM "
-            f"down and run 'kvmgr vm set {name} --max-vcpus N --vcpus {vcpus}'",
+            else f"raising the maximum needs a restart: 'kvmgr vm set {name} --config "
+            f"--max-vcpus {vcpus} --vcpus {vcpus}', then restart the VM ('kvmgr vm shutdown "
+            f"{name}', 'kvmgr vm start {name}'); 'vm create --max-vcpus' sets it at creation",
         )
 
 
@@ -274,9 +284,16 @@ def _check_memory(name: str, memory: int, ceiling: int, *, explicit_max: bool) -
             f"for VM {name!r}",
             hint="give a --max-memory at least as large"
             if explicit_max
-            else "the ceiling is set at create time with --max-memory; to raise it, shut the VM "
-            f"down and run 'kvmgr vm set {name} --max-memory SIZE'",
+            else f"raising the ceiling needs a restart: 'kvmgr vm set {name} --config "
+            f"--max-memory {_size_option(memory)} --memory {_size_option(memory)}', then restart "
+            f"the VM ('kvmgr vm shutdown {name}', 'kvmgr vm start {name}'); 'vm create "
+            "--max-memory' sets it at creation",
         )
+
+
+def _size_option(size: int) -> str:
+    """A size as the command line takes it: whole MiB ("1536M")."""
+    return f"{-(-size // MIB)}M"
 
 
 def _check_live_ceilings(dom: libvirt.virDomain, vcpus: int | None, memory: int | None) -> None:
@@ -284,7 +301,10 @@ def _check_live_ceilings(dom: libvirt.virDomain, vcpus: int | None, memory: int 
     with libvirt_errors(f"reading the maximums of VM {dom.name()}"):
         live_max_vcpus = int(dom.vcpusFlags(LIVE | libvirt.VIR_DOMAIN_VCPU_MAXIMUM))
         live_max_memory = int(dom.maxMemory()) * 1024
-    later = "the definition's higher maximum applies from the next boot; use --config for it"
+    later = (
+        "the definition's higher maximum applies from the next boot: restart the VM "
+        f"('kvmgr vm shutdown {dom.name()}', 'kvmgr vm start {dom.name()}'), or use --config"
+    )
     if vcpus is not None and vcpus > live_max_vcpus:
         raise InvalidInput(
             f"{vcpus} vCPUs is above the running guest's maximum of {live_max_vcpus}", hint=later
@@ -451,7 +471,7 @@ def add_nic(
     nic.mac = _choose_mac(conn, mac)
     domains = _definitions(dom, scope)
     nic.model = model or _usual_model(domains)
-    with libvirt_errors(f"attaching a NIC ({scope.describe()}) to VM {name}"):
+    with qemu_errors(dom, f"attaching a NIC ({scope.describe()}) to VM {name}"):
         dom.attachDeviceFlags(nic.to_xml(), scope.flags)
     return NicChange(name, nic.mac, nic.type, nic.source, nic.model, scope.describe())
 
@@ -535,7 +555,7 @@ def remove_nic(
             hint=f"its NICs are {', '.join(macs) or 'none'}",
         )
     nic = found[0]
-    with libvirt_errors(f"detaching NIC {wanted} ({scope.describe()}) from VM {name}"):
+    with qemu_errors(dom, f"detaching NIC {wanted} ({scope.describe()}) from VM {name}"):
         dom.detachDeviceFlags(_device_xml(nic), scope.flags)
     if scope.live:
         _wait_removed(

@@ -15,6 +15,7 @@ import libvirt
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, InvalidState, NotFound, OperationFailed, libvirt_errors
 from kvmgr.services import vms
+from kvmgr.services.live_errors import qemu_errors
 from kvmgr.services.resources import (
     _MAX_TARGETS,
     CONFIG,
@@ -117,8 +118,8 @@ def add_disk(
 
 
 def _attach(dom: libvirt.virDomain, disk: Disk, scope: Scope) -> None:
-    with libvirt_errors(
-        f"attaching disk {disk.target_dev} ({scope.describe()}) to VM {dom.name()}"
+    with qemu_errors(
+        dom, f"attaching disk {disk.target_dev} ({scope.describe()}) to VM {dom.name()}"
     ):
         dom.attachDeviceFlags(disk.to_xml(), scope.flags)
 
@@ -207,7 +208,7 @@ def remove_disk(
                 uuid = dom.UUIDString()
             journal.finish_with("disk.delete_volume", uuid=uuid, path=path)
         journal.progress(f"detaching disk {target} from VM {name}")
-        with libvirt_errors(f"detaching disk {target} ({scope.describe()}) from VM {name}"):
+        with qemu_errors(dom, f"detaching disk {target} ({scope.describe()}) from VM {name}"):
             dom.detachDeviceFlags(_device_xml(disk), scope.flags)
         if scope.live:
             _wait_removed(

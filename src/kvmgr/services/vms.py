@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.errors import InvalidInput, InvalidState, NotFound, libvirt_errors, translate
+from kvmgr.errors import (
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    libvirt_errors,
+    translate,
+)
 from kvmgr.names import validate_existing_name
 
 if TYPE_CHECKING:  # the XML model (lxml) is imported when a definition is read: 'vm list' never
@@ -31,6 +37,17 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+#: Why a VM is in its state, where the reason is news to a person: its QEMU died (killed,
+#: crashed: libvirt saw the monitor close without a shutdown), the guest panicked, a disk
+#: failed.  The ordinary reasons (booted, shut down, destroyed...) are not shown.
+_REASONS = {
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED): "crashed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED): "failed to start",
+    (libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_CRASHED_PANICKED): "guest panicked",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_CRASHED): "guest panicked",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR): "disk I/O error",
+    (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_CRASHED): "after a guest crash",
 }
 _ACTIVE_STATES = {
     libvirt.VIR_DOMAIN_RUNNING,
@@ -65,6 +82,7 @@ class VMSummary:
     autostart: bool
     persistent: bool
     ips: list[str] = field(default_factory=list)
+    state_reason: str | None = None  # "crashed" for a QEMU that died (state_reason())
 
     def as_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its recursive deep copy cost as much as the libvirt call for
@@ -108,6 +126,16 @@ def state_of(dom: libvirt.virDomain) -> int:
 
 def is_active_state(state: int) -> bool:
     return state in _ACTIVE_STATES
+
+
+def state_reason(state: int, reason: int) -> str | None:
+    """The reason worth showing beside the state ("crashed"), or None for an ordinary one."""
+    return _REASONS.get((state, reason))
+
+
+def describe_state(state: str, reason: str | None) -> str:
+    """One phrase for people: "shut off (crashed)", or the state alone."""
+    return f"{state} ({reason})" if reason else state
 
 
 def definition(dom: libvirt.virDomain, *, inactive: bool = False) -> Domain:
@@ -188,6 +216,7 @@ def _summary(
     dom: libvirt.virDomain, stats: dict[str, Any], autostart: set[str], transient: set[str]
 ) -> VMSummary:
     state = stats.get("state.state", libvirt.VIR_DOMAIN_NOSTATE)
+    reason = state_reason(state, stats.get("state.reason", 0))
     uuid = dom.UUIDString()
     active = is_active_state(state)
     max_kib = stats.get("balloon.maximum")
@@ -203,6 +232,7 @@ def _summary(
         cpu_time_ns=stats.get("cpu.time"),
         autostart=uuid in autostart,
         persistent=uuid not in transient,  # a transient VM (createXML) vanishes when it stops
+        state_reason=reason,
     )
 
 
@@ -211,8 +241,8 @@ def vm_info(conn: Connection, name: str) -> dict[str, Any]:
     """Everything a person wants to know about one VM, from its live definition."""
     dom = lookup(conn, name)
     spec = definition(dom)
-    state = state_of(dom)
     with libvirt_errors(f"reading VM {name}"):
+        state, reason = dom.state()
         autostart = bool(dom.autostart())
         persistent = bool(dom.isPersistent())
     meta = spec.kvmgr_metadata()
@@ -222,6 +252,7 @@ def vm_info(conn: Connection, name: str) -> dict[str, Any]:
         "name": spec.name,
         "uuid": spec.uuid,
         "state": STATE_NAMES.get(state, "unknown"),
+        "state_reason": state_reason(state, reason),
         "domain_type": spec.type,
         "os": meta.os_id if meta else None,
         "managed_by_kvmgr": bool(meta is not None and meta.created_by),

@@ -141,6 +141,11 @@ class VMRow(BaseModel):
     name: str
     uuid: str
     state: str = Field(examples=["running", "shut off"])
+    state_reason: str | None = Field(
+        default=None,
+        description="why, when it is news: 'crashed' (QEMU died), 'guest panicked', "
+        "'disk I/O error'; shown as 'shut off (crashed)'",
+    )
     id: int | None
     vcpus: int | None
     memory: int | None = Field(description="bytes the guest has now (balloon)")

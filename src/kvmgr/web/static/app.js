@@ -215,7 +215,7 @@ const pages = {
       kvmgr.fillTable("vm-table", rows, [
         (vm) => hostOf(vm),
         (vm) => (vm.name ? kvmgr.link(`/vms/${encodeURIComponent(vm.name)}?host=${encodeURIComponent(hostOf(vm))}`, vm.name) : "–"),
-        (vm) => (vm.error ? `${vm.state}: ${vm.error}` : vm.state),
+        (vm) => (vm.error ? `${vm.state}: ${vm.error}` : vm.state_reason ? `${vm.state} (${vm.state_reason})` : vm.state),
         (vm) => vm.vcpus ?? "–",
         (vm) => (hostOf(vm) === own ? cpu(vm) : "–"),
         (vm) => (vm.name ? (hostOf(vm) === own ? memory(vm) : `${kvmgr.bytes(vm.memory)} / ${kvmgr.bytes(vm.max_memory)}`) : "–"),

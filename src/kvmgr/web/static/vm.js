@@ -15,18 +15,19 @@ document.addEventListener("DOMContentLoaded", () => {
     "shut off": ["start"],
     "crashed": ["start", "off"],
   };
-  const showState = (state) => {
-    stateBadge.textContent = state;
+  // The reason is shown when it is news: "shut off (crashed)" for a QEMU that died.
+  const showState = (state, reason) => {
+    stateBadge.textContent = reason ? `${state} (${reason})` : state;
     const ok = allowed[state];
     document.querySelectorAll("[data-action]").forEach((button) => {
       button.disabled = ok !== undefined && !ok.includes(button.dataset.action);
     });
   };
-  showState(stateBadge.textContent.trim());
+  showState(stateBadge.dataset.state, stateBadge.dataset.reason);
 
   const refreshState = async () => {
     const info = await kvmgr.api("GET", base).catch(() => null);
-    if (info) showState(info.state);
+    if (info) showState(info.state, info.state_reason);
   };
   kvmgr.events((event) => {
     if (event.type === "vm" && event.name === name) refreshState();
