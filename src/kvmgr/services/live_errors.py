@@ -1,4 +1,5 @@
-"""What a failed live change means: a QEMU that crashed, a vCPU the guest did not give back.
+"""Why a live change is refused or failed: above a ceiling, a vCPU the guest did not give back,
+a QEMU that crashed.  Each says in one line what happened and what to do.
 
 When QEMU dies under a hot-plug (or any call into a running VM), libvirt answers with its words
 for a closed monitor ("End of file from qemu monitor", "domain is not running"), which say
@@ -12,11 +13,108 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import libvirt
 
-from kvmgr.errors import OperationFailed, translate
+from kvmgr.errors import InvalidInput, OperationFailed, libvirt_errors, translate
 from kvmgr.services import vms
+from kvmgr.units import MIB, format_size
+
+if TYPE_CHECKING:
+    from kvmgr.xml.domain import Domain
+
+MIN_MEMORY = 64 * MIB
+
+
+# ------------------------------------------------------------------------- ceilings
+def check_vcpus(name: str, vcpus: int, ceiling: int, *, explicit_max: bool) -> None:
+    if vcpus < 1:
+        raise InvalidInput("--vcpus must be at least 1")
+    if vcpus > ceiling:
+        raise InvalidInput(
+            f"{vcpus} vCPUs is above the maximum of {ceiling} for VM {name!r}",
+            hint="give --max-vcpus as well (only with --config, i.e. for the next boot)"
+            if explicit_max
+            else f"raising the maximum needs a restart: 'kvmgr vm set {name} --config "
+            f"--max-vcpus {vcpus} --vcpus {vcpus}', then restart the VM ('kvmgr vm shutdown "
+            f"{name}', 'kvmgr vm start {name}'); 'vm create --max-vcpus' sets it at creation",
+        )
+
+
+def check_memory(name: str, memory: int, ceiling: int, *, explicit_max: bool) -> None:
+    if memory < MIN_MEMORY:
+        raise InvalidInput(f"memory {format_size(memory)} is too small", hint="give at least 64M")
+    if memory > ceiling:
+        raise InvalidInput(
+            f"memory {format_size(memory)} is above the ceiling of {format_size(ceiling)} "
+            f"for VM {name!r}",
+            hint="give a --max-memory at least as large"
+            if explicit_max
+            else f"raising the ceiling needs a restart: 'kvmgr vm set {name} --config "
+            f"--max-memory {_size_option(memory)} --memory {_size_option(memory)}', then restart "
+            f"the VM ('kvmgr vm shutdown {name}', 'kvmgr vm start {name}'); 'vm create "
+            "--max-memory' sets it at creation",
+        )
+
+
+def _size_option(size: int) -> str:
+    """A size as the command line takes it: whole MiB ("1536M")."""
+    return f"{-(-size // MIB)}M"
+
+
+def check_live_ceilings(dom: libvirt.virDomain, vcpus: int | None, memory: int | None) -> None:
+    """The running guest keeps the maximums it booted with, even if the definition has more."""
+    with libvirt_errors(f"reading the maximums of VM {dom.name()}"):
+        live_max_vcpus = int(
+            dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        )
+        live_max_memory = int(dom.maxMemory()) * 1024
+    later = (
+        "the definition's higher maximum applies from the next boot: restart the VM "
+        f"('kvmgr vm shutdown {dom.name()}', 'kvmgr vm start {dom.name()}'), or use --config"
+    )
+    if vcpus is not None and vcpus > live_max_vcpus:
+        raise InvalidInput(
+            f"{vcpus} vCPUs is above the running guest's maximum of {live_max_vcpus}", hint=later
+        )
+    if memory is not None and memory > live_max_memory:
+        raise InvalidInput(
+            f"memory {format_size(memory)} is above the running guest's ceiling of "
+            f"{format_size(live_max_memory)}",
+            hint=later,
+        )
+
+
+def check_ceilings_cover_current(
+    name: str,
+    defined: Domain,
+    max_vcpus: int | None,
+    max_memory: int | None,
+    vcpus: int | None,
+    memory: int | None,
+) -> None:
+    """A lower maximum must not leave the defined current value above it."""
+    if max_vcpus is not None:
+        current = vcpus or defined.vcpus_current or defined.vcpus or 1
+        if current > max_vcpus:
+            raise InvalidInput(
+                f"--max-vcpus {max_vcpus} is below the VM's {current} vCPUs",
+                hint=f"lower them too: 'kvmgr vm set {name} --vcpus {max_vcpus} "
+                f"--max-vcpus {max_vcpus}'",
+            )
+    if max_memory is not None:
+        if max_memory < MIN_MEMORY:
+            raise InvalidInput(
+                f"--max-memory {format_size(max_memory)} is too small", hint="give at least 64M"
+            )
+        current_memory = memory or defined.current_memory_bytes or 0
+        if current_memory > max_memory:
+            raise InvalidInput(
+                f"--max-memory {format_size(max_memory)} is below the VM's memory of "
+                f"{format_size(current_memory)}",
+                hint="give a --memory no larger than the new maximum as well",
+            )
 
 
 # ------------------------------------------------------------------------- crashed QEMU

@@ -34,15 +34,21 @@ from kvmgr.errors import (
 )
 from kvmgr.names import validate_name
 from kvmgr.services import vms
-from kvmgr.services.live_errors import qemu_errors, set_live_vcpus
-from kvmgr.units import MIB, format_size, to_kib
+from kvmgr.services.live_errors import (
+    check_ceilings_cover_current,
+    check_live_ceilings,
+    check_memory,
+    check_vcpus,
+    qemu_errors,
+    set_live_vcpus,
+)
+from kvmgr.units import format_size, to_kib
 from kvmgr.xml.base import XMLObject
 from kvmgr.xml.domain import KVMGR_NS, KVMGR_PREFIX, Disk, Domain, Interface
 
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 
-MIN_MEMORY = 64 * MIB
 #: Seconds to wait for a guest to release a detached device before saying it did not.
 DETACH_TIMEOUT = 30.0
 DISK_BUSES = {"virtio": "vd", "scsi": "sd", "sata": "sd", "usb": "sd"}
@@ -164,12 +170,12 @@ def set_resources(
     ceiling_vcpus = max_vcpus or defined.vcpus or 1
     ceiling_memory = max_memory or defined.memory_bytes or 0
     if vcpus is not None:
-        _check_vcpus(name, vcpus, ceiling_vcpus, explicit_max=max_vcpus is not None)
+        check_vcpus(name, vcpus, ceiling_vcpus, explicit_max=max_vcpus is not None)
     if memory is not None:
-        _check_memory(name, memory, ceiling_memory, explicit_max=max_memory is not None)
-    _check_ceilings_cover_current(name, defined, max_vcpus, max_memory, vcpus, memory)
+        check_memory(name, memory, ceiling_memory, explicit_max=max_memory is not None)
+    check_ceilings_cover_current(name, defined, max_vcpus, max_memory, vcpus, memory)
     if scope.live:
-        _check_live_ceilings(dom, vcpus, memory)
+        check_live_ceilings(dom, vcpus, memory)
     changes = _Changes(dom)
     # Ceilings first: a larger maximum must exist before a current value may use it.
     if max_vcpus is not None:
@@ -259,93 +265,6 @@ class _Changes:
 
 def _show(what: str, value: int) -> str:
     return format_size(value) if "memory" in what else str(value)
-
-
-def _check_vcpus(name: str, vcpus: int, ceiling: int, *, explicit_max: bool) -> None:
-    if vcpus < 1:
-        raise InvalidInput("--vcpus must be at least 1")
-    if vcpus > ceiling:
-        raise InvalidInput(
-            f"{vcpus} vCPUs is above the maximum of {ceiling} for VM {name!r}",
-            hint="give --max-vcpus as well (only with --config, i.e. for the next boot)"
-            if explicit_max
-            else f"raising the maximum needs a restart: 'kvmgr vm set {name} --config "
-            f"--max-vcpus {vcpus} --vcpus {vcpus}', then restart the VM ('kvmgr vm shutdown "
-            f"{name}', 'kvmgr vm start {name}'); 'vm create --max-vcpus' sets it at creation",
-        )
-
-
-def _check_memory(name: str, memory: int, ceiling: int, *, explicit_max: bool) -> None:
-    if memory < MIN_MEMORY:
-        raise InvalidInput(f"memory {format_size(memory)} is too small", hint="give at least 64M")
-    if memory > ceiling:
-        raise InvalidInput(
-            f"memory {format_size(memory)} is above the ceiling of {format_size(ceiling)} "
-            f"for VM {name!r}",
-            hint="give a --max-memory at least as large"
-            if explicit_max
-            else f"raising the ceiling needs a restart: 'kvmgr vm set {name} --config "
-            f"--max-memory {_size_option(memory)} --memory {_size_option(memory)}', then restart "
-            f"the VM ('kvmgr vm shutdown {name}', 'kvmgr vm start {name}'); 'vm create "
-            "--max-memory' sets it at creation",
-        )
-
-
-def _size_option(size: int) -> str:
-    """A size as the command line takes it: whole MiB ("1536M")."""
-    return f"{-(-size // MIB)}M"
-
-
-def _check_live_ceilings(dom: libvirt.virDomain, vcpus: int | None, memory: int | None) -> None:
-    """The running guest keeps the maximums it booted with, even if the definition has more."""
-    with libvirt_errors(f"reading the maximums of VM {dom.name()}"):
-        live_max_vcpus = int(dom.vcpusFlags(LIVE | libvirt.VIR_DOMAIN_VCPU_MAXIMUM))
-        live_max_memory = int(dom.maxMemory()) * 1024
-    later = (
-        "the definition's higher maximum applies from the next boot: restart the VM "
-        f"('kvmgr vm shutdown {dom.name()}', 'kvmgr vm start {dom.name()}'), or use --config"
-    )
-    if vcpus is not None and vcpus > live_max_vcpus:
-        raise InvalidInput(
-            f"{vcpus} vCPUs is above the running guest's maximum of {live_max_vcpus}", hint=later
-        )
-    if memory is not None and memory > live_max_memory:
-        raise InvalidInput(
-            f"memory {format_size(memory)} is above the running guest's ceiling of "
-            f"{format_size(live_max_memory)}",
-            hint=later,
-        )
-
-
-def _check_ceilings_cover_current(
-    name: str,
-    defined: Domain,
-    max_vcpus: int | None,
-    max_memory: int | None,
-    vcpus: int | None,
-    memory: int | None,
-) -> None:
-    """A lower maximum must not leave the defined current value above it."""
-    if max_vcpus is not None:
-        current = vcpus or _current_vcpus(defined)
-        if current > max_vcpus:
-            raise InvalidInput(
-                f"--max-vcpus {max_vcpus} is below the VM's {current} vCPUs",
-                hint=f"lower them too: 'kvmgr vm set {name} --vcpus {max_vcpus} "
-                f"--max-vcpus {max_vcpus}'",
-            )
-    if max_memory is not None:
-        if max_memory < MIN_MEMORY:
-            raise InvalidInput(
-                f"--max-memory {format_size(max_memory)} is too small", hint="give at least 64M"
-            )
-        current_memory = memory or defined.current_memory_bytes or 0
-        if current_memory > max_memory:
-            raise InvalidInput(
-                f"--max-memory {format_size(max_memory)} is below the VM's memory of "
-                f"{format_size(current_memory)}",
-                hint="give a --memory no larger than the new maximum as well",
-            )
 
 
 # ------------------------------------------------------------------------------------ metadata
