@@ -1,9 +1,10 @@
-"""Leases of networks, pools, volumes, ISOs and images between real processes, on one SQLite file.
+"""Leases of networks, pools, volumes, ISOs and images between real processes.
 
 Another process (forked, its own engine) holds an object's lease as a kvmgr command would; the
 CLI (in this process, on libvirt's test driver) is refused with the holder's name and shows it in
 ``net info`` / ``pool info``; once the holder is killed with SIGKILL the same command goes through
-at once.  Two processes running operations on one network serialise.  Refused commands change
+at once.  Two processes running operations on one network serialise, on one SQLite file and on
+one PostgreSQL server.  Refused commands change
 nothing, so the test driver (shared by this process's tests) is left as it was.
 """
 
@@ -27,7 +28,9 @@ from kvmgr.control.objects import image_key, iso_key, net_key, pool_key, vol_key
 from kvmgr.control.plane import ControlPlane
 from kvmgr.statedir import url_from_environment
 from kvmgr.store.db import Store
+from tests.api.test_postgres import pg_url
 
+__all__ = ["pg_url"]  # the PostgreSQL fixture, used by the parametrised `shared_url`
 FORK = multiprocessing.get_context("fork")
 URI = "test:///default"
 
@@ -148,11 +151,22 @@ def _no_libvirt(_host: str) -> Any:
     raise AssertionError("the operations never fail, so they never undo on libvirt")
 
 
-def test_two_processes_on_one_network_serialise(host: str, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    """The CLI's SQLite file, or a throw-away PostgreSQL server (tests/api/test_postgres.py)."""
+    if request.param == "sqlite":
+        return url_from_environment()
+    url: str = request.getfixturevalue("pg_url")
+    Store(url).dispose()  # migrated once, before the race
+    return url
+
+
+def test_two_processes_on_one_network_serialise(shared_url: str, tmp_path: Path) -> None:
     log = tmp_path / "log"
     rounds = 10
+    host = "lease-test"
     workers = [
-        FORK.Process(target=_operate, args=(url_from_environment(), host, str(log), rounds, name))
+        FORK.Process(target=_operate, args=(shared_url, host, str(log), rounds, name))
         for name in ("a", "b")
     ]
     for worker in workers:
