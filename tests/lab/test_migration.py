@@ -241,10 +241,17 @@ def test_preflight_refuses_a_missing_network_a_cpu_and_firmware_the_target_lacks
         assert (
             f"network {network!r}" in problems and "does not exist on the destination" in problems
         )
-        assert "guest CPU (qemu64) cannot run on the destination" in problems
+        assert "guest CPU (qemu64) cannot run on the destination: both hosts run CPU" in problems
         with pytest.raises(InvalidState, match="cannot move"):
             migration.migrate(src, dst, name)
         assert src.virconn.lookupByName(name).isPersistent()  # nothing moved
+        # The offered fix is real: with the baseline CPU the CPU check passes.
+        assert check.cpu_baseline is not None
+        domain = Domain.from_xml(src.virconn.lookupByName(name).XMLDesc(0))
+        domain.element.replace(domain.element.find("cpu"), etree.fromstring(check.cpu_baseline))
+        src.virconn.defineXML(domain.to_xml())
+        fixed = " | ".join(preflight(src, dst, name).problems)
+        assert "guest CPU" not in fixed and "firmware" in fixed  # the others still stand
     finally:
         remove_domain(src, name)
         with contextlib.suppress(libvirt.libvirtError):

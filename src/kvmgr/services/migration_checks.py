@@ -9,6 +9,7 @@ the data to move, and every reason to refuse (``problems``) or to be careful (``
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import libvirt
@@ -55,6 +56,9 @@ class Preflight:
     shared: list[str] = field(default_factory=list)  # read-only media expected at the same path
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: A CPU both hosts run (libvirt's baseline of their host-model CPUs), offered as the fix
+    #: when the guest's CPU cannot run on the destination: ``<cpu>`` XML for the VM's definition.
+    cpu_baseline: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,6 +84,7 @@ class Preflight:
             "copy_bytes": self.copy_bytes,
             "problems": self.problems,
             "warnings": self.warnings,
+            "cpu_baseline": self.cpu_baseline,
         }
 
 
@@ -108,7 +113,7 @@ def preflight(
     _check_clash(dst, name, uuid, check)
     _check_devices(domain, check)
     _check_networks(dst, domain, check)
-    _check_cpu_and_machine(dst, domain, check)
+    _check_cpu_and_machine(src, dst, domain, check)
     _check_disks(src, dst, domain, check)
     if live:
         from kvmgr.host.memory import node_memory
@@ -191,7 +196,9 @@ def _host_interfaces(conn: Connection) -> set[str]:
     return names
 
 
-def _check_cpu_and_machine(dst: Connection, domain: Domain, check: Preflight) -> None:
+def _check_cpu_and_machine(
+    src: Connection, dst: Connection, domain: Domain, check: Preflight
+) -> None:
     arch, machine, virt = domain.os.arch, domain.os.machine, domain.type
     try:
         caps = dst.virconn.getDomainCapabilities(None, arch, machine, virt, 0)
@@ -220,10 +227,40 @@ def _check_cpu_and_machine(dst: Connection, domain: Domain, check: Preflight) ->
         return
     if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
         model = cpu.findtext("model") or "?"
-        check.problems.append(
-            f"the guest CPU ({model}) cannot run on the destination: give the VM a CPU both "
-            "hosts run (libvirt's baselineHypervisorCPU of the two hosts)"
-        )
+        check.cpu_baseline = baseline_cpu(src, dst, arch, machine, virt)
+        fix = "give the VM a CPU both hosts run"
+        if check.cpu_baseline is not None:
+            both = parse_xml(check.cpu_baseline)
+            features = len(both.findall("feature"))
+            fix = (
+                f"both hosts run CPU model {both.findtext('model')} with {features} feature(s) "
+                "(libvirt's baseline of the two, in the report's cpu_baseline): put it in the "
+                f"VM's <cpu> ('kvmgr vm edit {check.name}'), restart the VM, then move it"
+            )
+        check.problems.append(f"the guest CPU ({model}) cannot run on the destination: {fix}")
+
+
+def baseline_cpu(
+    src: Connection, dst: Connection, arch: str | None, machine: str | None, virt: str | None
+) -> str | None:
+    """The most capable CPU both hosts run, as ``<cpu mode='custom'>`` XML: libvirt's
+    ``baselineHypervisorCPU`` of each host's host-model CPU, migratable features only.  None
+    when a host offers no host-model CPU or libvirt cannot compute one."""
+    host_cpus = []
+    try:
+        for conn in (src, dst):
+            caps = parse_xml(conn.virconn.getDomainCapabilities(None, arch, machine, virt, 0))
+            mode = caps.find("cpu/mode[@name='host-model']")
+            if mode is None or mode.get("supported") != "yes":
+                return None
+            cpu = etree.Element("cpu", mode="custom", match="exact")
+            cpu.extend(copy.deepcopy(child) for child in mode)
+            host_cpus.append(etree.tostring(cpu, encoding="unicode"))
+        flags = libvirt.VIR_CONNECT_BASELINE_CPU_MIGRATABLE
+        answer = src.virconn.baselineHypervisorCPU(None, arch, machine, virt, host_cpus, flags)
+    except libvirt.libvirtError:
+        return None  # the refusal stands without an offer
+    return str(answer)
 
 
 def _check_firmware(caps_xml: str, domain: Domain, check: Preflight) -> None:
