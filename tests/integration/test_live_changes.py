@@ -21,15 +21,20 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from kvmgr.api.app import create_app
 from kvmgr.cli.common import state
 from kvmgr.cli.main import app
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, KvmgrError, OperationFailed
 from kvmgr.services import resources, vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
+from kvmgr.store import users
+from kvmgr.store.models import Role
 from kvmgr.units import MIB
+from tests.api.conftest import As, make_settings
 from tests.integration.guest import GuestShell
 
 pytestmark = pytest.mark.integration
@@ -258,7 +263,7 @@ def test_a_qemu_killed_during_a_hot_plug_is_reported_as_crashed(conn: Connection
     assert (row.state, row.state_reason) == ("shut off", "crashed")
 
 
-def test_vm_list_and_info_show_a_qemu_killed_at_any_time(conn: Connection) -> None:
+def test_vm_list_and_info_show_a_qemu_killed_at_any_time(conn: Connection, tmp_path: Path) -> None:
     vms.start(conn, VM)
     assert vms.vm_info(conn, VM)["state_reason"] is None  # a new boot: the reason is gone
     os.kill(_qemu_pid(VM), signal.SIGKILL)
@@ -275,3 +280,17 @@ def test_vm_list_and_info_show_a_qemu_killed_at_any_time(conn: Connection) -> No
     assert (row["state"], row["state_reason"]) == ("shut off", "crashed")
     info = _kvmgr_json("vm", "info", VM)
     assert isinstance(info, dict) and info["state_reason"] == "crashed"
+
+    # the API's rows and VM, and the web UI's VM page (its dashboard renders the same rows)
+    api_app = create_app(make_settings(tmp_path / "api", uri="qemu:///system"))
+    with api_app.state.ctx.store.session() as session:
+        users.create_user(session, "admin", "correct horse battery", Role.admin, None)
+        token = users.create_token(session, "admin", "tests")
+    with TestClient(api_app) as client:
+        api = As(client, token)
+        (row,) = [row for row in api.get("/api/v1/vms").json() if row["name"] == VM]
+        assert (row["state"], row["state_reason"]) == ("shut off", "crashed")
+        assert api.get(f"/api/v1/vms/{VM}").json()["state_reason"] == "crashed"
+        page = api.get(f"/vms/{VM}")
+        assert page.status_code == 200
+        assert 'data-reason="crashed"' in page.text and "shut off (crashed)</span>" in page.text
