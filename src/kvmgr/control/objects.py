@@ -18,12 +18,15 @@ the creator ``cli:<unix user>``, and the group given at creation or later (pools
 
 from __future__ import annotations
 
-from kvmgr.control.plane import Key
+from typing import TYPE_CHECKING
+
+from kvmgr.control.keys import Key
 from kvmgr.errors import InvalidInput
 from kvmgr.names import validate_name
-from kvmgr.store import ownership
-from kvmgr.store.db import Store
-from kvmgr.store.users import Principal
+
+if TYPE_CHECKING:  # SQLAlchemy costs ~1 s of import: 'net list' and 'vol list' never pay it
+    from kvmgr.store.db import Store
+    from kvmgr.store.users import Principal
 
 #: The cloud image library's pool (kvmgr.services.cloud_images.IMAGE_POOL, literal to import
 #: lazily) and the ISO library's (kvmgr.services.isos.ISO_POOL).
@@ -73,6 +76,8 @@ def set_group(
     """
     if kind not in GROUPED:
         raise ValueError(f"groups are set on {GROUPED}, not {kind!r}")  # a programming error
+    from kvmgr.store import ownership
+
     group = check_group(group)
     with store.session() as session:
         row = ownership.get(session, kind, key, host)
@@ -85,6 +90,8 @@ def set_group(
 
 
 def group_of(store: Store, kind: str, key: str, *, host: str) -> str | None:
+    from kvmgr.store import ownership
+
     with store.session() as session:
         row = ownership.get(session, kind, key, host)
         return None if row is None else row.group

@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import NamedTuple
 
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Table, delete, select, update
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session
 from kvmgr.connect import Connection
 from kvmgr.control import recovery
 from kvmgr.control.journal import JournalSteps
+from kvmgr.control.keys import Key
 from kvmgr.control.leases import DEFAULT_TTL, Leases, holder_id
 from kvmgr.control.models import (
     DONE,
@@ -49,13 +49,6 @@ from kvmgr.store.models import aware, utcnow
 
 log = logging.getLogger(__name__)
 _OPERATIONS: Table = Operation.__table__  # type: ignore[assignment]
-
-
-class Key(NamedTuple):
-    """A lease key and how to name its object in messages ("VM web1")."""
-
-    key: str
-    what: str
 
 
 def vm_key(host: str, uuid: str, name: str | None = None) -> Key:
