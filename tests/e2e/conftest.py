@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -38,6 +39,7 @@ PASSWORD = "e2e-password-1"
 class Served:
     url: str
     admin_token: str
+    app: Any = None  # the FastAPI app, for state no route sets (a backup repository)
 
 
 def _free_port() -> int:
@@ -68,7 +70,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         while not server.started:
             assert time.monotonic() < deadline, "kvmgr serve did not start"
             time.sleep(0.05)
-        yield Served(f"http://127.0.0.1:{port}", token)
+        yield Served(f"http://127.0.0.1:{port}", token, app)
     finally:
         server.should_exit = True
         thread.join(15)
