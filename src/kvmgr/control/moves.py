@@ -33,7 +33,7 @@ from kvmgr.control.placement import (
 from kvmgr.control.plane import ControlPlane, vm_key
 from kvmgr.control.tasks import TaskContext, task_kind
 from kvmgr.errors import InvalidState, libvirt_errors
-from kvmgr.services import migration, vms
+from kvmgr.services import migration, migration_dhcp, vms
 from kvmgr.services.migration_checks import Preflight, preflight
 from kvmgr.services.placement import group_of
 from kvmgr.store.models import Role
@@ -50,6 +50,7 @@ class MoveReport:
     check: Preflight
     verdicts: list[Verdict] = field(default_factory=list)  # when placement chose the target
     result: migration.MigrationResult | None = None  # None: dry run
+    reservations: list[str] = field(default_factory=list)  # DHCP reservations that followed
 
     def as_dict(self) -> dict[str, object]:
         data: dict[str, object] = {
@@ -62,6 +63,7 @@ class MoveReport:
             data["placement"] = [vars(v) for v in self.verdicts]
         if self.result is not None:
             data["result"] = vars(self.result)
+            data["reservations_moved"] = self.reservations
         return data
 
 
@@ -132,6 +134,8 @@ def migrate_vm(
             dest_steps=dest_steps, source_steps=source_steps, progress=progress, cancel=cancel,
         )  # fmt: skip
     _move_ownership(plane, check, source, target, report.result.paths)
+    # After the move: a kill here leaves the reservation on the source, never on neither.
+    report.reservations = migration_dhcp.carry(src, dst, check.reservations)
     return report
 
 

@@ -18,6 +18,7 @@ from lxml import etree
 from kvmgr.connect import Connection
 from kvmgr.errors import libvirt_errors
 from kvmgr.services import vms
+from kvmgr.services.migration_dhcp import HeldReservation, conflicts, reservations_of
 from kvmgr.units import MIB
 from kvmgr.xml.base import parse_xml
 from kvmgr.xml.domain import Disk, Domain
@@ -59,6 +60,8 @@ class Preflight:
     #: A CPU both hosts run (libvirt's baseline of their host-model CPUs), offered as the fix
     #: when the guest's CPU cannot run on the destination: ``<cpu>`` XML for the VM's definition.
     cpu_baseline: str | None = None
+    #: The source's DHCP reservations for the VM's NICs: they follow it (migration_dhcp).
+    reservations: list[HeldReservation] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +88,7 @@ class Preflight:
             "problems": self.problems,
             "warnings": self.warnings,
             "cpu_baseline": self.cpu_baseline,
+            "reservations": [vars(r) for r in self.reservations],
         }
 
 
@@ -113,6 +117,8 @@ def preflight(
     _check_clash(dst, name, uuid, check)
     _check_devices(domain, check)
     _check_networks(dst, domain, check)
+    check.reservations = reservations_of(src, domain)
+    check.problems.extend(conflicts(dst, check.reservations))
     _check_cpu_and_machine(src, dst, domain, check)
     _check_disks(src, dst, domain, check)
     if live:
