@@ -90,6 +90,20 @@ def test_admin_power_actions(as_user: dict[str, As], test_vm: str) -> None:
     assert admin.post(f"/api/v1/vms/{test_vm}/explode").status_code == 422
 
 
+def test_start_waits_for_an_address_and_says_where_it_came_from(
+    as_user: dict[str, As], test_vm: str
+) -> None:
+    admin = as_user["admin"]
+    admin.post(f"/api/v1/vms/{test_vm}/off")
+    started = admin.post(f"/api/v1/vms/{test_vm}/start", params={"wait": "ip", "timeout": 10})
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert body["state"] == "running"
+    assert body["ready"].startswith("ip ") and body["ready"].endswith(" from lease")
+    refused = admin.post(f"/api/v1/vms/{test_vm}/start", params={"wait": "soon"})
+    assert refused.status_code == 422
+
+
 def test_audit_records_ok_error_and_denied(as_user: dict[str, As], owned_vm: str) -> None:
     as_user["op3"].post(f"/api/v1/vms/{owned_vm}/pause")
     as_user["op1"].post(f"/api/v1/vms/{owned_vm}/resume")  # not paused: an error

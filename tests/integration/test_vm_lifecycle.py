@@ -57,6 +57,8 @@ def demo_vm(
 
 def test_created_vm_is_running_with_a_lease(conn: Connection, demo_vm: dict[str, object]) -> None:
     assert demo_vm["state"] == "running"
+    # the demo guest's console is watched from its first line: its marker is what was seen
+    assert demo_vm["ready"] == "ready: console marker KVMGR-READY on the serial console"
     ip = str(demo_vm["ip"])
     assert ip.startswith("192.168.122.")
     # dnsmasq's lease helper records the lease a moment after the guest has configured it.

@@ -143,7 +143,11 @@ def create(
     start: Annotated[bool, typer.Option("--start/--no-start")] = True,
     wait: Annotated[
         str,
-        typer.Option(help="ready (console marker), ip, none; --unattended: installed or ready"),
+        typer.Option(
+            help="none; ip (an address seen: lease, agent, ARP); ready (the first of: kvmgr's "
+            "console marker, the guest agent answering, an SSH banner on the guest's address); "
+            "--unattended: installed or ready"
+        ),
     ] = "none",
     wait_timeout: Annotated[float, typer.Option(help="seconds to wait")] = 300.0,
     unattended: Annotated[
@@ -307,12 +311,55 @@ def _lifecycle(verb: str, action: str, help_text: str) -> None:
     )
 
 
-_lifecycle("started", "start", "Start a VM.")
 _lifecycle("rebooting", "reboot", "Ask the guest to reboot (ACPI).")
 _lifecycle("reset", "reset", "Hard-reset a VM (like the reset button).")
 _lifecycle("powered off", "force_off", "Power a VM off at once (like pulling the plug).")
 _lifecycle("paused", "pause", "Pause a running VM.")
 _lifecycle("resumed", "resume", "Resume a paused VM.")
+
+
+@app.command()
+@report_errors
+def start(
+    name: NameArg,
+    wait: Annotated[
+        str,
+        typer.Option(
+            help="none; ip (an address seen: lease, agent, ARP); ready (the first of: kvmgr's "
+            "console marker, the guest agent answering, an SSH banner on the guest's address)"
+        ),
+    ] = "none",
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 300.0,
+    attach: Annotated[
+        bool,
+        typer.Option("--console", help="attach the serial console (from the first line)"),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="--console: take it over from another session")
+    ] = False,
+) -> None:
+    """Start a VM; --wait ip|ready waits for the guest and says what it saw."""
+    from kvmgr.services import readiness
+
+    if attach:
+        from kvmgr.services.console import attach_interactive
+
+        if wait != "none":
+            raise InvalidInput(
+                "--console and --wait do not go together",
+                hint="--console shows the boot as it happens; drop one of them",
+            )
+        with vm_lease(name, "start"):  # not held while the console is open: that is not work
+            dom = readiness.start_paused(conn(), name)
+        readiness.attach_then_resume(
+            dom, lambda resume: attach_interactive(conn(), name, force=force, attached=resume)
+        )
+        return
+    with vm_lease(name, "start"), status(f"starting {name}") as spinner:
+        seen = readiness.start_vm(conn(), name, wait, timeout, progress=spinner.update)
+    console.print(f"{name}: started", highlight=False)
+    if seen is not None:
+        console.print(f"{name}: {seen}", highlight=False)
 
 
 @app.command()

@@ -9,6 +9,9 @@ and demos wait for::
     KVMGR-READY             the shell on ttyS0 is about to start (prompt ``kvmgr-demo# ``)
 
 ``kvmgr-ready`` inside the guest prints the last two again, for a console that attached late.
+After the marker the guest also answers on port 22 with an SSH banner (``SSH-2.0-kvmgr-demo``,
+busybox nc) and answers the guest agent's ``guest-sync``/``guest-ping`` on its virtio-serial
+port, so ``--wait ready`` can be tested on a VM without a serial console.
 
 The build is reproducible (fixed timestamps and owners) and cached: a stamp file next to the ISO
 records the inputs, and an unchanged stamp means the ISO is reused.
@@ -55,7 +58,10 @@ ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")
 LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 # Fixed timestamp for every file in the image (2024-01-01), so builds are byte-identical.
 SOURCE_DATE_EPOCH = 1704067200
-_GUEST_FILES = ("rc.sh", "udhcpc.sh", "kvmgr-ready.sh", "profile.sh", "inittab", "power-button.sh")
+_GUEST_FILES = (
+    "rc.sh", "udhcpc.sh", "kvmgr-ready.sh", "profile.sh", "inittab", "power-button.sh",
+    "ssh-banner.sh", "kvmgr-agent.sh",
+)  # fmt: skip
 _INSTALL_HINT = "run scripts/install-system-deps.sh (or apt-get install {package})"
 
 
@@ -218,6 +224,8 @@ def initramfs_entries(modules: list[tuple[str, Path]]) -> list[Entry]:
     entries.append(regular("etc/profile", _guest_file("profile.sh")))
     entries.append(regular("etc/kvmgr/rc.sh", _guest_file("rc.sh"), executable=True))
     entries.append(regular("etc/kvmgr/udhcpc.sh", _guest_file("udhcpc.sh"), executable=True))
+    for script in ("ssh-banner.sh", "kvmgr-agent.sh"):
+        entries.append(regular(f"etc/kvmgr/{script}", _guest_file(script), executable=True))
     entries.append(regular("bin/kvmgr-ready", _guest_file("kvmgr-ready.sh"), executable=True))
     button = _guest_file("power-button.sh")
     entries.append(regular("etc/acpi/PWRF/00000080", button, executable=True))

@@ -18,7 +18,7 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -224,10 +224,13 @@ def attach_interactive(
     stdin: IO[Any] | None = None,
     stdout: IO[Any] | None = None,
     force: bool = False,
+    attached: Callable[[], None] | None = None,
 ) -> None:
     """Connect this terminal to the VM's serial console until the escape key or the VM stops.
 
     Refused with :class:`ConsoleBusy` while another session has it, unless ``force``.
+    ``attached`` runs once the console is open (``vm start --console`` resumes the VM it
+    started paused there, so the first line of the boot is shown).
     """
     escape_code = escape_byte(escape)
     stdin = stdin or sys.stdin
@@ -235,6 +238,8 @@ def attach_interactive(
     in_fd, out_fd = stdin.fileno(), stdout.fileno()
     with ConsoleSession(conn, name, force=force) as session, _raw_terminal(stdin):
         os.write(out_fd, f"Connected to {name}; {escape} to leave.\r\n".encode())
+        if attached is not None:
+            attached()
         while True:
             ready, _, _ = select.select([in_fd], [], [], POLL_INTERVAL)
             if ready:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid as uuid_module
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -23,7 +22,6 @@ from kvmgr.errors import (
     InvalidInput,
     KvmgrError,
     NotFound,
-    OperationFailed,
     libvirt_errors,
 )
 from kvmgr.names import validate_name
@@ -34,7 +32,6 @@ from kvmgr.services.create_policy import (
     FIRMWARES,
     GRAPHICS_MODES,
     HOTPLUG_PORTS,
-    READY_MARKER,
     WAIT_MODES,
     DiskRequest,
     NicRequest,
@@ -66,6 +63,8 @@ class CreateResult:
     volumes: list[str]
     state: str
     ip: str | None = None
+    #: What ``--wait`` saw: "ready: ssh banner SSH-2.0-... at 192.168.122.5:22", "ip ... from lease"
+    ready: str | None = None
     seconds: float = 0.0
     max_vcpus: int = 0  # the ceilings vm set can grow it to live (create_policy.default_ceilings)
     max_memory: int = 0
@@ -129,7 +128,7 @@ def create_vm(
         )
         if spec.start:
             journal.progress(f"starting VM {spec.name}")
-            result.ip = _start_and_wait(conn, dom, spec, journal)
+            _start_and_wait(conn, dom, spec, journal, result)
             result.state = vms.STATE_NAMES[vms.state_of(dom)]
     result.seconds = time.monotonic() - began
     return result
@@ -317,64 +316,32 @@ def _create_volumes(
 
 # ------------------------------------------------------------ start and wait
 def _start_and_wait(
-    conn: Connection, dom: libvirt.virDomain, spec: VMSpec, journal: Steps
-) -> str | None:
-    if spec.wait != "ready":
-        with libvirt_errors(f"starting VM {spec.name}"):
-            dom.create()
-        journal.finish_with("domain.keep", uuid=dom.UUIDString())
-        return _wait_for_ip(conn, dom, spec, journal) if spec.wait == "ip" else None
-    # Start paused and attach the console before the first instruction runs, so no line the
-    # guest prints (the readiness marker included) can be missed.
-    with libvirt_errors(f"starting VM {spec.name}"):
-        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-    from kvmgr.services.console import ConsoleSession
+    conn: Connection, dom: libvirt.virDomain, spec: VMSpec, journal: Steps, result: CreateResult
+) -> None:
+    from kvmgr.services.readiness import NotReady, start_and_wait
 
-    session = ConsoleSession(conn, spec.name)
-    try:
-        with libvirt_errors(f"resuming VM {spec.name}"):
-            dom.resume()
+    kept = []
+
+    def started() -> None:
         # From here every step of kvmgr's is done: what is left is the guest's own boot, and a
         # guest slower than the wait is not a failed create.
         journal.finish_with("domain.keep", uuid=dom.UUIDString())
-        journal.progress(f"waiting for {spec.name} to be ready (serial console)")
-        with _kept_on_timeout(spec):
-            session.expect(READY_MARKER, timeout=spec.wait_timeout)
-    finally:
-        session.close()
-    return _wait_for_ip(conn, dom, spec, journal)
+        kept.append(True)
 
-
-@contextmanager
-def _kept_on_timeout(spec: VMSpec) -> Iterator[None]:
     try:
-        yield
+        seen = start_and_wait(
+            conn, dom, spec.wait, spec.wait_timeout, started=started, progress=journal.progress
+        )
     except KvmgrError as err:
-        err.message = f"VM {spec.name!r} was created and is kept running, but {err.message}"
+        if kept:
+            how = "kept running" if isinstance(err, NotReady) else "kept"
+            err.message = f"VM {spec.name!r} was created and is {how}, but {err.message}"
+            err.hint = f"{err.hint}; 'kvmgr vm delete {spec.name} --force' removes it"
         raise
-
-
-def _wait_for_ip(
-    conn: Connection, dom: libvirt.virDomain, spec: VMSpec, journal: Steps
-) -> str | None:
-    from kvmgr.services.addresses import wait_for_addresses
-
-    if not spec.nics:
-        return None
-    journal.progress(f"waiting for {spec.name} to get an IP address")
-    # listens to the guest's DHCP/ARP traffic meanwhile: a bridged guest's lease is nowhere else
-    found, why_not = wait_for_addresses(conn, dom, spec.wait_timeout)
-    if found:
-        mac, ip, source = found[0]
-        journal.progress(f"{spec.name} has address {ip} ({source}, NIC {mac})")
-        return ip
-    unheard = f" (kvmgr could not listen to its traffic: {why_not})" if why_not else ""
-    raise OperationFailed(
-        f"VM {spec.name!r} was created and is kept running, but got no IP address within "
-        f"{spec.wait_timeout:g} s{unheard}",
-        hint="check the guest's network configuration on its console: 'kvmgr vm console NAME'; "
-        f"'kvmgr vm delete {spec.name} --force' removes it",
-    )
+    if seen is not None:
+        result.ip = seen.ip
+        result.ready = str(seen)
+        journal.progress(f"{spec.name}: {seen}")
 
 
 __all__ = [

@@ -34,7 +34,6 @@ from kvmgr.xml.domain import (
 WAIT_MODES = ("ready", "ip", "none")
 GRAPHICS_MODES = ("vnc", "none")
 FIRMWARES = ("bios", "uefi")
-READY_MARKER = "KVMGR-READY"
 _MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 # PCIe root ports on q35: every PCIe device takes one, and hot-plugging a disk or NIC later needs a
 # free one.  virt-install gives 14 whatever the VM has; each port costs ~30 ms of boot under TCG

@@ -27,8 +27,8 @@ from kvmgr.errors import InvalidInput, KvmgrError, OperationFailed, libvirt_erro
 from kvmgr.images.initramfs import gzipped_cpio, regular
 from kvmgr.services import vms
 from kvmgr.services.create import CreateResult, VMSpec, create_vm
-from kvmgr.services.create_policy import READY_MARKER
 from kvmgr.services.install_media import read_install_media, upload_bytes
+from kvmgr.services.readiness import Readiness
 from kvmgr.services.steps import LocalSteps, Steps
 from kvmgr.services.storage import DEFAULT_POOL, delete_volume_by_path
 from kvmgr.services.unattended import InstallPlan, UnattendedRequest, load, plan
@@ -134,7 +134,9 @@ def _create(
     for path in boot.values():
         delete_volume_by_path(conn, path)
     result.volumes = [v for v in result.volumes if v not in boot.values()]
-    _start_installed(conn, spec, wait, say)
+    seen = _start_installed(conn, spec, wait, steps, say)
+    if seen is not None:
+        result.ready, result.ip = str(seen), seen.ip
     result.state = vms.STATE_NAMES[vms.state_of(vms.lookup(conn, spec.name))]
     return InstallResult(
         vm=result,
@@ -262,21 +264,26 @@ def _switch_to_disk(conn: Connection, name: str, iso_path: str, boot: dict[str, 
         conn.virconn.defineXML(domain.to_xml())
 
 
-def _start_installed(conn: Connection, spec: VMSpec, wait: str, say: Any) -> None:
-    from kvmgr.services.console import ConsoleSession
+def _start_installed(
+    conn: Connection, spec: VMSpec, wait: str, steps: Steps, say: Any
+) -> Readiness | None:
+    """Start the installed VM; with ``wait`` ready, wait for it.  What the wait saw, or None."""
+    from kvmgr.services.readiness import NotReady, start_and_wait
 
     dom = vms.lookup(conn, spec.name)
     say(f"starting {spec.name} from its disk")
-    if wait != "ready":
-        with libvirt_errors(f"starting VM {spec.name}"):
-            dom.create()
-        return
-    with libvirt_errors(f"starting VM {spec.name}"):
-        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-    session = ConsoleSession(conn, spec.name)
+
+    def started() -> None:  # installed and running: a slow first boot is no reason to undo it
+        steps.finish_with("domain.keep", uuid=dom.UUIDString())
+
     try:
-        with libvirt_errors(f"resuming VM {spec.name}"):
-            dom.resume()
-        session.expect(READY_MARKER, timeout=spec.wait_timeout)
-    finally:
-        session.close()
+        seen = start_and_wait(
+            conn, dom, "ready" if wait == "ready" else "none", spec.wait_timeout,
+            started=started, progress=say,
+        )  # fmt: skip
+    except NotReady as err:
+        err.message = f"VM {spec.name!r} was installed and is kept running, but {err.message}"
+        raise
+    if seen is not None:
+        say(f"{spec.name}: {seen}")
+    return seen

@@ -305,6 +305,12 @@ def _firmware(spec: Domain) -> str:
 
 # ------------------------------------------------------------------------------------ lifecycle
 def start(conn: Connection, name: str) -> None:
+    with libvirt_errors(f"starting VM {name}"):
+        startable(conn, name).create()
+
+
+def startable(conn: Connection, name: str) -> libvirt.virDomain:
+    """VM ``name``, refused unless it can start (shut off or crashed, and not a template)."""
     dom = lookup(conn, name)
     _refuse_template(dom)
     if state_of(dom) == libvirt.VIR_DOMAIN_RUNNING:
@@ -313,8 +319,7 @@ def start(conn: Connection, name: str) -> None:
         raise InvalidState(
             f"VM {name!r} is paused", hint=f"resume it with 'kvmgr vm resume {name}'"
         )
-    with libvirt_errors(f"starting VM {name}"):
-        dom.create()
+    return dom
 
 
 def _refuse_template(dom: libvirt.virDomain) -> None:

@@ -392,12 +392,26 @@ def vm_action(
     ctx: Ctx,
     force: Annotated[bool, Query(description="shutdown: power off after the timeout")] = False,
     timeout: Annotated[float, Query(ge=0, le=600)] = 120.0,
+    wait: Annotated[
+        Literal["none", "ip", "ready"],
+        Query(
+            description="start: answer once an address is seen (ip) or the guest is ready "
+            "(ready: console marker, guest agent or SSH banner), within timeout seconds"
+        ),
+    ] = "none",
 ) -> dict[str, str]:
-    state = ctx.act(
-        who,
-        f"vm.{action}",
-        name,
-        lambda conn: _do_action(conn, name, action, force, timeout),
-        vm=name,
-    )
-    return {"name": name, "state": state}
+    seen: list[str] = []
+
+    def work(conn: Connection) -> str:
+        if action != "start" or wait == "none":
+            return _do_action(conn, name, action, force, timeout)
+        from kvmgr.services.readiness import start_vm
+
+        seen.append(str(start_vm(conn, name, wait, timeout)))
+        return vms_service.state(conn, name)
+
+    state = ctx.act(who, f"vm.{action}", name, work, vm=name)
+    answer = {"name": name, "state": state}
+    if seen:
+        answer["ready"] = seen[0]  # "ip 192.168.122.5 from lease", "ready: ssh banner ..."
+    return answer

@@ -45,3 +45,12 @@ if [ -n "$iface" ] && [ ! -e /run/kvmgr-static ]; then
 fi
 touch /run/kvmgr-ready
 /bin/kvmgr-ready
+
+# Started after the marker, so a guest whose console kvmgr watches is ready by the marker; a VM
+# without a serial console is ready by these: an SSH banner on port 22, and a guest agent that
+# answers guest-ping on its virtio-serial port (no udev: the port's name is read from sysfs).
+nc -ll -p 22 -e /etc/kvmgr/ssh-banner.sh >/dev/null 2>&1 &
+for port in /sys/class/virtio-ports/*; do
+    [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+    /etc/kvmgr/kvmgr-agent.sh "/dev/${port##*/}" >/dev/null 2>&1 &
+done
