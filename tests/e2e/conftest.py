@@ -50,13 +50,19 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    settings = Settings(
-        state_dir=tmp_path_factory.mktemp("e2e"),
-        uri=os.environ.get("KVMGR_URI", "qemu:///system"),
-        secret_key="e" * 40,
-        console_token_seconds=30,
-    )
-    app = create_app(settings)
+    yield from serve(tmp_path_factory.mktemp("e2e"))
+
+
+def serve(state_dir: Path, **overrides: Any) -> Iterator[Served]:
+    """``kvmgr serve`` in a thread (a module's own ``served`` fixture may change settings)."""
+    values: dict[str, Any] = {
+        "state_dir": state_dir,
+        "uri": os.environ.get("KVMGR_URI", "qemu:///system"),
+        "secret_key": "e" * 40,
+        "console_token_seconds": 30,
+        **overrides,
+    }
+    app = create_app(Settings(**values))
     with app.state.ctx.store.session() as session:
         users.create_user(session, "admin", PASSWORD, Role.admin)
         users.create_user(session, "viewer", PASSWORD, Role.viewer)

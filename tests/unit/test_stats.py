@@ -63,6 +63,17 @@ def test_a_shut_off_vm_has_no_counters() -> None:
 
 
 # ----------------------------------------------------------------------------- rates
+def test_a_shut_off_vm_has_no_rates_whatever_libvirt_counts() -> None:
+    # what libvirt 9.0 answered for a defined VM that never ran, a second apart
+    record = {"state.state": 5, "state.reason": 0, "cpu.time": 26_750_000_000,
+              "balloon.current": 65536, "block.count": 1, "block.0.name": "sda"}  # fmt: skip
+    prev = stats.counters_from_record("t-cfg-off", record)
+    curr = stats.counters_from_record("t-cfg-off", {**record, "cpu.time": 27_750_000_000})
+    rates = compute_rates(prev, curr, 1.0)
+    assert rates.cpu_percent is None and rates.disk_read_bps is None
+    assert rates.memory_total == 64 * 1024 * 1024  # what it will be given: known while off
+
+
 def test_rates_are_deltas_over_time() -> None:
     prev = _counters()
     curr = _counters(

@@ -213,7 +213,7 @@ def compute_rates(prev: VMCounters | None, curr: VMCounters, dt: float) -> VMRat
     used, total = memory_use(curr)
 
     def rate(field_name: str, scale: float = 1.0) -> float | None:
-        if prev is None:
+        if prev is None or curr.state in _STOPPED:
             return None
         before: int | None = getattr(prev, field_name)
         after: int | None = getattr(curr, field_name)
@@ -234,6 +234,11 @@ def compute_rates(prev: VMCounters | None, curr: VMCounters, dt: float) -> VMRat
         net_rx_bps=rate("net_rx_bytes"),
         net_tx_bps=rate("net_tx_bytes"),
     )
+
+
+# libvirt 9.0 reports a cpu.time that grows for a shut-off VM (seen: 26.75 s, growing, for a VM
+# that never ran), so a stopped VM's counters make no rate.
+_STOPPED = frozenset({"shut off", "crashed"})
 
 
 def memory_use(curr: VMCounters) -> tuple[int | None, int | None]:

@@ -82,13 +82,16 @@ class VMSummary:
     autostart: bool
     persistent: bool
     ips: list[str] = field(default_factory=list)
+    #: The same addresses with their MAC and where each was seen (lease, agent, arp, ...).
+    addresses: list[dict[str, str]] = field(default_factory=list)
     state_reason: str | None = None  # "crashed" for a QEMU that died (state_reason())
 
     def as_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its recursive deep copy cost as much as the libvirt call for
-        # 5,000 VMs.  Every field is a scalar except ips, which gets its own copy.
+        # 5,000 VMs.  Every field is a scalar except ips and addresses, which get their own copy.
         row = {name: getattr(self, name) for name in _SUMMARY_FIELDS}
         row["ips"] = list(self.ips)
+        row["addresses"] = [dict(address) for address in self.addresses]
         return row
 
 
@@ -208,6 +211,7 @@ def list_vms(conn: Connection, *, with_ips: bool = False) -> list[VMSummary]:
             if row.state == "running":
                 found = discover_ips(conn, dom, known_running=True)  # state read just above
                 row.ips = [ip for _mac, ip, _source in found]
+                row.addresses = [{"mac": m, "ip": ip, "source": src} for m, ip, src in found]
     rows.sort(key=lambda row: row.name)
     return rows
 

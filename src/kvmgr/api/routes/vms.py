@@ -154,6 +154,9 @@ class VMRow(BaseModel):
     autostart: bool
     persistent: bool
     ips: list[str] = Field(description="only with ?ips=true")
+    addresses: list[dict[str, str]] = Field(
+        description="only with ?ips=true: each address with its mac and source (lease, agent, arp)"
+    )
     owner: str | None
     may_act: bool = Field(description="whether the caller may act on this VM")
 

@@ -219,14 +219,34 @@ const pages = {
         (vm) => vm.vcpus ?? "–",
         (vm) => (hostOf(vm) === own ? cpu(vm) : "–"),
         (vm) => (vm.name ? (hostOf(vm) === own ? memory(vm) : `${kvmgr.bytes(vm.memory)} / ${kvmgr.bytes(vm.max_memory)}`) : "–"),
+        addresses,
         (vm) => vm.owner ?? "–",
       ]);
     };
+    // Each address with where it was seen (lease, agent, arp...).
+    const addresses = (vm) => {
+      const span = document.createElement("span");
+      span.className = "addresses";
+      for (const a of vm.addresses ?? []) {
+        if (span.childNodes.length) span.append(", ");
+        const source = document.createElement("span");
+        source.className = "addr-source";
+        source.textContent = ` (${a.source})`;
+        span.append(a.ip, source);
+      }
+      if (!span.childNodes.length) span.textContent = "–";
+      return span;
+    };
     const refresh = async () => {
       const query = filter.value ? `host=${encodeURIComponent(filter.value)}` : "all_hosts=true";
-      rows = await kvmgr.api("GET", `/api/v1/vms?${query}`);
+      rows = await kvmgr.api("GET", `/api/v1/vms?${query}&ips=true`);
       render();
     };
+    // A guest gets its address some seconds after it starts, with no event to say so: look
+    // again while a running VM shows none.
+    setInterval(() => {
+      if (rows.some((vm) => vm.state === "running" && !vm.addresses?.length)) refresh();
+    }, 10000);
     const onStats = (event) => {
       live = new Map(event.vms.map((rate) => [rate.name, rate]));
       const mine = ownRows();
