@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     login_address_attempts: int = 20
     login_window: float = 60.0
     console_token_seconds: float = 30.0
-    #: Seconds between the bulk stats samples pushed to dashboards (0: no live stats).
+    #: Seconds between the bulk stats samples pushed to dashboards and kept for the charts' last
+    #: hour, taken while the server runs (0: no live stats, no charts).
     stats_interval: float = 2.0
     #: Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed.
     trusted_proxies: str = ""
