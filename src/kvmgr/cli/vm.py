@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kvmgr.cli.common import authz, conn, journaled, name_lease, report_errors, vm_lease
+from kvmgr.cli.common import authz, conn, journaled, report_errors, vm_lease
 from kvmgr.cli.common import state as cli_state
 from kvmgr.cli.objects import forget, record_vm
 from kvmgr.cli.output import (
@@ -244,8 +244,9 @@ def create(
             "locale": locale, "packages": packages, "profile": profile, "script": script,
             "user_data": user_data, "network_config": network_config,
         }  # fmt: skip
-        with name_lease(name, "create"):
-            data = provision(spec, options)
+        # Journaled like every create: a kill -9 mid-install is undone by recovery.
+        with journaled("create", name, new_names=(name,)) as steps:
+            data = provision(spec, options, steps)
         record_vm(name)
         if group:
             join_group(name, group, anti_affinity)

@@ -8,20 +8,23 @@ from kvmgr.cli.common import conn
 from kvmgr.cli.output import status
 from kvmgr.errors import InvalidInput
 from kvmgr.services.create import VMSpec
+from kvmgr.services.steps import Steps
 
 _INSTALL_ONLY = ("root_password_file", "timezone", "locale", "packages", "script")
 _CLOUD_ONLY = ("user_data", "network_config")
 
 
-def provision(spec: VMSpec, options: dict[str, Any]) -> dict[str, Any]:
+def provision(spec: VMSpec, options: dict[str, Any], steps: Steps) -> dict[str, Any]:
+    """Run the install or the cloud-image create, each step recorded in ``steps`` (the
+    operation's journal) before it acts."""
     if options["unattended"] and options["image"]:
         raise InvalidInput("--unattended installs from --iso; --image needs no install")
     if options["image"]:
-        return _from_image(spec, options)
-    return _unattended(spec, options)
+        return _from_image(spec, options, steps)
+    return _unattended(spec, options, steps)
 
 
-def _unattended(spec: VMSpec, options: dict[str, Any]) -> dict[str, Any]:
+def _unattended(spec: VMSpec, options: dict[str, Any], steps: Steps) -> dict[str, Any]:
     from kvmgr.services.installs import create_unattended
     from kvmgr.services.unattended import UnattendedRequest
 
@@ -42,11 +45,13 @@ def _unattended(spec: VMSpec, options: dict[str, Any]) -> dict[str, Any]:
         script_file=options["script"],
     )
     with status(f"creating {spec.name}") as spinner:
-        result = create_unattended(conn(), spec, request, wait=wait, progress=spinner.update)
+        result = create_unattended(
+            conn(), spec, request, wait=wait, steps=steps, progress=spinner.update
+        )
     return result.as_dict()
 
 
-def _from_image(spec: VMSpec, options: dict[str, Any]) -> dict[str, Any]:
+def _from_image(spec: VMSpec, options: dict[str, Any], steps: Steps) -> dict[str, Any]:
     from kvmgr.crypt import sha512_crypt
     from kvmgr.services.cloud_vms import create_from_image
     from kvmgr.services.cloudinit import CloudInitRequest
@@ -78,5 +83,7 @@ def _from_image(spec: VMSpec, options: dict[str, Any]) -> dict[str, Any]:
             network_config_file=options["network_config"],
         )
     with status(f"creating {spec.name}") as spinner:
-        result = create_from_image(conn(), spec, options["image"], request, progress=spinner.update)
+        result = create_from_image(
+            conn(), spec, options["image"], request, steps=steps, progress=spinner.update
+        )
     return result.as_dict()
