@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kvmgr.connect import Connection
-from kvmgr.control import backup_policies, backup_schedules
+from kvmgr.control import backup_policies, backup_schedules, ownership, tasks
 from kvmgr.control.authz import cli_principal
 from kvmgr.control.backup_models import GOOD
 from kvmgr.control.backup_schedules import Schedules
@@ -24,11 +24,13 @@ from kvmgr.control.backups import Backups
 from kvmgr.control.plane import ControlPlane
 from kvmgr.control.worker import Worker
 from kvmgr.errors import KvmgrError
-from kvmgr.services import vms
+from kvmgr.services import media, vms
 from kvmgr.services.backup.retention import Policy
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
-from kvmgr.store import audit
+from kvmgr.store import audit, users
 from kvmgr.store.db import Store
+from kvmgr.store.models import Role
+from kvmgr.store.users import Principal
 from kvmgr.units import MIB
 
 pytestmark = pytest.mark.integration
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.integration
 PREFIX = "t-bks-"
 GUEST = f"{PREFIX}guest"
 GONE = f"{PREFIX}gone"
+RESTORED = f"{PREFIX}restored"
 HOST = "local"
 
 
@@ -145,3 +148,59 @@ def test_a_scheduled_backup_that_fails_is_recorded(
     assert ("backup.scheduled", "error") in entries
     lines = backup_schedules.metric_lines(plane.store)
     assert all(f'vm="{GONE}"' not in line for line in lines)  # removed: no series left
+
+
+def test_an_operator_backs_up_and_restores_their_own_vm(
+    plane: ControlPlane, conn: Connection, guest: str, worker: Worker
+) -> None:
+    """Through the queue as the API submits: op1 (team-a) owns the guest, backs it up and
+    restores the point into a new VM that is theirs; op3 (team-b) may not restore it."""
+    store = plane.store
+    with store.session() as session:
+        for name, group in (("t-bks-op1", "team-a"), ("t-bks-op3", "team-b")):
+            users.create_user(session, name, "password-1234", Role.operator, group)
+        op1 = users.authenticate(session, "t-bks-op1", "password-1234")
+        op3 = users.authenticate(session, "t-bks-op3", "password-1234")
+    assert op1 is not None and op3 is not None
+    uuid = vms.lookup(conn, guest).UUIDString()
+    ownership.record_owner(store, "vm", uuid, op1, label=guest, host=HOST)
+
+    def run(kind: str, params: dict[str, object], who: Principal) -> dict[str, object]:
+        task = tasks.submit(store, kind, params, owner=who, target=guest, host=HOST)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with store.session() as session:
+                row = tasks.get_task(session, who, task["id"])
+                if row.state not in tasks.ACTIVE_STATES:
+                    return tasks.as_dict(row)
+            time.sleep(0.3)
+        raise AssertionError(f"task {kind} did not end")
+
+    made = run("backup.create", {"vm": guest}, op1)
+    assert made["state"] == "done", made
+    point = str(made["result"]["id"])  # type: ignore[index]
+    backups = Backups(plane)
+    assert point in {row["id"] for row in backups.visible(op1, backups.points(guest))}
+    assert point not in {row["id"] for row in backups.visible(op3, backups.points(guest))}
+    other_repo = run("backup.create", {"vm": guest, "repo": "main"}, op1)
+    assert other_repo["state"] == "failed" and "default repository" in str(other_repo["error"])
+
+    refused = run("backup.restore", {"point": point, "as_name": RESTORED}, op3)
+    assert refused["state"] == "failed" and "may not restore" in str(refused["error"]), refused
+    # The point's definition boots the demo ISO from a path outside the ISO library: an
+    # operator may not make a VM that uses it, so neither may they restore one.
+    outside = run("backup.restore", {"point": point, "as_name": RESTORED}, op1)
+    assert outside["state"] == "failed" and "may not boot" in str(outside["error"]), outside
+    media.eject(conn, guest)  # the guest runs from RAM; with the CD-ROM empty the point is fine
+    again = run("backup.create", {"vm": guest}, op1)
+    assert again["state"] == "done", again
+    point = str(again["result"]["id"])  # type: ignore[index]
+    restored = run("backup.restore", {"point": point, "as_name": RESTORED}, op1)
+    try:
+        assert restored["state"] == "done", restored["error"]
+        new_uuid = vms.lookup(conn, RESTORED).UUIDString()
+        owner = ownership.owner_of(store, "vm", new_uuid, host=HOST)
+        assert owner is not None and owner.owner_id == op1.id
+    finally:
+        with contextlib.suppress(KvmgrError):
+            vms.delete(conn, RESTORED, force=True)
