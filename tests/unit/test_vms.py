@@ -199,7 +199,7 @@ def test_each_failing_step_leaves_nothing(
     elif step == "start":
         monkeypatch.setattr(libvirt.virDomain, "create", _fail)
     else:
-        spec.wait = "ready"  # the test driver has no serial console to watch: waiting fails
+        spec.wait = "ready"  # the test driver cannot start paused (console from line one): fails
         spec.wait_timeout = 0.5
     with pytest.raises((KvmgrError, libvirt.libvirtError)):
         create_vm(conn, spec)
