@@ -7,6 +7,7 @@ no backup API), recorded in the catalog, the run, the audit log and the metrics.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,3 +299,34 @@ def test_system_kinds_only_for_tasks_without_a_user() -> None:
     assert tasks.system_principal("backup.scheduled", None, "schedule:1") is not None
     assert tasks.system_principal("backup.scheduled", 7, "ann") is None  # a user's: their rights
     assert tasks.system_principal("backup.create", None, "cli:x") is None
+
+
+def test_two_real_workers_run_a_due_window_once(tmp_path: Path, conn: object) -> None:
+    """Two Worker objects (their own engines) start together on one SQLite file with a window
+    due (missed): one run, one task, run once."""
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    stores = [Store(url), Store(url)]
+    face = _schedules(stores[0], conn, tmp_path)
+    face.add("local", "test", every="1h", who=ROOT, now=datetime.now(UTC) - timedelta(hours=3))
+    workers = [
+        Worker(one, lambda _host: conn, poll=0.05, beat=0.1)  # type: ignore[arg-type,return-value]
+        for one in stores
+    ]
+    threads = [threading.Thread(target=worker.start) for worker in workers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        wait_for(lambda: bool(face.runs()) and face.runs()[0]["state"] == "failed", 30, "the run")
+        time.sleep(1.0)  # several more beats of both workers: nothing more may fire
+        assert len(face.runs()) == 1
+        with stores[0].session() as session:
+            kinds = session.scalars(select(Task.kind).where(Task.kind == "backup.scheduled")).all()
+        assert len(kinds) == 1
+        assert sum(worker.ran for worker in workers) == 1
+    finally:
+        for worker in workers:
+            worker.stop(10)
+        for one in stores:
+            one.dispose()
