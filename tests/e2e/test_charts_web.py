@@ -147,6 +147,7 @@ def test_dashboard_host_charts_and_addresses(browser: Any, served: Served, guest
     try:
         _login(page, served)
         expect(page.locator("#host-charts figure.chart")).to_have_count(4)
+        expect(page.locator("#host-charts h3")).to_contain_text(re.compile(r"^Host \S+: last hour"))
         counts = _wait_points(page, "#host-charts", MIN_POINTS)
         assert min(counts.values()) >= MIN_POINTS, counts
         expect(page.locator("#host-charts figure[data-chart='cpu'] figcaption")).to_contain_text(

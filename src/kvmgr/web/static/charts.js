@@ -155,6 +155,7 @@ const kvmgrCharts = (() => {
     const charts = specs(kind).map((spec) => new Chart(grid, spec));
     const history = await kvmgr.api("GET", path);
     const data = history.series;
+    if (kind === "host") section.querySelector("h3").firstChild.textContent = `Host ${history.host}: last hour`;
     const empty = () => {
       if (!history.sampled) return "not sampled here";
       if (!data.t.length) return `no samples yet (every ${history.interval} s)`;
