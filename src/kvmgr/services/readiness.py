@@ -252,7 +252,20 @@ def _wait(
         probes.console = None
     if watch.finder is None:
         watch.notes["ip"] = "the VM has no network interface"
-    say(f"waiting for {name}: " + ("an IP address" if wait == "ip" else ", ".join(watch.notes)))
+    if wait == "ip":
+        say(f"waiting for {name} to get an IP address")
+    else:
+        assert probes.agent is not None and probes.ssh is not None
+        usable = [
+            signal
+            for signal, able in (
+                ("console marker", probes.console is not None),
+                ("guest agent", probes.agent.why_not is None),
+                ("ssh banner", probes.ssh.why_not is None),
+            )
+            if able
+        ]
+        say(f"waiting for {name} to be ready ({', '.join(usable) or 'no signal it can give'})")
     deadline = watch.began + timeout
     while True:
         round_end = min(time.monotonic() + ROUND, deadline)
