@@ -86,7 +86,7 @@ def _start_mid_task(
         wait_for(
             lambda: (
                 _task(store, created["id"]).state == "running"
-                and "to be ready" in (_task(store, created["id"]).message or "")
+                and (_task(store, created["id"]).message or "").startswith("waiting for")
                 and any(not key.startswith("host-events:") for key, _ in _leases(store))
             ),
             60,
