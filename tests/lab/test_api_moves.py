@@ -8,6 +8,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from kvmgr.api.app import create_app
@@ -26,19 +27,26 @@ from tests.lab.test_moves import _purge_prefix
 PREFIX = "lab-mv-api"
 
 
+def _lab_api(lab: labs.Lab, tmp_path: Path, *, hosts: int) -> tuple[FastAPI, dict[str, str]]:
+    """An API on lab host 1 with the first ``hosts`` lab hosts registered, and the tokens of
+    an admin and an operator."""
+    app = create_app(make_settings(tmp_path / "api", uri=lab.tls_uri(lab.host(1))))
+    store = app.state.ctx.store
+    registry = HostRegistry(store)
+    for host in lab.hosts[:hosts]:
+        registry.add(f"h{host.index}", lab.tls_uri(host))
+    with store.session() as session:
+        users.create_user(session, "admin", PASSWORD, Role.admin, None)
+        users.create_user(session, "op", PASSWORD, Role.operator, None)
+        tokens = {n: users.create_token(session, n, "tests") for n in ("admin", "op")}
+    return app, tokens
+
+
 def test_api_migrates_a_vm_as_a_task_and_only_for_admins(
     lab: labs.Lab, lab_tls: list[Connection], tmp_path: Path
 ) -> None:
     _purge_prefix(lab_tls)
-    app = create_app(make_settings(tmp_path / "api", uri=lab.tls_uri(lab.host(1))))
-    ctx = app.state.ctx
-    registry = HostRegistry(ctx.store)
-    for host in lab.hosts[:3]:
-        registry.add(f"h{host.index}", lab.tls_uri(host))
-    with ctx.store.session() as session:
-        users.create_user(session, "admin", PASSWORD, Role.admin, None)
-        users.create_user(session, "op", PASSWORD, Role.operator, None)
-        tokens = {n: users.create_token(session, n, "tests") for n in ("admin", "op")}
+    app, tokens = _lab_api(lab, tmp_path, hosts=3)
     src, dst = lab_tls[0], lab_tls[2]
     name = f"{PREFIX}-vm"
     path = storage.create_volume(src, POOL, f"{name}.img", 4 * MIB, "raw").path
@@ -80,14 +88,8 @@ def test_an_api_cancel_aborts_a_running_migration(
     """POST /api/v1/tasks/{id}/cancel of a running vm.migrate: the worker aborts the job, the
     task ends cancelled, the VM runs on the source, and the destination keeps nothing."""
     _purge_prefix(lab_tls)
-    app = create_app(make_settings(tmp_path / "api", uri=lab.tls_uri(lab.host(1))))
-    ctx = app.state.ctx
-    registry = HostRegistry(ctx.store)
-    for host in lab.hosts[:2]:
-        registry.add(f"h{host.index}", lab.tls_uri(host))
-    with ctx.store.session() as session:
-        users.create_user(session, "admin", PASSWORD, Role.admin, None)
-        admin = {"Authorization": f"Bearer {users.create_token(session, 'admin', 'tests')}"}
+    app, tokens = _lab_api(lab, tmp_path, hosts=2)
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
     src, dst = lab_tls[0], lab_tls[1]
     name = f"{PREFIX}-cancel"
     ref = storage.create_volume(src, POOL, f"{name}.qcow2", 64 * MIB, "qcow2")

@@ -60,16 +60,21 @@ def _purge_prefix(connections: list[Connection]) -> None:
                 vol.delete(0)
 
 
-def test_cli_migrates_a_running_vm_to_the_host_placement_picks(
-    lab: labs.Lab, lab_tls: list[Connection], demo_iso: Path, tmp_path: Path, clean: None
-) -> None:
-    state = tmp_path / "state"
+def register_zoned_hosts(lab: labs.Lab, state: Path) -> None:
+    """h1..h4 over TLS with zones a, b, c, b; h4 (the other zone b) in maintenance."""
     zones = {1: "a", 2: "b", 3: "c", 4: "b"}
     for host in lab.hosts:
         added = kvmgr(state, "host", "add", f"h{host.index}", lab.tls_uri(host), "--labels",
                       f"zone={zones[host.index]}")  # fmt: skip
         assert added.returncode == 0, added.stderr
     assert kvmgr(state, "host", "set", "h4", "--maintenance", "on").returncode == 0
+
+
+def test_cli_migrates_a_running_vm_to_the_host_placement_picks(
+    lab: labs.Lab, lab_tls: list[Connection], demo_iso: Path, tmp_path: Path, clean: None
+) -> None:
+    state = tmp_path / "state"
+    register_zoned_hosts(lab, state)
     name = f"{PREFIX}cli"
     conn = lab_tls[0]
     ref = storage.create_volume(conn, POOL, f"{name}.qcow2", 64 * MIB, "qcow2")

@@ -11,7 +11,7 @@ import pytest
 
 from kvmgr.connect import Connection
 from kvmgr.host import lab as labs
-from tests.lab.test_moves import PREFIX, clean, kvmgr
+from tests.lab.test_moves import PREFIX, clean, kvmgr, register_zoned_hosts
 
 # The lab hosts share kvmgr's ISO directory: a name of this run's, never a leftover's.
 ISO = f"{PREFIX}{uuid.uuid4().hex[:8]}.iso"
@@ -22,12 +22,7 @@ def test_create_goes_where_placement_says(
     lab: labs.Lab, lab_tls: list[Connection], demo_iso: Path, tmp_path: Path, clean: None
 ) -> None:
     state = tmp_path / "state"
-    zones = {1: "a", 2: "b", 3: "c", 4: "b"}
-    for host in lab.hosts:
-        added = kvmgr(state, "host", "add", f"h{host.index}", lab.tls_uri(host), "--labels",
-                      f"zone={zones[host.index]}")  # fmt: skip
-        assert added.returncode == 0, added.stderr
-    assert kvmgr(state, "host", "set", "h4", "--maintenance", "on").returncode == 0
+    register_zoned_hosts(lab, state)
     imported = kvmgr(state, "--host", "h2", "iso", "import", str(demo_iso), "--name", ISO)
     assert imported.returncode == 0, imported.stderr
     try:
