@@ -38,7 +38,8 @@ import pytest
 
 from kvmgr.errors import HostError
 from kvmgr.host.bridge import Ip, LinkState, create_bridge
-from kvmgr.host.bridge_backends import Settle, split_terse
+from kvmgr.host.bridge_backends import Settle
+from kvmgr.host.bridge_plans import split_terse
 
 pytestmark = pytest.mark.integration
 

@@ -41,7 +41,8 @@ from kvmgr.host.bridge import (
     plan_create,
     plan_restore,
 )
-from kvmgr.host.bridge_backends import STATE_DIR, Runner, Settle, under
+from kvmgr.host.bridge_backends import Settle
+from kvmgr.host.bridge_plans import STATE_DIR, Runner, under
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,12 @@ import pytest
 
 from kvmgr.errors import HostError, InvalidInput
 from kvmgr.host.bridge import Address, BridgeSpec, Ip, LinkState, Route
-from kvmgr.host.bridge_backends import (
+from kvmgr.host.bridge_backends import Settle, apply_plan, plan_for
+from kvmgr.host.bridge_plans import (
     NetworkFacts,
     Runner,
-    Settle,
-    apply_plan,
     choose_backend,
     gather_facts,
-    plan_for,
     plan_ifcfg_files,
     plan_netplan_files,
     plan_nmcli_connections,

@@ -32,7 +32,8 @@ from kvmgr.host.run import run
 from kvmgr.names import validate_name
 
 if TYPE_CHECKING:
-    from kvmgr.host.bridge_backends import Runner, Settle
+    from kvmgr.host.bridge_backends import Settle
+    from kvmgr.host.bridge_plans import Runner
 
 IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
 ALIAS_PREFIX = "kvmgr-bridge uplink="
@@ -338,13 +339,14 @@ def create_bridge(
     ``netplan``; files are read and written under ``root``, commands run through ``runner``.
     """
     from kvmgr.host import bridge_backends as persistent
+    from kvmgr.host import bridge_plans as plans
 
     validate_ifname(bridge, what="bridge name")
     validate_ifname(uplink, what="uplink")
     if ping is not None:
         _check_address(ping)  # now: after the move, a bad one would end the run half made
     ip = Ip(netns)
-    runner = runner or persistent.Runner()
+    runner = runner or plans.Runner()
     # A dry run changes nothing, so it may show the plan for the default-route interface too.
     before = _check_create(ip, bridge, uplink, yes=yes or dry_run)
     chosen, plan, reason = persistent.plan_for(backend, before, bridge, root=root, runner=runner)
@@ -474,6 +476,7 @@ def delete_bridge(
     kvmgr backed up when it made the bridge (or deleting the connections it added).
     """
     from kvmgr.host import bridge_backends as persistent
+    from kvmgr.host import bridge_plans as plans
 
     validate_ifname(bridge, what="bridge name")
     ip = Ip(netns)
@@ -484,7 +487,7 @@ def delete_bridge(
             yes=yes,
             dry_run=dry_run,
             root=root,
-            runner=runner or persistent.Runner(),
+            runner=runner or plans.Runner(),
             settle=settle,
         )
     before = ip.read(bridge)
