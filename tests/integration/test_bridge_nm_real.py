@@ -37,8 +37,9 @@ from pathlib import Path
 import pytest
 
 from kvmgr.errors import HostError
-from kvmgr.host.bridge import Ip, LinkState, create_bridge
+from kvmgr.host.bridge import create_bridge
 from kvmgr.host.bridge_backends import Settle
+from kvmgr.host.bridge_ip import Ip, LinkState
 from kvmgr.host.bridge_plans import split_terse
 
 pytestmark = pytest.mark.integration

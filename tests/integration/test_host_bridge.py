@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from kvmgr.cli.main import app
 from kvmgr.errors import HostError, InvalidState
-from kvmgr.host.bridge import Ip, LinkState, create_bridge, delete_bridge, list_bridges
+from kvmgr.host.bridge import create_bridge, delete_bridge, list_bridges
+from kvmgr.host.bridge_ip import Ip, LinkState
 
 pytestmark = pytest.mark.integration
 

@@ -32,16 +32,9 @@ from typer.testing import CliRunner
 
 from kvmgr.cli.main import app
 from kvmgr.errors import HostError
-from kvmgr.host.bridge import (
-    Ip,
-    LinkState,
-    create_bridge,
-    delete_bridge,
-    list_bridges,
-    plan_create,
-    plan_restore,
-)
+from kvmgr.host.bridge import create_bridge, delete_bridge, list_bridges
 from kvmgr.host.bridge_backends import Settle
+from kvmgr.host.bridge_ip import Ip, LinkState, plan_create, plan_restore
 from kvmgr.host.bridge_plans import STATE_DIR, Runner, under
 
 pytestmark = pytest.mark.integration

@@ -7,13 +7,11 @@ from pathlib import Path
 import pytest
 
 from kvmgr.errors import InvalidInput
-from kvmgr.host.bridge import (
-    PERSISTENT_BACKENDS,
+from kvmgr.host.bridge import PERSISTENT_BACKENDS, BridgeSpec, backend_for
+from kvmgr.host.bridge_ip import (
     Address,
-    BridgeSpec,
     LinkState,
     Route,
-    backend_for,
     differences,
     plan_create,
     plan_delete,

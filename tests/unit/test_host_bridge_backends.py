@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from kvmgr.errors import HostError, InvalidInput
-from kvmgr.host.bridge import Address, BridgeSpec, Ip, LinkState, Route
+from kvmgr.host.bridge import BridgeSpec
 from kvmgr.host.bridge_backends import Settle, apply_plan, plan_for
+from kvmgr.host.bridge_ip import Address, Ip, LinkState, Route
 from kvmgr.host.bridge_plans import (
     NetworkFacts,
     Runner,

@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from kvmgr.errors import HostError, InvalidInput, InvalidState
-from kvmgr.host.bridge import (
-    Argv,
-    BridgeResult,
-    BridgeSpec,
-    Ip,
-    LinkState,
-    differences,
-    verify_moved,
-)
+from kvmgr.host.bridge import BridgeResult, BridgeSpec, verify_moved
+from kvmgr.host.bridge_ip import Argv, Ip, LinkState, differences
 from kvmgr.host.bridge_plans import (
     BACKENDS,
     IFCFG_DIR,

@@ -26,14 +26,8 @@ import yaml
 
 from kvmgr.errors import HostError, InvalidInput, InvalidState
 from kvmgr.host import run as host_run
-from kvmgr.host.bridge import (
-    Argv,
-    BridgeSpec,
-    Route,
-    plan_ifcfg,
-    plan_netplan,
-    plan_nmcli,
-)
+from kvmgr.host.bridge import BridgeSpec, plan_ifcfg, plan_netplan, plan_nmcli
+from kvmgr.host.bridge_ip import Argv, Route
 
 BACKENDS = ("auto", "nmcli", "ifcfg", "netplan", "iproute2")
 IFCFG_DIR = "/etc/sysconfig/network-scripts"
