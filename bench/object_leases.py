@@ -29,7 +29,7 @@ def main(uri: str = "qemu:///system", rounds: int = 30) -> None:
     from kvmgr.connect import open_connection
     from kvmgr.control.objects import net_key, pool_key
     from kvmgr.control.plane import ControlPlane
-    from kvmgr.services import networks, storage
+    from kvmgr.services import networks, storage_pools
     from kvmgr.store.db import Store
 
     conn = open_connection(uri)
@@ -48,17 +48,17 @@ def main(uri: str = "qemu:///system", rounds: int = 30) -> None:
             networks.create_network(conn, spec, steps=steps)
 
     def pool_create_plain() -> None:
-        storage.create_pool(conn, pool, str(work / "pool"))
+        storage_pools.create_pool(conn, pool, str(work / "pool"))
 
     def pool_create_journaled() -> None:
         with plane.operation("pool create", pool, host, [pool_key(host, pool)]) as steps:
-            storage.create_pool(conn, pool, str(work / "pool"), steps=steps)
+            storage_pools.create_pool(conn, pool, str(work / "pool"), steps=steps)
 
     def drop_net() -> None:
         networks.delete_network(conn, net, force=True)
 
     def drop_pool() -> None:
-        storage.delete_pool(conn, pool, force=True)
+        storage_pools.delete_pool(conn, pool, force=True)
 
     def net_cycle_plain() -> None:
         networks.stop_network(conn, net, force=True)
@@ -71,11 +71,11 @@ def main(uri: str = "qemu:///system", rounds: int = 30) -> None:
             networks.start_network(conn, net)
 
     def refresh_plain() -> None:
-        storage.refresh_pool(conn, pool)
+        storage_pools.refresh_pool(conn, pool)
 
     def refresh_leased() -> None:
         with plane.lease(pool_key(host, pool), "refresh"):
-            storage.refresh_pool(conn, pool)
+            storage_pools.refresh_pool(conn, pool)
 
     def lease_alone() -> None:
         with plane.lease(pool_key(host, pool), "refresh"):
@@ -89,7 +89,7 @@ def main(uri: str = "qemu:///system", rounds: int = 30) -> None:
         for label, plain, controlled, undo in cases:
             _report(label, plain, controlled, undo, rounds)
         networks.create_network(conn, spec)
-        storage.create_pool(conn, pool, str(work / "pool"))
+        storage_pools.create_pool(conn, pool, str(work / "pool"))
         _report("net stop+start (2 leases)", net_cycle_plain, net_cycle_leased, None, rounds)
         _report("pool refresh (lease)", refresh_plain, refresh_leased, None, rounds)
         samples = []

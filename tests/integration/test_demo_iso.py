@@ -19,7 +19,7 @@ import pytest
 
 from kvmgr.connect import Connection
 from kvmgr.images.demo_iso import VOLUME_ID, build_demo_iso, remove_demo_iso
-from kvmgr.services import storage
+from kvmgr.services import storage, storage_pools
 from kvmgr.services.console import attach_interactive
 from kvmgr.units import MIB
 from tests.integration.conftest import Cleanup
@@ -41,7 +41,7 @@ class BootedGuest:
 @pytest.fixture(scope="module")
 def guest(conn: Connection, demo_iso: Path, module_cleanup: Cleanup) -> Iterator[BootedGuest]:
     module_cleanup.prefix(PREFIX)
-    storage.ensure_pool(conn, "default")
+    storage_pools.ensure_pool(conn, "default")
     disk = storage.create_volume(conn, "default", module_cleanup.volume("default", DISK), 64 * MIB)
     spec = demo_domain(
         conn, module_cleanup.vm(VM), str(demo_iso), disk_path=disk.path, vcpus=1, max_vcpus=2

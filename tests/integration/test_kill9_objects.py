@@ -18,7 +18,7 @@ import pycdlib
 import pytest
 
 from kvmgr.connect import Connection
-from kvmgr.services import storage
+from kvmgr.services import storage_pools
 from kvmgr.services.cloud_images import _META_SUFFIX as IMAGE_META
 
 from .conftest import Cleanup, purge_prefix
@@ -57,7 +57,7 @@ def _iso(path: Path) -> Path:
 
 
 def _pool(conn: Connection, where: Path) -> None:
-    storage.create_pool(conn, POOL, str(where / "existing"))
+    storage_pools.create_pool(conn, POOL, str(where / "existing"))
 
 
 # name -> (setup, command given the work directory, journal records it makes)

@@ -14,7 +14,7 @@ import pytest
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput
-from kvmgr.services import storage
+from kvmgr.services import storage, storage_pools
 from kvmgr.services.create import DiskRequest, NicRequest, VMSpec, create_vm
 from kvmgr.units import MIB
 from tests.integration.conftest import purge_prefix
@@ -27,7 +27,7 @@ POOL = "t-qa-pool"
 def pool(conn: Connection, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("t-qa-pool") / "pool"
     purge_prefix(conn, PREFIX)
-    storage.create_pool(conn, POOL, str(directory))
+    storage_pools.create_pool(conn, POOL, str(directory))
     try:
         yield POOL
     finally:

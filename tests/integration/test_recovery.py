@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from kvmgr.connect import Connection
-from kvmgr.services import storage
+from kvmgr.services import storage_pools
 from tests.integration.conftest import Cleanup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_undo_of_a_killed_process_is_run_by_the_next(
     env.pop("KVMGR_DB_URL", None)
     pool_dir = tmp_path / "pool"
     cleanup.pool(POOL)
-    storage.create_pool(conn, POOL, str(pool_dir))
+    storage_pools.create_pool(conn, POOL, str(pool_dir))
     cleanup.volume(POOL, VOLUME)
 
     victim = _python(VICTIM, POOL, VOLUME, env=env)

@@ -19,7 +19,7 @@ from kvmgr.cli.common import state
 from kvmgr.cli.main import app
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState
-from kvmgr.services import storage
+from kvmgr.services import storage, storage_pools
 from kvmgr.units import MIB
 from kvmgr.xml.domain import Disk, Domain
 
@@ -63,7 +63,7 @@ def conn() -> Iterator[Connection]:
 @pytest.fixture
 def pool_dir(conn: Connection, tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "pool"
-    storage.create_pool(conn, POOL, str(path))
+    storage_pools.create_pool(conn, POOL, str(path))
     try:
         yield path
     finally:
@@ -165,12 +165,12 @@ def test_volumes_a_vm_uses_survive_every_delete(conn: Connection, pool_dir: Path
     with pytest.raises(InvalidState, match=VM):
         storage.delete_pool_volume(conn, POOL, "used.qcow2")
     with pytest.raises(InvalidState, match=VM):
-        storage.delete_pool(conn, POOL, force=True)
+        storage_pools.delete_pool(conn, POOL, force=True)
     assert Path(used.path).exists() and (pool_dir / "spare.qcow2").exists()
     _drop_vm(conn)
     with pytest.raises(InvalidState, match="add --force"):
-        storage.delete_pool(conn, POOL)
-    result = storage.delete_pool(conn, POOL, force=True)
+        storage_pools.delete_pool(conn, POOL)
+    result = storage_pools.delete_pool(conn, POOL, force=True)
     # Issue 11 hole 1: a forced delete removes volumes, never other files of the directory.
     assert result.deleted_volumes == ["spare.qcow2", "used.qcow2"]
     assert result.kept_files == ["notes.txt"]

@@ -22,7 +22,7 @@ from kvmgr.errors import InvalidState
 from kvmgr.services import clones, snapshots, steps, vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
 from kvmgr.services.steps import LocalSteps
-from kvmgr.services.storage import ensure_pool
+from kvmgr.services.storage_pools import ensure_pool
 from kvmgr.units import GIB, MIB
 from tests.steps_harness import Cut, CutSteps, recover_elsewhere
 from tests.testdriver import reset_default_test_driver

@@ -15,7 +15,7 @@ import pytest
 
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import Unsupported
-from kvmgr.services import isos, networks, storage
+from kvmgr.services import isos, networks, storage, storage_pools
 from kvmgr.services.create import VMSpec, create_vm
 from kvmgr.services.steps import Steps
 from kvmgr.units import MIB
@@ -56,7 +56,7 @@ def _iso(path: Path) -> Path:
 Make = Callable[[Connection, Path, Steps], object]
 OPERATIONS: dict[str, Make] = {  # uploads: the test driver has none (see below)
     "net create": lambda c, d, s: networks.create_network(c, NET, steps=s),
-    "pool create": lambda c, d, s: storage.create_pool(c, "j-pool", str(d / "pool"), steps=s),
+    "pool create": lambda c, d, s: storage_pools.create_pool(c, "j-pool", str(d / "pool"), steps=s),
     "vol create": lambda c, d, s: storage.create_pool_volume(
         c, "default-pool", "j-vol", "16M", steps=s
     ),
@@ -136,7 +136,7 @@ def test_undo_keeps_a_network_a_vm_uses_by_then(conn: Connection) -> None:
 
 def test_undo_keeps_a_pool_that_holds_volumes_by_then(conn: Connection, workdir: Path) -> None:
     journal = CutSteps()
-    storage.create_pool(conn, "j-pool", str(workdir / "pool"), steps=journal)
+    storage_pools.create_pool(conn, "j-pool", str(workdir / "pool"), steps=journal)
     storage.create_pool_volume(conn, "j-pool", "j-data", "16M")
     problems = recover_elsewhere(conn, journal)
     assert any("holds 1 volume(s) now, so it is kept" in p for p in problems), problems

@@ -15,7 +15,7 @@ import pytest
 
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, Unsupported
-from kvmgr.services import storage, storage_transfer
+from kvmgr.services import storage, storage_pools, storage_transfer
 
 NODE_XML = """<node>
   <pool type='dir'>
@@ -84,30 +84,30 @@ def _volumes(conn: Connection, pool: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- pools
 def test_create_pool_and_its_refusals(conn: Connection) -> None:
-    info = storage.create_pool(conn, "t-stor-new", "/t-stor-new/")
+    info = storage_pools.create_pool(conn, "t-stor-new", "/t-stor-new/")
     assert (info.name, info.type, info.path, info.active, info.autostart, info.volumes) == (
         "t-stor-new", "dir", "/t-stor-new", True, True, 0,
     )  # fmt: skip
     with pytest.raises(AlreadyExists):
-        storage.create_pool(conn, "t-stor-new", "/elsewhere")
+        storage_pools.create_pool(conn, "t-stor-new", "/elsewhere")
     with pytest.raises(AlreadyExists, match="t-stor-p"):
-        storage.create_pool(conn, "t-stor-other", "/t-stor-p")
+        storage_pools.create_pool(conn, "t-stor-other", "/t-stor-p")
     with pytest.raises(InvalidInput):
-        storage.create_pool(conn, "t-stor-rel", "relative/path")
+        storage_pools.create_pool(conn, "t-stor-rel", "relative/path")
     with pytest.raises(Unsupported):
-        storage.create_pool(conn, "t-stor-lvm", "/dev/vg0", "logical")
+        storage_pools.create_pool(conn, "t-stor-lvm", "/dev/vg0", "logical")
 
 
 def test_list_pools_counts_volumes(conn: Connection) -> None:
-    counts = {info.name: info.volumes for info in storage.list_pools(conn)}
+    counts = {info.name: info.volumes for info in storage_pools.list_pools(conn)}
     assert counts == {"t-stor-p": 4, "t-stor-empty": 0}
     with pytest.raises(NotFound):
-        storage.pool_info(conn, "t-stor-missing")
+        storage_pools.pool_info(conn, "t-stor-missing")
 
 
 def test_pool_with_a_used_volume_is_never_deleted(conn: Connection) -> None:
     with pytest.raises(InvalidState, match=r"used\.img by VM t-stor-vm1"):
-        storage.delete_pool(conn, "t-stor-p", force=True)
+        storage_pools.delete_pool(conn, "t-stor-p", force=True)
     assert len(_volumes(conn, "t-stor-p")) == 4
 
 
@@ -117,19 +117,19 @@ def test_pool_with_volumes_needs_force_and_then_loses_only_its_volumes(
     conn.virconn.lookupByName("t-stor-vm1").destroy()
     conn.virconn.lookupByName("t-stor-vm1").undefine()
     with pytest.raises(InvalidState, match=r"base\.qcow2 by volume t-stor-p/overlay\.qcow2"):
-        storage.delete_pool(conn, "t-stor-p", force=True)
+        storage_pools.delete_pool(conn, "t-stor-p", force=True)
     conn.virconn.storagePoolLookupByName("t-stor-p").storageVolLookupByName("overlay.qcow2").delete(
         0
     )
     with pytest.raises(InvalidState, match="holds 3 volume"):
-        storage.delete_pool(conn, "t-stor-p")
-    result = storage.delete_pool(conn, "t-stor-p", force=True)
+        storage_pools.delete_pool(conn, "t-stor-p")
+    result = storage_pools.delete_pool(conn, "t-stor-p", force=True)
     assert result.deleted_volumes == ["base.qcow2", "free.img", "used.img"]
     assert "t-stor-p" not in conn.virconn.listStoragePools()
 
 
 def test_empty_pool_is_deleted_without_force(conn: Connection) -> None:
-    result = storage.delete_pool(conn, "t-stor-empty")
+    result = storage_pools.delete_pool(conn, "t-stor-empty")
     assert result.deleted_volumes == []
     assert "t-stor-empty" not in (
         conn.virconn.listStoragePools() + conn.virconn.listDefinedStoragePools()

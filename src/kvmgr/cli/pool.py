@@ -11,7 +11,7 @@ from kvmgr.cli.common import authz, conn, report_errors
 from kvmgr.cli.objects import busy, forget, held, journaled, owner_fields, record
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.control.objects import check_group, pool_key
-from kvmgr.services import storage
+from kvmgr.services import storage_pools
 from kvmgr.units import format_size
 
 app = typer.Typer(no_args_is_help=True)
@@ -23,7 +23,7 @@ GroupOption = Annotated[
 _SIZES = ("capacity", "allocation", "available")
 
 
-def _human(info: storage.PoolInfo, fmt: OutputFormat) -> dict[str, Any]:
+def _human(info: storage_pools.PoolInfo, fmt: OutputFormat) -> dict[str, Any]:
     """Sizes as bytes for scripts, as ``1.5 GiB`` for people."""
     data = info.as_dict()
     if fmt.for_people:
@@ -45,7 +45,7 @@ def create(
     check_group(group)
     path = authz().pool_path(path)  # never in, on or above a system directory
     with journaled("pool create", name, lambda host: pool_key(host, name)) as steps:
-        made = storage.create_pool(conn(), name, path, pool_type, steps=steps)
+        made = storage_pools.create_pool(conn(), name, path, pool_type, steps=steps)
     record("pool", name, group=group)
     emit_object(_human(made, output), output)
 
@@ -54,7 +54,7 @@ def create(
 @report_errors
 def list_(output: OutputFormat = OutputOption) -> None:
     """Storage pools with path, state, sizes and volume count."""
-    rows = [_human(info, output) for info in storage.list_pools(conn())]
+    rows = [_human(info, output) for info in storage_pools.list_pools(conn())]
     emit_rows(
         rows,
         output,
@@ -66,7 +66,7 @@ def list_(output: OutputFormat = OutputOption) -> None:
 @report_errors
 def info(name: Name, output: OutputFormat = OutputOption) -> None:
     """Everything about one pool, who owns it and who works on it."""
-    data = _human(storage.pool_info(conn(), name), output)
+    data = _human(storage_pools.pool_info(conn(), name), output)
     data.update(owner_fields("pool", name))
     data["busy"] = busy(lambda host: pool_key(host, name))
     emit_object(data, output)
@@ -89,7 +89,7 @@ def set_(
     if (group is None) == (not no_group):
         raise typer.BadParameter("give --group NAME or --no-group")
     with held(lambda host: pool_key(host, name), "set group"):
-        storage.pool_info(conn(), name)  # NotFound for a pool that is not there
+        storage_pools.pool_info(conn(), name)  # NotFound for a pool that is not there
         set_group(state.store(), "pool", name, group, cli_principal(), host=state.host_name())
     shown = f"group {group}" if group else "no group (shared)"
     console.print(f"pool {name}: {shown}", highlight=False)
@@ -100,7 +100,7 @@ def set_(
 def refresh(name: Name, output: OutputFormat = OutputOption) -> None:
     """Rescan the pool's directory for volumes (starts a stopped pool)."""
     with held(lambda host: pool_key(host, name), "refresh"):
-        refreshed = storage.refresh_pool(conn(), name)
+        refreshed = storage_pools.refresh_pool(conn(), name)
     emit_object(_human(refreshed, output), output)
 
 
@@ -114,8 +114,8 @@ def delete(
 ) -> None:
     """Remove a pool; its directory only when empty (refused while it holds volumes)."""
     with held(lambda host: pool_key(host, name), "delete"):
-        where = storage.pool_info(conn(), name).path
-        result = storage.delete_pool(conn(), name, force=force)
+        where = storage_pools.pool_info(conn(), name).path
+        result = storage_pools.delete_pool(conn(), name, force=force)
     forget("pool", name)
     if where:  # a dir pool's volumes are its files: their records are keyed by path
         forget("volume", *(posixpath.join(where, vol) for vol in result.deleted_volumes))

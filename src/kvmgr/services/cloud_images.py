@@ -24,7 +24,7 @@ from kvmgr.errors import AlreadyExists, InvalidInput, NotFound, libvirt_errors
 from kvmgr.names import validate_name
 from kvmgr.services.install_media import VolumeReader
 from kvmgr.services.steps import Steps, owned_steps
-from kvmgr.services.storage import ensure_pool
+from kvmgr.services.storage_pools import ensure_pool
 
 IMAGE_POOL = "kvmgr-images"
 IMAGE_POOL_PATH = "/var/lib/kvmgr/images"

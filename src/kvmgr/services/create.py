@@ -43,7 +43,8 @@ from kvmgr.services.create_policy import (
     root_ports_needed,
 )
 from kvmgr.services.steps import Steps, owned_steps
-from kvmgr.services.storage import DEFAULT_POOL, VolumeRef, create_volume, refuse_taken_name
+from kvmgr.services.storage import VolumeRef, create_volume, refuse_taken_name
+from kvmgr.services.storage_pools import DEFAULT_POOL
 from kvmgr.units import GIB, MIB, format_size
 
 Progress = Callable[[str], None]

@@ -16,7 +16,8 @@ from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, Unsupported, libvirt_errors
 from kvmgr.names import validate_name
 from kvmgr.osinfo import OSProfile
-from kvmgr.services.storage import DEFAULT_POOL, VolumeRef
+from kvmgr.services.storage import VolumeRef
+from kvmgr.services.storage_pools import DEFAULT_POOL
 from kvmgr.units import parse_size
 from kvmgr.xml.domain import (
     Channel,

@@ -24,7 +24,8 @@ from kvmgr.errors import InvalidInput, NotFound, OperationFailed, libvirt_errors
 from kvmgr.osinfo.db import Media, OsEntry, get_db, media_matches
 from kvmgr.osinfo.iso import IsoDescriptor, parse_descriptor_set
 from kvmgr.services.steps import Steps
-from kvmgr.services.storage import ensure_pool, find_volume_by_path
+from kvmgr.services.storage import find_volume_by_path
+from kvmgr.services.storage_pools import ensure_pool
 from kvmgr.xml.storage import StorageVolume
 
 _BLOCK = 1024 * 1024

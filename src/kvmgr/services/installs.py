@@ -30,7 +30,8 @@ from kvmgr.services.create import CreateResult, VMSpec, create_vm
 from kvmgr.services.install_media import read_install_media, upload_bytes
 from kvmgr.services.readiness import Readiness
 from kvmgr.services.steps import LocalSteps, Steps
-from kvmgr.services.storage import DEFAULT_POOL, delete_volume_by_path
+from kvmgr.services.storage import delete_volume_by_path
+from kvmgr.services.storage_pools import DEFAULT_POOL
 from kvmgr.services.unattended import InstallPlan, UnattendedRequest, load, plan
 from kvmgr.xml.domain import Domain
 

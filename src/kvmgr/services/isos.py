@@ -75,7 +75,7 @@ def _pool_path(pool: str) -> str:
 
 def _ensure_pool(conn: Connection, pool: str) -> libvirt.virStoragePool:
     """The ISO pool, created on first use as an autostarted dir pool (see services.storage)."""
-    from kvmgr.services.storage import ensure_pool
+    from kvmgr.services.storage_pools import ensure_pool
 
     storage_pool = ensure_pool(conn, pool, _pool_path(pool))
     with libvirt_errors(f"refreshing storage pool {pool}"):

@@ -32,13 +32,13 @@ from kvmgr.services.resources import (
 )
 from kvmgr.services.steps import Steps, owned_steps, recovery_action
 from kvmgr.services.storage import (
-    DEFAULT_POOL,
     VOLUME_FORMATS,
     create_volume,
     delete_volume_by_path,
     find_volume_by_path,
     planned_volume_path,
 )
+from kvmgr.services.storage_pools import DEFAULT_POOL
 from kvmgr.services.vm_removal import record_owned_volumes
 from kvmgr.units import format_size
 from kvmgr.xml.domain import Disk, Domain

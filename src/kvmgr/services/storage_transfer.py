@@ -19,7 +19,6 @@ from kvmgr.names import validate_name
 from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.services.storage import (
     VolumeInfo,
-    _active_pool,
     _lookup_volume,
     _refuse_if_used,
     _volume_exists,
@@ -27,6 +26,7 @@ from kvmgr.services.storage import (
     undo_volume_args,
     volume_info,
 )
+from kvmgr.services.storage_pools import _active_pool
 from kvmgr.units import format_size
 
 #: Called with (bytes done, bytes total) as a transfer advances; holes count as done.

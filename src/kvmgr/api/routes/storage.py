@@ -17,6 +17,7 @@ from kvmgr.control import ownership
 from kvmgr.control.objects import check_group, pool_key, set_group, vol_key
 from kvmgr.control.plane import Key
 from kvmgr.services import storage as storage_service
+from kvmgr.services import storage_pools
 from kvmgr.store.users import Principal
 
 router = APIRouter(prefix="/api/v1/pools", tags=["storage"])
@@ -50,12 +51,12 @@ class VolumeResize(BaseModel):
 
 @router.get("", summary="Every storage pool with capacity and use")
 def list_pools(_who: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
-    return [pool.as_dict() for pool in storage_service.list_pools(ctx.conn())]
+    return [pool.as_dict() for pool in storage_pools.list_pools(ctx.conn())]
 
 
 @router.get("/{pool}", summary="One pool")
 def pool_info(pool: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
-    data = storage_service.pool_info(ctx.conn(), pool).as_dict()
+    data = storage_pools.pool_info(ctx.conn(), pool).as_dict()
     owner = ownership.owner_of(ctx.store, "pool", pool, host=ctx.host_name())
     data["group"] = owner.group if owner is not None else None
     data["busy"] = ctx.plane.busy(pool_key(ctx.host_name(), pool))
@@ -76,7 +77,7 @@ def create_pool(body: PoolCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
         path = ctx.authz(conn, who).pool_path(body.path)
         key = pool_key(ctx.host_name(), body.name)
         with ctx.operation(who, "pool create", body.name, [key]) as steps:
-            made = storage_service.create_pool(
+            made = storage_pools.create_pool(
                 conn, body.name, path, body.type, steps=steps
             ).as_dict()
         ownership.record_owner(
@@ -91,7 +92,7 @@ def create_pool(body: PoolCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
 def change_pool(pool: str, body: PoolChange, who: Admin, ctx: Ctx) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
         with _lease(ctx, who, pool_key(ctx.host_name(), pool), "set group"):
-            storage_service.pool_info(conn, pool)  # 404 for a pool that is not there
+            storage_pools.pool_info(conn, pool)  # 404 for a pool that is not there
             set_group(ctx.store, "pool", pool, body.group, who, host=ctx.host_name())
         return {"name": pool, "group": body.group}
 
@@ -102,7 +103,7 @@ def change_pool(pool: str, body: PoolChange, who: Admin, ctx: Ctx) -> dict[str, 
 def refresh_pool(pool: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
         with _lease(ctx, who, pool_key(ctx.host_name(), pool), "refresh"):
-            return storage_service.refresh_pool(conn, pool).as_dict()
+            return storage_pools.refresh_pool(conn, pool).as_dict()
 
     return ctx.act(who, "pool.refresh", pool, work)
 
@@ -111,8 +112,8 @@ def refresh_pool(pool: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 def delete_pool(pool: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
         with _lease(ctx, who, pool_key(ctx.host_name(), pool), "delete"):
-            where = storage_service.pool_info(conn, pool).path
-            deletion = storage_service.delete_pool(conn, pool, force=force)
+            where = storage_pools.pool_info(conn, pool).path
+            deletion = storage_pools.delete_pool(conn, pool, force=force)
         ownership.forget_owner(ctx.store, "pool", pool, host=ctx.host_name())
         for vol in deletion.deleted_volumes if where else []:
             path = posixpath.join(where or "", vol)  # a dir pool's volumes are its files

@@ -25,7 +25,7 @@ import libvirt
 from kvmgr.connect import Connection
 from kvmgr.errors import AlreadyExists, InvalidInput, NotFound, libvirt_errors
 from kvmgr.names import validate_name
-from kvmgr.services import storage, vms
+from kvmgr.services import storage, storage_pools, vms
 from kvmgr.services.backup.repository import CHUNK, DiskMap, Repository, chunk_data
 from kvmgr.services.steps import Steps, recovery_action
 from kvmgr.xml.domain import Domain
@@ -141,7 +141,7 @@ def restore_point(
     steps: Steps,
     *,
     as_name: str | None = None,
-    pool: str = storage.DEFAULT_POOL,
+    pool: str = storage_pools.DEFAULT_POOL,
     start: bool = False,
 ) -> dict[str, Any]:
     """Restore ``point`` as VM ``as_name`` (default: the original's name, if it is gone)."""
@@ -162,7 +162,7 @@ def restore_point(
         for nic in spec.devices.interfaces:
             nic.mac = None  # libvirt gives new ones: two VMs must not share a MAC
     volumes = {disk["target"]: f"{name}-{disk['target']}.qcow2" for disk in manifest["disks"]}
-    target_pool = storage.ensure_pool(conn, pool)
+    target_pool = storage_pools.ensure_pool(conn, pool)
     with libvirt_errors(f"looking up volumes in pool {pool}"):
         existing = {vol.name() for vol in target_pool.listAllVolumes(0)}
     taken = sorted(set(volumes.values()) & existing)
