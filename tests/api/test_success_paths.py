@@ -12,7 +12,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from kvmgr.host.checks import Status
+from kvmgr.host.check_runner import Status
 from tests.api.conftest import TEST_URI, As
 
 NET = "t-api2-net"

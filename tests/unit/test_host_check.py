@@ -10,12 +10,9 @@ import pytest
 from kvmgr.connect import open_connection
 from kvmgr.errors import ConnectionFailed
 from kvmgr.host import checks
+from kvmgr.host.check_runner import Check, CheckContext, CheckResult, Status
 from kvmgr.host.checks import (
     CHECKS,
-    Check,
-    CheckContext,
-    CheckResult,
-    Status,
     check_cgroups,
     check_kvm_probe,
     check_memory,

@@ -14,7 +14,7 @@ import pytest
 
 from kvmgr.connect import kvm_probe
 from kvmgr.connect.kvm_probe import NEGATIVE_TTL, ProbeResult, cached_probe
-from kvmgr.host.checks import CheckContext
+from kvmgr.host.check_runner import CheckContext
 
 BOOT_ID = "0b1c2d3e-0000-4000-8000-000000000001"
 

@@ -36,7 +36,8 @@ _STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
 @report_errors
 def check(output: OutputFormat = OutputOption) -> None:
     """Check that this host can run VMs; exit status 1 when it cannot."""
-    from kvmgr.host.checks import CheckContext, run_checks
+    from kvmgr.host.check_runner import CheckContext
+    from kvmgr.host.checks import run_checks
 
     report = run_checks(CheckContext(connect=conn))
     rows = [

@@ -1,10 +1,10 @@
 """``kvmgr host check``: can this host run VMs, and what should be fixed?
 
-Each check is a small function taking a :class:`CheckContext` and returning a
-:class:`CheckResult`.  The registry (:data:`CHECKS`) lists them in display order and says which ones
-the host cannot run VMs without (``required``).  :func:`run_checks` runs them all concurrently,
-each under a deadline: a check that raises or does not answer in time becomes a FAIL/WARN row
-with the reason, never a traceback and never a hang.
+What lives here: the checks themselves, each a small function taking a :class:`CheckContext` and
+returning a :class:`CheckResult`; the registry (:data:`CHECKS`), listing them in display order and
+saying which ones the host cannot run VMs without (``required``); and :func:`run_checks` with its
+verdict (:class:`CheckReport`: can VMs run, with KVM or by software emulation).  What a check is
+and how checks run concurrently under a deadline live in :mod:`kvmgr.host.check_runner`.
 
 The checks cover what ``virt-host-validate qemu`` checks, plus a functional KVM probe (guest code
 really running in /dev/kvm), the libvirt daemon, virtlogd, networks, pools and resources.
@@ -17,108 +17,25 @@ import platform
 import re
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 
-from kvmgr.connect.connection import Connection, libvirt_version
-from kvmgr.connect.kvm_probe import DEFAULT_DEVICE, ProbeResult, cached_probe, probe_kvm
-from kvmgr.connect.kvm_probe import DEFAULT_TIMEOUT as PROBE_TIMEOUT
+from kvmgr.connect.connection import libvirt_version
 from kvmgr.errors import KvmgrError, libvirt_errors
+from kvmgr.host.check_runner import (
+    Check,
+    CheckContext,
+    CheckFunc,
+    CheckResult,
+    Status,
+    run_concurrently,
+)
 from kvmgr.host.run import run
 from kvmgr.units import GIB, MIB, format_size
-
-
-class Status(StrEnum):
-    PASS = "PASS"  # noqa: S105 - a verdict, not a password
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One row of ``host check``: what was checked, the verdict, what was seen, how to fix it."""
-
-    name: str
-    status: Status
-    detail: str
-    hint: str = ""
-
-
-@dataclass
-class CheckContext:
-    """What the checks look at.  Paths are fields so a test can point a check at another file."""
-
-    connect: Callable[[], Connection] | None = None
-    kvm_device: str = "/dev/kvm"
-    probe_timeout: float = PROBE_TIMEOUT
-    proc: Path = Path("/proc")
-    sys: Path = Path("/sys")
-    dev: Path = Path("/dev")
-    virtlogd_socket: Path = Path("/run/libvirt/virtlogd-sock")
-    min_pool_free: int = 10 * GIB
-    _conn: Connection | None = field(default=None, repr=False)
-    _conn_error: KvmgrError | None = field(default=None, repr=False)
-    _probe: ProbeResult | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def connection(self) -> Connection:
-        """The libvirt connection, opened once for all checks (its failure is remembered too)."""
-        with self._lock:
-            if self._conn is None and self._conn_error is None:
-                if self.connect is None:
-                    self._conn_error = KvmgrError("no libvirt connection was given")
-                else:
-                    try:
-                        self._conn = self.connect()
-                    except KvmgrError as err:
-                        self._conn_error = err
-            if self._conn_error is not None:
-                raise self._conn_error
-            assert self._conn is not None
-            return self._conn
-
-    def probe(self) -> ProbeResult:
-        """The functional KVM probe, run fresh (a check must not trust a stale cache).
-
-        For the real device the fresh answer is also stored in the cache VM creation reads, so
-        ``host check`` and the domain type chosen for new VMs agree.
-        """
-        with self._lock:
-            if self._probe is None:
-                if self.kvm_device == DEFAULT_DEVICE:
-                    self._probe = cached_probe(
-                        refresh=True, device=self.kvm_device, timeout=self.probe_timeout
-                    )
-                else:
-                    self._probe = probe_kvm(self.kvm_device, timeout=self.probe_timeout)
-            return self._probe
-
-    def cpu_flags(self) -> set[str]:
-        text = (self.proc / "cpuinfo").read_text()
-        flags: set[str] = set()
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "features"):
-                flags.update(value.split())
-        return flags
-
-
-CheckFunc = Callable[[CheckContext], CheckResult]
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    func: CheckFunc
-    #: True when VMs cannot run at all without this check passing (drives the exit code).
-    required: bool = False
-
 
 CHECKS: list[Check] = []
 
@@ -574,46 +491,8 @@ def run_checks(
     """Run every check concurrently; each must answer within ``deadline`` seconds of the start."""
     checks = CHECKS if checks is None else checks
     start = time.monotonic()
-    slots: list[CheckResult | None] = [None] * len(checks)
-    threads = []
-    for index, check in enumerate(checks):
-        # Daemon threads: a check stuck in a hung syscall must not keep the command from exiting
-        # (a ThreadPoolExecutor would join it at interpreter exit).
-        thread = threading.Thread(
-            target=_run_into, args=(check, ctx, slots, index), daemon=True, name=check.name
-        )
-        thread.start()
-        threads.append(thread)
-    results = []
-    for index, (check, thread) in enumerate(zip(checks, threads, strict=True)):
-        thread.join(max(deadline - (time.monotonic() - start), 0.0))
-        result = slots[index]
-        if result is None:
-            status = Status.FAIL if check.required else Status.WARN
-            result = CheckResult(
-                check.name,
-                status,
-                f"check did not finish within {deadline:g} s",
-                "something on the host is hanging; investigate",
-            )
-        results.append(result)
+    results = run_concurrently(ctx, checks, deadline)
     return _report(checks, results, time.monotonic() - start)
-
-
-def _run_into(check: Check, ctx: CheckContext, slots: list[CheckResult | None], index: int) -> None:
-    slots[index] = _run_one(check, ctx)
-
-
-def _run_one(check: Check, ctx: CheckContext) -> CheckResult:
-    """Run one check; an exception is reported as the row's result, never raised."""
-    try:
-        return check.func(ctx)
-    except KvmgrError as err:
-        message, hint = err.message, err.hint or ""
-    except Exception as err:  # a crashing check must still produce a row
-        message, hint = f"check could not run: {type(err).__name__}: {err}", ""
-    status = Status.FAIL if check.required else Status.WARN
-    return CheckResult(check.name, status, message, hint)
 
 
 def _report(checks: list[Check], results: list[CheckResult], seconds: float) -> CheckReport:

@@ -43,7 +43,8 @@ def info(_who: Viewer, ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/check", summary="Can this host run VMs (the 'kvmgr host check' rows)")
 def check(_who: Viewer, ctx: Ctx) -> dict[str, Any]:
-    from kvmgr.host.checks import CheckContext, run_checks
+    from kvmgr.host.check_runner import CheckContext
+    from kvmgr.host.checks import run_checks
 
     report = run_checks(CheckContext(connect=ctx.conn))
     return {
