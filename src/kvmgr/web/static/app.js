@@ -272,11 +272,23 @@ const pages = {
   async create() {
     const form = document.getElementById("create-form");
     if (!form) return;
-    const [isos, networks, images] = await Promise.all([
+    const [isos, networks, images, pools] = await Promise.all([
       kvmgr.api("GET", "/api/v1/isos").catch(() => []),
       kvmgr.api("GET", "/api/v1/networks").catch(() => []),
       kvmgr.api("GET", "/api/v1/images").catch(() => []),
+      kvmgr.api("GET", "/api/v1/pools").catch(() => []),
     ]);
+    const poolSelect = document.getElementById("vm-pool");
+    for (const pool of pools.filter((p) => p.active)) {
+      poolSelect.add(new Option(`${pool.name} — ${kvmgr.bytes(pool.available)} free`, pool.name));
+    }
+    // Typing in the unattended fields means an unattended install: without this, a form
+    // filled in but not ticked made a plain install and dropped the user and key silently.
+    for (const id of ["u-user", "u-password", "u-root-password", "u-ssh-key", "u-hostname"]) {
+      document.getElementById(id).addEventListener("input", () => {
+        document.getElementById("unattended").checked = true;
+      });
+    }
     const isoSelect = document.getElementById("iso");
     for (const iso of isos) isoSelect.add(new Option(`${iso.name} — ${iso.os_name}`, iso.name));
     const imageSelect = document.getElementById("image");
@@ -288,10 +300,21 @@ const pages = {
       document.getElementById("unattended-set").hidden = !kind;
       document.getElementById("unattended-kind").textContent = kind || "";
       document.getElementById("cloud-set").hidden = !imageSelect.value;
+      // An ISO without a script is said so, rather than the section silently missing.
+      const none = document.getElementById("unattended-none");
+      none.hidden = !iso || Boolean(kind) || Boolean(imageSelect.value);
+      none.textContent = iso && !kind
+        ? `No unattended install: osinfo-db has no kickstart or preseed script for ${iso.os_name}; install it at the console.`
+        : "";
     };
     isoSelect.addEventListener("change", showSources);
     imageSelect.addEventListener("change", () => {
       if (imageSelect.value) isoSelect.value = "";
+      // The ISO's "Detected:" line no longer applies once the ISO is cleared for an image.
+      const image = images.find((item) => item.name === imageSelect.value);
+      document.getElementById("iso-os").textContent = image
+        ? `Cloud image: ${image.os_id}, booted on an overlay with a cloud-init seed.`
+        : "Pick an ISO to see the detected OS.";
       showSources();
     });
     const netSelect = document.getElementById("vm-network");
@@ -309,7 +332,12 @@ const pages = {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const name = document.getElementById("vm-name").value;
-      const disk = document.getElementById("vm-disk").value.trim() || "default";
+      let disk = document.getElementById("vm-disk").value.trim() || "default";
+      // A picked pool applies to a plain size (or the recommended one); pool=/path= typed
+      // in the disk field say where already.
+      if (poolSelect.value && disk !== "none" && !disk.includes("=")) {
+        disk = disk === "default" ? `pool=${poolSelect.value}` : `pool=${poolSelect.value},size=${disk}`;
+      }
       const body = {
         name,
         iso: isoSelect.value || null,
@@ -324,12 +352,14 @@ const pages = {
         body.image = imageSelect.value;
         body.cloud_init = {
           user: value("c-user") || null, password: value("c-password") || null,
-          ssh_keys: keys("c-ssh-key"), user_data: value("c-user-data") || null,
+          ssh_keys: keys("c-ssh-key"), hostname: value("c-hostname") || null,
+          user_data: value("c-user-data") || null,
         };
       } else if (document.getElementById("unattended").checked) {
         body.unattended = {
           user: value("u-user") || null, password: value("u-password") || null,
           root_password: value("u-root-password") || null, ssh_keys: keys("u-ssh-key"),
+          hostname: value("u-hostname") || null,
         };
       }
       try {
