@@ -27,7 +27,7 @@ import pytest
 
 from kvmgr.connect import Connection
 from kvmgr.errors import AlreadyExists, InvalidState
-from kvmgr.services import addresses, networks
+from kvmgr.services import addresses, network_subnets, networks
 from kvmgr.services.networks import NetworkSpec
 from kvmgr.xml.domain import Interface
 from tests.integration.guest import GuestShell, demo_domain
@@ -223,7 +223,7 @@ def test_guest_on_a_host_bridge_gets_lan_dhcp_and_is_found_by_arp(
         with pytest.raises(AlreadyExists, match=f"host route via {BRIDGE}"):
             networks.create_network(conn, NetworkSpec("t-net-clash", subnet="10.240.12.0/24"))
         assert "t-net-clash" not in conn.virconn.listNetworks()
-        assert str(networks.pick_free_subnet(conn, "10.240.12.0/24,10.240.13.0/24")) == (
+        assert str(network_subnets.pick_free_subnet(conn, "10.240.12.0/24,10.240.13.0/24")) == (
             "10.240.13.0/24"
         )
         info = networks.create_network(conn, NetworkSpec(BR, mode="bridge", bridge=BRIDGE))

@@ -20,7 +20,7 @@ from kvmgr.cli.common import state
 from kvmgr.cli.main import app
 from kvmgr.connect import Connection, open_connection
 from kvmgr.errors import AlreadyExists, InvalidInput, InvalidState, NotFound, Unsupported
-from kvmgr.services import addresses, networks
+from kvmgr.services import addresses, network_subnets, networks
 from kvmgr.services.networks import NetworkSpec
 from kvmgr.xml.network import Network
 
@@ -82,27 +82,27 @@ def _model(conn: Connection, name: str) -> Network:
 
 # ----------------------------------------------------------------------------- pure policy
 def test_parse_subnet_explains_host_bits_ipv6_and_tiny_subnets() -> None:
-    assert networks.parse_subnet("10.240.1.0/24") == ipaddress.IPv4Network("10.240.1.0/24")
+    assert network_subnets.parse_subnet("10.240.1.0/24") == ipaddress.IPv4Network("10.240.1.0/24")
     with pytest.raises(InvalidInput) as host_bits:
-        networks.parse_subnet("10.240.1.7/24")
+        network_subnets.parse_subnet("10.240.1.7/24")
     assert host_bits.value.hint == "did you mean 10.240.1.0/24?"
     with pytest.raises(Unsupported):
-        networks.parse_subnet("fd00::/64")
+        network_subnets.parse_subnet("fd00::/64")
     with pytest.raises(InvalidInput, match="too small"):
-        networks.parse_subnet("10.240.1.0/30")
+        network_subnets.parse_subnet("10.240.1.0/30")
     with pytest.raises(InvalidInput):
-        networks.parse_subnet("lan")
+        network_subnets.parse_subnet("lan")
 
 
 def test_route_table_is_decoded_and_default_route_skipped() -> None:
-    routes = networks.parse_route_table(ROUTES)
+    routes = network_subnets.parse_route_table(ROUTES)
     assert routes == [(ipaddress.IPv4Network("192.168.122.0/24"), "virbr0")]
 
 
 def test_default_dhcp_range_leaves_low_addresses_for_reservations() -> None:
-    first, last = networks.default_dhcp_range(ipaddress.IPv4Network("10.240.1.0/24"))
+    first, last = network_subnets.default_dhcp_range(ipaddress.IPv4Network("10.240.1.0/24"))
     assert (str(first), str(last)) == ("10.240.1.100", "10.240.1.254")
-    first, last = networks.default_dhcp_range(ipaddress.IPv4Network("10.240.1.16/28"))
+    first, last = network_subnets.default_dhcp_range(ipaddress.IPv4Network("10.240.1.16/28"))
     assert (str(first), str(last)) == ("10.240.1.18", "10.240.1.30")
 
 
@@ -112,7 +112,7 @@ def test_default_dhcp_range_leaves_low_addresses_for_reservations() -> None:
 )
 def test_bad_dhcp_ranges_are_refused(text: str) -> None:
     with pytest.raises(InvalidInput):
-        networks.parse_dhcp_range(text, ipaddress.IPv4Network("10.240.1.0/24"))
+        network_subnets.parse_dhcp_range(text, ipaddress.IPv4Network("10.240.1.0/24"))
 
 
 def test_mac_addresses_are_normalised_and_checked() -> None:
@@ -149,7 +149,7 @@ def test_free_subnet_skips_networks_and_host_addresses(conn: Connection) -> None
     info = networks.create_network(conn, NetworkSpec("t-net-auto", subnet_search=search))
     assert info.subnet == "10.240.70.0/24"
     with pytest.raises(AlreadyExists, match="no free /24"):
-        networks.pick_free_subnet(conn, "10.240.50.0/24,10.240.60.0/24")
+        network_subnets.pick_free_subnet(conn, "10.240.50.0/24,10.240.60.0/24")
 
 
 @pytest.mark.parametrize(

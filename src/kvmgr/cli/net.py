@@ -10,7 +10,7 @@ from kvmgr.cli.common import conn, report_errors
 from kvmgr.cli.objects import busy, forget, held, journaled, owner_fields, record
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.control.objects import check_group, net_key
-from kvmgr.services import networks
+from kvmgr.services import network_subnets, networks
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -52,7 +52,7 @@ def create(
     subnet_from: Annotated[
         str,
         typer.Option("--subnet-from", help="comma-separated CIDRs to pick a free /24 from"),
-    ] = networks.DEFAULT_SUBNET_SEARCH,
+    ] = network_subnets.DEFAULT_SUBNET_SEARCH,
     group: GroupOption = None,
     output: OutputFormat = OutputOption,
 ) -> None:

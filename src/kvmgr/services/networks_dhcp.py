@@ -20,15 +20,13 @@ from kvmgr.errors import (
     libvirt_errors,
 )
 from kvmgr.names import validate_existing_name
+from kvmgr.services.network_subnets import _address, _ipv4, _subnet_of
 from kvmgr.services.networks import (
     _HOSTNAME_RE,
     Lease,
     Reservation,
-    _address,
-    _ipv4,
     _lookup,
     _parse,
-    _subnet_of,
     normalize_mac,
 )
 from kvmgr.xml.base import XMLObject
