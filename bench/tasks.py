@@ -5,12 +5,17 @@ Each worker process runs one task at a time (``--threads 1``) and looks for work
 idle.  The workers are started and idle first; then the tasks are queued in one transaction and
 the clock runs from that commit until the last task is ``done``.  The figure is tasks/s; the
 "ratio" column is 4 workers over 1 (the queue's scaling on this machine's cores).
+
+Latency: one idle ``kvmgr worker`` of another process with its default poll (as deployed); one
+task at a time is queued at a random moment and the figure is the time from its submission to
+its claim (the row's ``started`` minus ``created``), in ms.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import subprocess
 import sys
 import time
@@ -39,6 +44,15 @@ def run(ctx: Context) -> Iterator[Line]:
                 for workers in (1, 4):
                     ctx.say(f"tasks: {tasks} no-op tasks, {workers} worker(s), {label}")
                     figures[workers].append(_throughput(ctx, url, workers, tasks))
+            ctx.say(f"tasks: submit-to-claim latency, 1 idle worker, default poll, {label}")
+            yield Result(
+                "tasks",
+                f"submit to claim, idle worker, {label}",
+                "ms",
+                "1 worker",
+                _latency(ctx, url, 10 if ctx.quick else 30),
+                note="one task at a time, at a random moment; lower is better",
+            )
             yield Result(
                 "tasks",
                 f"{tasks} no-op tasks, {label}",
@@ -88,7 +102,42 @@ def _throughput(ctx: Context, url: str, workers: int, count: int) -> float:
         store.dispose()
 
 
-def _worker(ctx: Context, url: str) -> subprocess.Popen[str]:
+def _latency(ctx: Context, url: str, samples: int) -> list[float]:
+    from kvmgr.control import tasks
+    from kvmgr.store import users
+    from kvmgr.store.db import Store
+    from kvmgr.store.models import Task, aware
+
+    store = Store(url)
+    proc = _worker(ctx, url, poll=None)
+    try:
+        with store.session() as session:
+            owner = users.authenticate(session, "bench", "bench-password")
+        assert owner is not None
+        figures = []
+        for _ in range(samples):
+            time.sleep(random.uniform(0.1, 1.0))  # any moment of the worker's idle wait
+            task_id = tasks.submit(store, "noop", {}, owner=owner, target="bench")["id"]
+            deadline = time.monotonic() + 60
+            while True:
+                with store.session() as session:
+                    row = session.get(Task, task_id)
+                    assert row is not None
+                    if row.state == "done" and row.started is not None:
+                        waited = aware(row.started) - aware(row.created)
+                        break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"task {task_id} not done after 60 s")
+                time.sleep(0.01)
+            figures.append(waited.total_seconds() * 1000)
+        return figures
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        store.dispose()
+
+
+def _worker(ctx: Context, url: str, poll: float | None = 0.05) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "KVMGR_DATABASE_URL": url,
@@ -103,8 +152,7 @@ def _worker(ctx: Context, url: str) -> subprocess.Popen[str]:
         "worker",
         "--threads",
         "1",
-        "--poll",
-        "0.05",
+        *(["--poll", str(poll)] if poll is not None else []),
         "--no-events",
     ]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)

@@ -24,6 +24,7 @@ from typing import Any
 from kvmgr.api.stats_history import HOST_SERIES, StatsHistory
 from kvmgr.connect import Connection
 from kvmgr.control import events as events_store
+from kvmgr.control import notify
 from kvmgr.control.ownership import LOCAL_HOST, owners_of_kind
 from kvmgr.errors import KvmgrError
 from kvmgr.services import stats
@@ -84,10 +85,17 @@ class DatabaseEvents:
     every event without a query of its own.
     """
 
+    #: Seconds between reads while the PostgreSQL listener is connected (each write to the
+    #: events table notifies it); the owner rows are refreshed at least this often too.
+    LISTENING_INTERVAL = 2.0
+
     def __init__(self, store: Store, bus: EventBus, interval: float = 0.25) -> None:
         self._store = store
         self._bus = bus
         self.interval = interval
+        self._wake = threading.Event()
+        #: PostgreSQL only: SQLite cannot notify another process, so there the feed polls.
+        self.listener: notify.Listener | None = None
         self.owners: events_store.VMOwners = {}
         self._hosts = {LOCAL_HOST}
         self._stop = threading.Event()
@@ -98,6 +106,7 @@ class DatabaseEvents:
             cursor = events_store.Cursor(last=events_store.newest_id(session))
         self._refresh_owners()
         self._stop.clear()
+        self.listener = notify.start_listener(self._store, notify.EVENTS, self._wake.set)
         self._thread = threading.Thread(
             target=self._run, args=(cursor,), name="kvmgr-event-feed", daemon=True
         )
@@ -105,6 +114,10 @@ class DatabaseEvents:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
         if self._thread is not None:
             self._thread.join(self.interval + 5)
             self._thread = None
@@ -115,7 +128,11 @@ class DatabaseEvents:
 
     def _run(self, cursor: events_store.Cursor) -> None:
         refreshed = time.monotonic()
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            self._wake.wait(notify.idle_wait(self.listener, self.interval, self.LISTENING_INTERVAL))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 with self._store.session() as session:
                     fresh = cursor.read(session)

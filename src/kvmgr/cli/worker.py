@@ -24,7 +24,14 @@ app = typer.Typer(add_completion=False)
 @report_errors
 def worker(
     threads: Annotated[int, typer.Option(min=1, max=64, help="tasks run at once")] = 2,
-    poll: Annotated[float, typer.Option(min=0.01, help="seconds between looks when idle")] = 0.5,
+    poll: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="seconds between looks when idle (PostgreSQL: a notify wakes the worker at "
+            "once, and while it listens it looks at least every 5 s)",
+        ),
+    ] = 0.5,
     grace: Annotated[
         float, typer.Option(min=0, help="seconds to let running tasks finish on SIGTERM")
     ] = 30.0,

@@ -7,6 +7,9 @@ highest id it saw and skips the ids it already delivered.
 Who receives what (the rule of docs/SECURITY.md): admins every event; anyone else the events of
 their own tasks (by user id) and the lifecycle events of VMs they or their group own.  Events of
 VMs kvmgr did not make (no owner row) go to admins only.
+
+Each write notifies :data:`kvmgr.control.notify.EVENTS` (PostgreSQL), so the API replicas' feeds
+read at once instead of at their next poll; on SQLite they poll.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from kvmgr.control import notify
 from kvmgr.control.event_models import Event
 from kvmgr.control.ownership import LOCAL_HOST, Owner
 from kvmgr.store.clip import clip
@@ -40,6 +44,7 @@ def record_task(session: Session, task: dict[str, Any]) -> None:
             data={"type": "task", "task": task},
         )
     )
+    notify.notify(session, notify.EVENTS)
 
 
 def record_vm(session: Session, host: str, uuid: str, data: dict[str, Any]) -> None:
@@ -52,6 +57,7 @@ def record_vm(session: Session, host: str, uuid: str, data: dict[str, Any]) -> N
             data={"type": "vm", "host": host, "uuid": uuid, **data},
         )
     )
+    notify.notify(session, notify.EVENTS)
 
 
 def record_host(session: Session, host: str, data: dict[str, Any]) -> None:
@@ -59,6 +65,7 @@ def record_host(session: Session, host: str, data: dict[str, Any]) -> None:
     session.add(
         Event(at=utcnow(), type="host", host=clip(Event, "host", host), data={**data, "host": host})
     )
+    notify.notify(session, notify.EVENTS)
 
 
 def prune(session: Session, keep: timedelta = RETENTION) -> int:

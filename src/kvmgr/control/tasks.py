@@ -30,7 +30,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection
-from kvmgr.control import events
+from kvmgr.control import events, notify
 from kvmgr.control.authz import Authz
 from kvmgr.control.plane import ControlPlane
 from kvmgr.errors import InvalidInput, KvmgrError, NotFound
@@ -199,6 +199,7 @@ def add_task(
     session.flush()
     snapshot = as_dict(task)
     events.record_task(session, snapshot)
+    notify.notify(session, notify.TASKS)  # PostgreSQL: wakes every worker on commit
     return snapshot
 
 
@@ -235,6 +236,7 @@ def submit_many(
     ]
     with store.session() as session:
         session.add_all(rows)
+        notify.notify(session, notify.TASKS)
     return [row.id for row in rows]
 
 

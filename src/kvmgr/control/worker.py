@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from kvmgr.connect import Connection
-from kvmgr.control import backup_schedules, events, tasks
+from kvmgr.control import backup_schedules, events, notify, tasks
 from kvmgr.control.authz import state_dirs
 from kvmgr.control.host_events import HostEventOwners
 from kvmgr.control.plane import ControlPlane
@@ -43,6 +43,9 @@ BEAT = 5.0
 CANCEL_POLL = 1.0
 #: A task whose heartbeat is older than this belongs to a dead worker (any machine).
 STALE_AFTER = timedelta(seconds=30)
+#: Seconds between looks when idle while the PostgreSQL listener is connected: a queued task
+#: wakes the worker by notify (kvmgr.control.notify), so the poll is only the fallback.
+LISTENING_POLL = 5.0
 
 
 def new_worker_id() -> str:
@@ -124,6 +127,9 @@ class Worker:
         self._cancels: dict[str, threading.Event] = {}  # running cancellable task -> its cancel
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        #: PostgreSQL: wakes this worker when any process queues a task.  SQLite has no
+        #: notification between processes, so there the worker only polls.
+        self.listener: notify.Listener | None = None
         #: Watches the lifecycle events of the hosts ``host_events()`` lists (name -> URI),
         #: each host by one worker of the fleet (kvmgr.control.host_events).
         self.host_owners = (
@@ -134,6 +140,7 @@ class Worker:
     # ------------------------------------------------------------------ lifetime
     def start(self) -> None:
         self._stop.clear()
+        self.listener = notify.start_listener(self.store, notify.TASKS, self.wake)
         # What dead processes left half done, then their tasks, before any new work.
         log.info("journal recovery at worker start: %s", self._journal_recovery())
         self.housekeep()
@@ -156,6 +163,9 @@ class Worker:
         self._wake.set()
         if self.host_owners is not None:
             self.host_owners.stop()
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -167,7 +177,8 @@ class Worker:
         return left == 0
 
     def wake(self) -> None:
-        """A task was just queued by this process: look now rather than at the next poll."""
+        """A task was just queued (by this process, or by any, told by the listener): look now
+        rather than at the next poll."""
         self._wake.set()
 
     @property
@@ -187,7 +198,7 @@ class Worker:
                 log.exception("claiming a task failed")
                 claimed = None
             if claimed is None:
-                self._wake.wait(self.poll)
+                self._wake.wait(notify.idle_wait(self.listener, self.poll, LISTENING_POLL))
                 self._wake.clear()
                 continue
             self.run_claimed(claimed)
