@@ -189,6 +189,7 @@ def test_unattended_install_from_the_wizard(page: Any, served: Served, media: No
             assert SECRET not in text
     running, domain = _domain(name)
     assert running and domain.os.kernel is None and domain.os.cmdline is None
+    assert domain.current_memory_bytes == 384 << 20  # what the form asked for
     assert [d.device for d in domain.devices.disks] == ["disk"]
 
 
