@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+from kvmgr.errors import OperationFailed
 from kvmgr.services import create as create_service
 from tests.api.conftest import As
 
@@ -45,7 +46,7 @@ def test_a_failing_create_is_undone_from_its_journal(
     admin = as_user["admin"]
 
     def define_fails(*_args: Any, **_kwargs: Any) -> Any:
-        raise create_service.OperationFailed("injected: defining failed")
+        raise OperationFailed("injected: defining failed")
 
     monkeypatch.setattr(create_service, "build_domain", define_fails)
     body = {"name": "t-jrnl-bad", "memory": "128M", "vcpus": 1, "disks": ["1G"], "start": False}
