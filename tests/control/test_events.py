@@ -39,10 +39,22 @@ def test_each_subscriber_gets_only_what_it_may_see() -> None:
     assert events.may_receive(EVE, {"type": "stats", "vms": []}, owners)
 
 
+def test_a_new_cursor_replays_no_history(store: Store) -> None:
+    people = principals(store)
+    for target in ("old-1", "old-2"):
+        tasks.submit(store, "noop", {}, owner=people["ann"], target=target)
+    with store.session() as session:
+        cursor = events.Cursor.at_newest(session)
+        assert cursor.read(session) == []  # the rows already there are not news
+    fresh = tasks.submit(store, "noop", {}, owner=people["ann"], target="new")
+    with store.session() as session:
+        assert [event["task"]["id"] for event in cursor.read(session)] == [fresh["id"]]
+
+
 def test_a_cursor_delivers_each_row_once_including_late_commits(store: Store) -> None:
     people = principals(store)
     with store.session() as session:
-        cursor = events.Cursor(last=events.newest_id(session))
+        cursor = events.Cursor.at_newest(session)
     first = tasks.submit(store, "noop", {}, owner=people["ann"], target="a")
     with store.session() as session:
         read = cursor.read(session)

@@ -103,7 +103,7 @@ class DatabaseEvents:
 
     def start(self) -> None:
         with self._store.session() as session:
-            cursor = events_store.Cursor(last=events_store.newest_id(session))
+            cursor = events_store.Cursor.at_newest(session)
         self._refresh_owners()
         self._stop.clear()
         self.listener = notify.start_listener(self._store, notify.EVENTS, self._wake.set)

@@ -84,6 +84,15 @@ class Cursor:
     last: int
     seen: set[int] = field(default_factory=set)
 
+    @classmethod
+    def at_newest(cls, session: Session) -> Cursor:
+        """A cursor for a new reader: what is in the table now is history.  The rows of the
+        re-read window below the newest id are marked seen here, or the first read would send
+        them again (up to REREAD_WINDOW old events to a feed that just started)."""
+        cursor = cls(last=newest_id(session))
+        cursor.read(session)
+        return cursor
+
     def read(self, session: Session) -> list[dict[str, Any]]:
         low = max(0, self.last - REREAD_WINDOW)
         rows = session.scalars(select(Event).where(Event.id > low).order_by(Event.id)).all()
