@@ -7,7 +7,17 @@ from typing import Annotated, Any
 import typer
 
 from kvmgr.cli.common import conn, report_errors
-from kvmgr.cli.objects import busy, forget, held, journaled, owner_fields, record
+from kvmgr.cli.objects import (
+    GroupOption,
+    NoGroupOption,
+    busy,
+    change_group,
+    forget,
+    held,
+    journaled,
+    owner_fields,
+    record,
+)
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.control.objects import check_group, net_key
 from kvmgr.services import network_subnets, networks
@@ -15,9 +25,6 @@ from kvmgr.services import network_subnets, networks
 app = typer.Typer(no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(help="network name")]
-GroupOption = Annotated[
-    str | None, typer.Option("--group", help="serve only this group's operators (and admins)")
-]
 _LIST_COLUMNS = ["name", "mode", "subnet", "bridge", "active", "autostart", "vms"]
 
 
@@ -94,25 +101,12 @@ def info(name: Name, output: OutputFormat = OutputOption) -> None:
 
 @app.command("set")
 @report_errors
-def set_(
-    name: Name,
-    group: GroupOption = None,
-    no_group: Annotated[
-        bool, typer.Option("--no-group", help="share it with every operator")
-    ] = False,
-) -> None:
+def set_(name: Name, group: GroupOption = None, no_group: NoGroupOption = False) -> None:
     """Change who may use a network: its group (admins only, as the CLI's caller is)."""
-    from kvmgr.cli.common import state
-    from kvmgr.control.authz import cli_principal
-    from kvmgr.control.objects import set_group
-
-    if (group is None) == (not no_group):
-        raise typer.BadParameter("give --group NAME or --no-group")
-    with held(lambda host: net_key(host, name), "set group"):
-        networks.network_info(conn(), name)  # NotFound for a network that is not there
-        set_group(state.store(), "network", name, group, cli_principal(), host=state.host_name())
-    shown = f"group {group}" if group else "no group (shared)"
-    console.print(f"network {name}: {shown}", highlight=False)
+    change_group(
+        "network", name, group, no_group,
+        key=lambda host: net_key(host, name), exists=lambda: networks.network_info(conn(), name),
+    )  # fmt: skip
 
 
 @app.command("start")

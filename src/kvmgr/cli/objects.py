@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from kvmgr.cli.common import state
+from kvmgr.cli.output import console
 
 if TYPE_CHECKING:
     from kvmgr.control.plane import Key
     from kvmgr.services.steps import Steps
 
 KeyOf = Callable[[str], "Key"]
+GroupOption = Annotated[
+    str | None, typer.Option("--group", help="serve only this group's operators (and admins)")
+]
+NoGroupOption = Annotated[bool, typer.Option("--no-group", help="share it with every operator")]
 #: How ``info`` shows an object no user owns: admins act on it, operators only use it (when
 #: it is a shared pool or network).
 ADMINS = "(admins)"
@@ -100,3 +107,26 @@ def owner_fields(kind: str, key: str) -> dict[str, str | None]:
         "group": found.group,
         "creator": found.creator or None,
     }
+
+
+def change_group(
+    kind: str,
+    name: str,
+    group: str | None,
+    no_group: bool,
+    *,
+    key: KeyOf,
+    exists: Callable[[], object],
+) -> None:
+    """``net set`` / ``pool set``: give the object ``group``, or none with ``no_group``, under its
+    lease; ``exists`` raises NotFound for an object that is not there."""
+    from kvmgr.control.authz import cli_principal
+    from kvmgr.control.objects import set_group
+
+    if (group is None) == (not no_group):
+        raise typer.BadParameter("give --group NAME or --no-group")
+    with held(key, "set group"):
+        exists()
+        set_group(state.store(), kind, name, group, cli_principal(), host=state.host_name())
+    shown = f"group {group}" if group else "no group (shared)"
+    console.print(f"{kind} {name}: {shown}", highlight=False)

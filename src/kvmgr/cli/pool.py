@@ -8,7 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from kvmgr.cli.common import authz, conn, report_errors
-from kvmgr.cli.objects import busy, forget, held, journaled, owner_fields, record
+from kvmgr.cli.objects import (
+    GroupOption,
+    NoGroupOption,
+    busy,
+    change_group,
+    forget,
+    held,
+    journaled,
+    owner_fields,
+    record,
+)
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.control.objects import check_group, pool_key
 from kvmgr.services import storage_pools
@@ -17,9 +27,6 @@ from kvmgr.units import format_size
 app = typer.Typer(no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(help="pool name")]
-GroupOption = Annotated[
-    str | None, typer.Option("--group", help="serve only this group's operators (and admins)")
-]
 _SIZES = ("capacity", "allocation", "available")
 
 
@@ -74,25 +81,12 @@ def info(name: Name, output: OutputFormat = OutputOption) -> None:
 
 @app.command("set")
 @report_errors
-def set_(
-    name: Name,
-    group: GroupOption = None,
-    no_group: Annotated[
-        bool, typer.Option("--no-group", help="share it with every operator")
-    ] = False,
-) -> None:
+def set_(name: Name, group: GroupOption = None, no_group: NoGroupOption = False) -> None:
     """Change who may use a pool: its group (admins only, as the CLI's caller is)."""
-    from kvmgr.cli.common import state
-    from kvmgr.control.authz import cli_principal
-    from kvmgr.control.objects import set_group
-
-    if (group is None) == (not no_group):
-        raise typer.BadParameter("give --group NAME or --no-group")
-    with held(lambda host: pool_key(host, name), "set group"):
-        storage_pools.pool_info(conn(), name)  # NotFound for a pool that is not there
-        set_group(state.store(), "pool", name, group, cli_principal(), host=state.host_name())
-    shown = f"group {group}" if group else "no group (shared)"
-    console.print(f"pool {name}: {shown}", highlight=False)
+    change_group(
+        "pool", name, group, no_group,
+        key=lambda host: pool_key(host, name), exists=lambda: storage_pools.pool_info(conn(), name),
+    )  # fmt: skip
 
 
 @app.command("refresh")
