@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvmgr.connect import Connection
-from tests.integration.conftest import remove_vm
+from tests.integration.conftest import purge_prefix, remove_vm
 from tests.sweep.cli_tree import NOT_RUN, Command, all_commands
 from tests.sweep.proxy import CuttingProxy, cut_points, cutting_proxy, small_domain_xml
 from tests.sweep.test_cli_sweep import check_clean, invoke
@@ -24,6 +24,7 @@ VM = "t-sweep-cut"
 READS_A_VM = {"vm info", "vm state", "vm xml", "vm ip", "vm stats", "snap list"}
 MAX_CUTS = 6  # most commands send a few messages; longer ones are cut at spread points
 SYSTEM_SOCKET = "/run/libvirt/libvirt-sock"
+MADE_PREFIX = "sweep-missing-"  # what the sweep names the objects it asks for (cli_tree)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -34,6 +35,10 @@ def sweep_vm(conn: Connection) -> Iterator[str]:
     conn.virconn.defineXML(small_domain_xml(VM))
     yield VM
     remove_vm(conn, VM)
+    # Each command first runs whole, uncut: 'vm create sweep-missing-name' makes a real VM (and
+    # 'vm rename' renames it), 'vol create' a volume; each test's store (and journal) is its own
+    # tmp dir, so nothing would recover them.
+    purge_prefix(conn, MADE_PREFIX)
 
 
 @pytest.fixture
