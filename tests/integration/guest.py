@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidState
@@ -191,3 +192,26 @@ def wait_for_state(dom_lookup: object, want_active: bool, timeout: float) -> Non
         if time.monotonic() > deadline:
             raise InvalidState(f"domain did not become {'active' if want_active else 'inactive'}")
         time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ what the guest sees
+def eventually(check: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Whether ``check`` comes true within ``timeout`` (asked each second: a guest takes a
+    moment to see a hot-plugged CPU, memory or disk)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1.0)
+    return True
+
+
+def guest_cpus(shell: GuestShell) -> int:
+    return int(shell.run("grep -c ^processor /proc/cpuinfo").strip())
+
+
+def guest_mem_total_kib(shell: GuestShell) -> int:
+    line = shell.run("grep MemTotal /proc/meminfo")
+    match = re.search(r"(\d+)\s*kB", line)
+    assert match, line
+    return int(match[1])

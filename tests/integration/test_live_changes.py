@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -35,7 +34,7 @@ from kvmgr.store import users
 from kvmgr.store.models import Role
 from kvmgr.units import MIB
 from tests.api.conftest import As, make_settings
-from tests.integration.guest import GuestShell
+from tests.integration.guest import GuestShell, eventually, guest_cpus, guest_mem_total_kib
 
 pytestmark = pytest.mark.integration
 
@@ -70,25 +69,6 @@ def guest(conn: Connection, iso: str) -> Iterator[GuestShell]:
                 shell.close()
     finally:
         _remove_vm(conn, VM)
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1.0)
-    return True
-
-
-def _cpus(shell: GuestShell) -> int:
-    return int(shell.run("grep -c ^processor /proc/cpuinfo").strip())
-
-
-def _mem_total_kib(shell: GuestShell) -> int:
-    match = re.search(r"(\d+)\s*kB", shell.run("grep MemTotal /proc/meminfo"))
-    assert match
-    return int(match[1])
 
 
 def _qemu_pid(name: str) -> int:
@@ -137,15 +117,15 @@ def test_a_default_vm_grows_live_beyond_its_boot_values(
     before = resources.resources(conn, VM)
     assert (before.vcpus_live, before.max_vcpus) == (1, host_cpus)
     assert (before.memory_config, before.max_memory) == (256 * MIB, 512 * MIB)
-    assert _cpus(guest) == 1
-    mem_before = _mem_total_kib(guest)
+    assert guest_cpus(guest) == 1
+    mem_before = guest_mem_total_kib(guest)
     assert mem_before < 256 * 1024
 
     grown = resources.set_resources(conn, VM, vcpus=2, memory=512 * MIB)
     assert (grown.vcpus_live, grown.vcpus_config, grown.memory_config) == (2, 2, 512 * MIB)
-    assert _eventually(lambda: _cpus(guest) == 2), "the guest never showed a second CPU"
+    assert eventually(lambda: guest_cpus(guest) == 2), "the guest never showed a second CPU"
     # the balloon gives back the 256 MiB above the boot value: MemTotal grows by about that
-    assert _eventually(lambda: _mem_total_kib(guest) - mem_before >= 240 * 1024), (
+    assert eventually(lambda: guest_mem_total_kib(guest) - mem_before >= 240 * 1024), (
         f"MemTotal stayed near {mem_before} kB"
     )
 
@@ -161,10 +141,10 @@ def test_growing_beyond_the_ceiling_says_it_needs_a_restart(conn: Connection) ->
 
 
 def test_vcpus_and_memory_shrink_live(conn: Connection, guest: GuestShell) -> None:
-    mem_grown = _mem_total_kib(guest)
+    mem_grown = guest_mem_total_kib(guest)
     shrunk = resources.set_resources(conn, VM, memory=256 * MIB)
     assert shrunk.memory_config == 256 * MIB
-    assert _eventually(lambda: mem_grown - _mem_total_kib(guest) >= 240 * 1024)
+    assert eventually(lambda: mem_grown - guest_mem_total_kib(guest) >= 240 * 1024)
     # libvirt waits 5 s for the guest to release a vCPU; under TCG on a busy host the demo guest
     # sometimes takes longer.  Either way the guest ends with one CPU; a late one is reported
     # in one line that says what to do.
@@ -177,7 +157,7 @@ def test_vcpus_and_memory_shrink_live(conn: Connection, guest: GuestShell) -> No
         assert "the guest did not release it within libvirt's 5 s" in failure.message
         assert f"kvmgr vm set {VM} --config --vcpus 1" in (failure.hint or "")
     print(f"measured: vCPU unplug {'late: ' + str(late) if late else 'within 5 s'}")
-    assert _eventually(lambda: _cpus(guest) == 1, 30), "the guest kept its second CPU"
+    assert eventually(lambda: guest_cpus(guest) == 1, 30), "the guest kept its second CPU"
 
 
 def _restart_paused(conn: Connection) -> None:
@@ -213,7 +193,7 @@ def test_an_unplug_the_guest_does_not_answer_says_what_to_do(conn: Connection) -
     with GuestShell.open(conn, VM) as shell:
         shell.wait_ready(240)
         resources.set_resources(conn, VM, vcpus=2, live=True)
-        assert _eventually(lambda: _cpus(shell) == 2)
+        assert eventually(lambda: guest_cpus(shell) == 2)
     vms.pause(conn, VM)  # a paused guest cannot answer the ACPI eject request
     began = time.monotonic()
     with pytest.raises(OperationFailed) as caught:
@@ -268,7 +248,7 @@ def test_vm_list_and_info_show_a_qemu_killed_at_any_time(conn: Connection, tmp_p
     assert vms.vm_info(conn, VM)["state_reason"] is None  # a new boot: the reason is gone
     os.kill(_qemu_pid(VM), signal.SIGKILL)
     dom = conn.virconn.lookupByName(VM)
-    assert _eventually(lambda: not dom.isActive(), 30)
+    assert eventually(lambda: not dom.isActive(), 30)
 
     listing = _kvmgr_table("vm", "list", "--no-ips")
     (line,) = [line for line in listing.splitlines() if VM in line]

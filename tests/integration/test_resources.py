@@ -9,9 +9,7 @@ console tells what the guest sees.  Traffic: none beyond the guest's own DHCP on
 from __future__ import annotations
 
 import contextlib
-import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,7 +19,7 @@ from kvmgr.services import resources, stats, vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
 from kvmgr.services.storage import find_volume_by_path
 from kvmgr.units import MIB
-from tests.integration.guest import GuestShell
+from tests.integration.guest import GuestShell, eventually, guest_cpus, guest_mem_total_kib
 
 pytestmark = pytest.mark.integration
 
@@ -57,26 +55,6 @@ def guest(conn: Connection, iso: str) -> Iterator[GuestShell]:
         _remove_vm(conn, VM)
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1.0)
-    return True
-
-
-def _cpus(shell: GuestShell) -> int:
-    return int(shell.run("grep -c ^processor /proc/cpuinfo").strip())
-
-
-def _mem_total_kib(shell: GuestShell) -> int:
-    line = shell.run("grep MemTotal /proc/meminfo")
-    match = re.search(r"(\d+)\s*kB", line)
-    assert match, line
-    return int(match[1])
-
-
 def _block_devices(shell: GuestShell) -> set[str]:
     return set(shell.run("ls /sys/block").split())
 
@@ -87,25 +65,25 @@ def _nics(shell: GuestShell) -> set[str]:
 
 # ----------------------------------------------------------------------------- vCPUs, memory
 def test_vcpu_hotplug_is_seen_in_the_guest(conn: Connection, guest: GuestShell) -> None:
-    assert _cpus(guest) == 1
+    assert guest_cpus(guest) == 1
     result = resources.set_resources(conn, VM, vcpus=2)
     assert (result.vcpus_live, result.vcpus_config) == (2, 2)
-    assert _eventually(lambda: _cpus(guest) == 2), "the guest never showed a second CPU"
+    assert eventually(lambda: guest_cpus(guest) == 2), "the guest never showed a second CPU"
     with pytest.raises(InvalidInput, match="maximum of 2") as caught:
         resources.set_resources(conn, VM, vcpus=3)
     assert "--max-vcpus" in (caught.value.hint or "")
 
 
 def test_memory_balloon_is_seen_in_the_guest(conn: Connection, guest: GuestShell) -> None:
-    before = _mem_total_kib(guest)
+    before = guest_mem_total_kib(guest)
     result = resources.set_resources(conn, VM, memory=384 * MIB)
     assert result.memory_config == 384 * MIB
     # The balloon gives back 128 MiB; the guest's MemTotal grows by (nearly) that much.
-    assert _eventually(lambda: _mem_total_kib(guest) - before >= 120 * 1024), (
+    assert eventually(lambda: guest_mem_total_kib(guest) - before >= 120 * 1024), (
         f"MemTotal stayed near {before} kB"
     )
     resources.set_resources(conn, VM, memory=256 * MIB)
-    assert _eventually(lambda: _mem_total_kib(guest) <= before + 8 * 1024)
+    assert eventually(lambda: guest_mem_total_kib(guest) <= before + 8 * 1024)
     with pytest.raises(InvalidInput, match="ceiling of 512 MiB"):
         resources.set_resources(conn, VM, memory=600 * MIB)
 
@@ -119,13 +97,13 @@ def test_disk_add_resize_and_remove_are_seen_in_the_guest(
     path = added.path
     assert (added.target, added.owned, added.scope) == ("vdb", True, "live and config")
     try:
-        assert _eventually(lambda: "vdb" in _block_devices(guest), 30), "vdb never appeared"
+        assert eventually(lambda: "vdb" in _block_devices(guest), 30), "vdb never appeared"
         meta = vms.definition(conn.virconn.lookupByName(VM), inactive=True).kvmgr_metadata()
         assert meta is not None and path in meta.owned_volumes
 
         grown = resources.resize_disk(conn, VM, "vdb", 48 * MIB)
         assert grown.capacity == 48 * MIB
-        assert _eventually(lambda: int(guest.run("cat /sys/block/vdb/size")) * 512 == 48 * MIB, 20)
+        assert eventually(lambda: int(guest.run("cat /sys/block/vdb/size")) * 512 == 48 * MIB, 20)
         with pytest.raises(InvalidInput, match="does not shrink"):
             resources.resize_disk(conn, VM, "vdb", 32 * MIB)
 
@@ -155,7 +133,7 @@ def test_nic_add_and_remove_are_seen_in_the_guest(conn: Connection, guest: Guest
     added = resources.add_nic(conn, VM, network="default")
     try:
         assert added.model == "virtio" and added.mac.startswith("52:54:00:")
-        assert _eventually(lambda: len(_nics(guest)) == len(before) + 1, 30)
+        assert eventually(lambda: len(_nics(guest)) == len(before) + 1, 30)
         new = (_nics(guest) - before).pop()
         assert guest.run(f"cat /sys/class/net/{new}/address").strip() == added.mac
         resources.remove_nic(conn, VM, added.mac)
