@@ -75,6 +75,29 @@ def test_existing_namespace_and_virtlogd_are_reused() -> None:
     ]
 
 
+def test_daemons_of_lab_hosts_in_other_namespaces_do_not_count() -> None:
+    # A lab's hosts run libvirtd and virtlogd in namespaces (and mounts) of their own: none of
+    # them answers on this host's socket, so this host's daemons are started all the same.
+    lab = (
+        RunningDaemon("libvirtd", 300, "kvl0-h1", 6000),
+        RunningDaemon("virtlogd", 301, "kvl0-h1", 6001),
+    )
+    facts = HostFacts(daemon_answers=False, systemd=False, netns_exists=True, running=lab)
+    assert actions(plan_start(facts, "kvmgr")) == [
+        Action.START_VIRTLOGD,
+        Action.START_LIBVIRTD,
+        Action.WAIT_FOR_SOCKET,
+        Action.ENSURE_DEFAULT_NETWORK,
+    ]
+    hung = HostFacts(
+        daemon_answers=False, systemd=False, netns_exists=True, running=(*lab, LIBVIRTD, VIRTLOGD)
+    )
+    assert actions(plan_start(hung, "kvmgr")) == [
+        Action.WAIT_FOR_SOCKET,
+        Action.ENSURE_DEFAULT_NETWORK,
+    ]
+
+
 def test_stale_pidfiles_after_a_crash_are_removed_first() -> None:
     # libvirtd crashed: its pid file names a pid that now belongs to nobody (or another program).
     facts = HostFacts(

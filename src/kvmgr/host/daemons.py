@@ -93,8 +93,11 @@ class HostFacts:
     pidfiles: Mapping[str, int | None] = field(default_factory=dict)  # path -> pid in it
     modular_units: bool = False
 
-    def is_running(self, name: str) -> bool:
-        return any(daemon.name == name for daemon in self.running)
+    def is_running(self, name: str, netns: str | None = None) -> bool:
+        """A daemon ``name`` runs in the host's namespace or in ``netns``.  One in another named
+        namespace is a lab host's (with mounts of its own): it neither answers on this host's
+        socket nor holds its pid file, so it must not stop this host's daemon from starting."""
+        return any(daemon.name == name and daemon.netns in (None, netns) for daemon in self.running)
 
     def pid_alive(self, pid: int) -> bool:
         return any(daemon.pid == pid for daemon in self.running)
@@ -129,9 +132,9 @@ def plan_start(facts: HostFacts, netns: str) -> list[Step]:
     ]
     if not facts.netns_exists:
         steps.append(Step(Action.CREATE_NETNS, netns, "libvirtd's networks live in it"))
-    if not facts.is_running("virtlogd"):
+    if not facts.is_running("virtlogd", netns):
         steps.append(Step(Action.START_VIRTLOGD, "virtlogd", "QEMU's logs go through it"))
-    if facts.is_running("libvirtd"):
+    if facts.is_running("libvirtd", netns):
         # A libvirtd that runs but does not answer is hung or still starting: starting a second
         # one would fail on the pid file lock, so wait for this one instead.
         steps.append(Step(Action.WAIT_FOR_SOCKET, SYSTEM_URI, "libvirtd runs but does not answer"))
