@@ -131,12 +131,13 @@ def test_evacuation_respects_anti_affinity(
         assert not registry.get("h1").maintenance  # refused before anything changed
         assert {d.name() for d in src.virconn.listAllDomains(0)} >= set(names)
         registry.set("h4", maintenance=False)
-        plan, done = moves.evacuate(plane, registry, "h1")
-        assert sorted(to for _vm, to, _live in plan.moves) == ["h2", "h3", "h4"]
+        report = moves.evacuate(plane, registry, "h1")
+        assert sorted(to for _vm, to, _live in report.plan.moves) == ["h2", "h3", "h4"]
+        done = [o.report for o in report.moved if o.report]
         assert [r.result.mode for r in done if r.result] == ["offline"] * 3
-        assert registry.get("h1").maintenance
+        assert registry.get("h1").maintenance and report.empty
         assert not [d.name() for d in src.virconn.listAllDomains(0) if d.name() in names]
-        for vm, to, _live in plan.moves:
+        for vm, to, _live in report.plan.moves:
             dom = lab_tls[int(to[1]) - 1].virconn.lookupByName(vm)
             group = group_of(dom)
             assert group is not None and group.anti_affinity  # the group moved with the VM

@@ -11,18 +11,20 @@ import typer
 from kvmgr.cli.common import err_console, report_errors, state
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 from kvmgr.cli.vm_place import print_verdicts
+from kvmgr.control.move_limits import EVACUATE_PARALLEL, EVACUATE_PARALLEL_MAX
 from kvmgr.units import MIB, format_size
 
 if TYPE_CHECKING:
     from kvmgr.control.moves import MoveReport
 
 
-def _show_progress(sample: object) -> None:
+def _show_progress(sample: object, vm: str | None = None) -> None:
     from kvmgr.services.migration import Progress
 
     if not isinstance(sample, Progress) or not sys.stderr.isatty():  # people watch, logs do not
         return
-    parts = [sample.phase, f"{sample.elapsed:5.1f}s"]
+    # Moves of an evacuation run side by side: each line names its VM.
+    parts = ([vm] if vm else []) + [sample.phase, f"{sample.elapsed:5.1f}s"]
     if sample.disk_total:
         parts.append(f"disks {sample.disk_done // MIB}/{sample.disk_total // MIB} MiB")
     if sample.memory_total:
@@ -149,25 +151,46 @@ def group(
 @report_errors
 def evacuate(
     name: Annotated[str, typer.Argument(help="registered host to empty")],
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            min=1,
+            max=EVACUATE_PARALLEL_MAX,
+            help="moves in flight at once: they share the source's link and disks, and more "
+            "than a few split it so thin that busy guests stop converging",
+        ),
+    ] = EVACUATE_PARALLEL,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan only")] = False,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Move every VM off a host (placement picks each destination), then keep it in maintenance."""
+    """Move every VM off a host (placement picks each destination), a few at a time; the host
+    stays in maintenance once it is empty."""
     from kvmgr.control.moves import evacuate as run
+    from kvmgr.control.moves import evacuation_summary
 
-    plan, done = run(
-        state.plane(), state.hosts(), name, dry_run=dry_run,
-        say=lambda line: err_console.print(line, highlight=False), progress=_show_progress,
-    )  # fmt: skip
+    try:
+        report = run(
+            state.plane(), state.hosts(), name, parallel=parallel, dry_run=dry_run,
+            say=lambda line: err_console.print(line, highlight=False),
+            progress=lambda vm, sample: _show_progress(sample, vm),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        err_console.print("[yellow]aborted:[/] the moves in flight stay on the source")
+        raise typer.Exit(130) from None
     if not output.for_people:
-        emit_object({**plan.as_dict(), "moved": [r.name for r in done]}, output)
-        return
-    rows = [
-        {"vm": vm, "to": to, "mode": "live" if live else "offline"} for vm, to, live in plan.moves
-    ]
-    emit_rows(rows, output, ["vm", "to", "mode"], title=f"evacuation of {name}")
-    if not dry_run:
-        console.print(f"{len(done)} VM(s) moved; host {name} is in maintenance")
+        emit_object(report.as_dict(), output)
+    else:
+        rows = [
+            {"vm": o.vm, "to": o.target, "mode": "live" if o.live else "offline", "state": o.state}
+            for o in report.outcomes
+        ]
+        columns = ["vm", "to", "mode"] if dry_run else ["vm", "to", "mode", "state"]
+        emit_rows(rows, output, columns, title=f"evacuation of {name}")
+        if not dry_run:
+            console.print(evacuation_summary(report), highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @report_errors

@@ -9,9 +9,13 @@ at (the daemon's own host name need not resolve on the source).
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +24,7 @@ from sqlalchemy import select
 
 from kvmgr.connect import is_local
 from kvmgr.control.hosts import HostRegistry
+from kvmgr.control.move_limits import EVACUATE_PARALLEL, EVACUATE_PARALLEL_MAX
 from kvmgr.control.placement import (
     HostView,
     Move,
@@ -32,7 +37,7 @@ from kvmgr.control.placement import (
 )
 from kvmgr.control.plane import ControlPlane, vm_key
 from kvmgr.control.tasks import TaskContext, task_kind
-from kvmgr.errors import InvalidState, libvirt_errors
+from kvmgr.errors import InvalidInput, InvalidState, OperationFailed, libvirt_errors
 from kvmgr.services import migration, migration_dhcp, vms
 from kvmgr.services.migration_checks import Preflight, preflight
 from kvmgr.services.placement import group_of
@@ -186,29 +191,163 @@ def plan_evacuation(plane: ControlPlane, registry: HostRegistry, host: str) -> E
     )
 
 
+RUNNING, MOVED, FAILED, CANCELLED = "moving", "moved", "failed", "cancelled"
+NOT_STARTED = "not started"
+
+
+@dataclass
+class MoveOutcome:
+    """What became of one planned move of an evacuation (wall-clock times, UTC)."""
+
+    vm: str
+    target: str
+    live: bool
+    state: str = NOT_STARTED
+    started: datetime | None = None
+    finished: datetime | None = None
+    error: str | None = None
+    report: MoveReport | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "vm": self.vm,
+            "to": self.target,
+            "live": self.live,
+            "state": self.state,
+            "started": self.started.isoformat() if self.started else None,
+            "finished": self.finished.isoformat() if self.finished else None,
+            "error": self.error,
+            "result": vars(self.report.result) if self.report and self.report.result else None,
+        }
+
+
+@dataclass
+class EvacuationReport:
+    plan: EvacuationPlan
+    parallel: int
+    outcomes: list[MoveOutcome]
+    maintenance: bool  # the host's maintenance flag afterwards
+    empty: bool
+
+    @property
+    def moved(self) -> list[MoveOutcome]:
+        return [o for o in self.outcomes if o.state == MOVED]
+
+    @property
+    def failed(self) -> list[MoveOutcome]:
+        return [o for o in self.outcomes if o.state in (FAILED, CANCELLED)]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **self.plan.as_dict(),
+            "parallel": self.parallel,
+            "outcomes": [o.as_dict() for o in self.outcomes],
+            "moved": [o.vm for o in self.moved],
+            "failed": {o.vm: o.error for o in self.failed},
+            "not_started": [o.vm for o in self.outcomes if o.state == NOT_STARTED],
+            "maintenance": self.maintenance,
+            "empty": self.empty,
+        }
+
+
+def run_bounded(
+    outcomes: list[MoveOutcome],
+    move: Callable[[MoveOutcome], MoveReport],
+    parallel: int,
+    cancel: threading.Event,
+    changed: Callable[[MoveOutcome], None] = lambda _outcome: None,
+) -> None:
+    """Run ``move`` for each outcome in order, at most ``parallel`` at once, filling in each
+    outcome.  After the first failure (or a ``cancel``) no move starts; those running finish,
+    since stopping a move half way is an abort the caller did not ask for.  ``changed`` hears
+    of each move as it starts and as it ends (from the thread that runs it)."""
+    if not 1 <= parallel <= EVACUATE_PARALLEL_MAX:
+        raise InvalidInput(
+            f"parallel must be 1 to {EVACUATE_PARALLEL_MAX}, not {parallel}",
+            hint=f"the default, {EVACUATE_PARALLEL}, suits one source link",
+        )
+    stop = threading.Event()
+
+    def one(outcome: MoveOutcome) -> None:
+        outcome.started = datetime.now(UTC)
+        outcome.state = RUNNING
+        changed(outcome)
+        try:
+            outcome.report = move(outcome)
+            outcome.state = MOVED
+        except Exception as err:  # reported per move; the evacuation goes on with the rest
+            outcome.state = CANCELLED if cancel.is_set() else FAILED
+            outcome.error = str(err)
+            stop.set()
+        finally:
+            outcome.finished = datetime.now(UTC)
+            changed(outcome)
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="evacuate") as pool:
+        running: set[Future[None]] = set()
+        try:
+            for outcome in outcomes:
+                while len(running) >= parallel:
+                    _done, running = wait(running, return_when=FIRST_COMPLETED)
+                if stop.is_set() or cancel.is_set():
+                    break
+                running.add(pool.submit(one, outcome))
+            wait(running)
+        except BaseException:
+            # Ctrl-C lands here, in the calling thread: the moves run in others, so abort
+            # them (each VM stays on its source) rather than leave them running unwatched.
+            cancel.set()
+            raise
+
+
 def evacuate(
     plane: ControlPlane,
     registry: HostRegistry,
     host: str,
     *,
+    parallel: int = EVACUATE_PARALLEL,
     dry_run: bool = False,
     say: Callable[[str], None] | None = None,
-    progress: Callable[[migration.Progress], None] | None = None,
-) -> tuple[EvacuationPlan, list[MoveReport]]:
-    """Move every VM off ``host`` (live if running, offline if not), then leave it in
-    maintenance.  Maintenance is switched on first, so no placement picks the host meanwhile;
-    a failed move stops the evacuation with the host still in maintenance."""
+    progress: Callable[[str, migration.Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    changed: Callable[[MoveOutcome], None] = lambda _outcome: None,
+) -> EvacuationReport:
+    """Move every VM off ``host`` (live if running, offline if not), ``parallel`` at a time.
+
+    The whole plan is made first (placement sees each earlier move's memory and group), so
+    nothing moves unless every VM has somewhere to go.  The host is put in maintenance while
+    it drains, so that no placement picks it meanwhile; it stays there only if it ends up
+    empty, else it gets its earlier flag back (a half-evacuated host takes new VMs as before)."""
     plan = plan_evacuation(plane, registry, host)
+    outcomes = [MoveOutcome(vm, to, live) for vm, to, live in plan.moves]
+    before = registry.get(host).maintenance
     if dry_run:
-        return plan, []
+        return EvacuationReport(plan, parallel, outcomes, before, not plan.moves)
+    cancel = cancel or threading.Event()
     registry.set(host, maintenance=True)
-    done = []
-    for vm, to, live in plan.moves:
+
+    def move(outcome: MoveOutcome) -> MoveReport:
         if say:
-            say(f"moving {vm} to {to} ({'live' if live else 'offline'})")
-        options = migration.MigrateOptions(offline=not live)
-        done.append(migrate_vm(plane, registry, vm, host, to, options, progress=progress))
-    return plan, done
+            say(
+                f"moving {outcome.vm} to {outcome.target} ({'live' if outcome.live else 'offline'})"
+            )
+        watch = None if progress is None else functools.partial(progress, outcome.vm)
+        report = migrate_vm(
+            plane, registry, outcome.vm, host, outcome.target,
+            migration.MigrateOptions(offline=not outcome.live), progress=watch, cancel=cancel,
+        )  # fmt: skip
+        if say:
+            say(f"moved {outcome.vm} to {outcome.target}")
+        return report
+
+    try:
+        run_bounded(outcomes, move, parallel, cancel, changed)
+    finally:
+        with libvirt_errors(f"listing the VMs of host {host}"):
+            empty = not plane.connect(host).virconn.listAllDomains(0)
+        if not empty and not before:
+            registry.set(host, maintenance=False)
+    return EvacuationReport(plan, parallel, outcomes, empty or before, empty)
 
 
 # ------------------------------------------------------------------------------ rebalance
@@ -261,15 +400,30 @@ def _admin_only(ctx: TaskContext) -> None:
         raise InvalidState(f"{ctx.owner.name} is no longer an admin: only admins move VMs")
 
 
+def sample_dict(sample: migration.Progress) -> dict[str, object]:
+    """One job-stats sample as the task's ``result.live`` shows it (bytes, bytes/s, seconds)."""
+    return {**asdict(sample), "eta": sample.eta}
+
+
+def _percent(sample: migration.Progress) -> int | None:
+    total = sample.disk_total + sample.memory_total
+    done = sample.disk_done + sample.memory_done
+    return min(99, done * 100 // total) if total else None
+
+
 @task_kind("vm.migrate", cancellable=True)  # an aborted job leaves the VM on the source
 def _migrate_task(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     _admin_only(ctx)
+    downtimes: list[int] = []  # each allowed downtime the move went through, for the page
 
     def progress(sample: migration.Progress) -> None:
-        total = sample.disk_total + sample.memory_total
-        done = sample.disk_done + sample.memory_done
-        percent = min(99, done * 100 // total) if total else None
-        ctx.report(f"{sample.phase}: {sample.memory_remaining >> 20} MiB of memory left", percent)
+        if sample.downtime_ms is not None and sample.downtime_ms not in downtimes:
+            downtimes.append(sample.downtime_ms)
+        ctx.measured(
+            f"{sample.phase}: {sample.memory_remaining >> 20} MiB of memory left",
+            _percent(sample),
+            {**sample_dict(sample), "downtime_steps": downtimes},
+        )
 
     report = migrate_vm(
         ctx.plane, HostRegistry(ctx.store), str(params["vm"]), str(params["source"]),
@@ -278,11 +432,63 @@ def _migrate_task(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     return report.as_dict()
 
 
-@task_kind("host.evacuate")
+#: Seconds between an evacuation's progress writes: several moves report twice a second each,
+#: and every write is a commit plus an event row.
+EVACUATE_REPORT_EVERY = 1.0
+
+
+@task_kind("host.evacuate", cancellable=True)  # a cancel aborts the moves in flight only
 def _evacuate_task(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     _admin_only(ctx)
-    plan, done = evacuate(
+    samples: dict[str, dict[str, object]] = {}
+    lines: list[str] = []
+    lock = threading.Lock()
+    last = [0.0]
+
+    def publish(force: bool) -> None:
+        with lock:
+            now = time.monotonic()
+            if not force and now - last[0] < EVACUATE_REPORT_EVERY:
+                return
+            last[0] = now
+            ctx.measured(lines[-1] if lines else "planned", None, {"moves": dict(samples)})
+
+    def say(line: str) -> None:
+        with lock:
+            lines.append(line)
+
+    def changed(outcome: MoveOutcome) -> None:
+        with lock:
+            samples[outcome.vm] = {**samples.get(outcome.vm, {}), **outcome.as_dict()}
+        publish(True)
+
+    def progress(vm: str, sample: migration.Progress) -> None:
+        with lock:
+            samples[vm] = {**samples.get(vm, {}), **sample_dict(sample)}
+        publish(False)
+
+    report = evacuate(
         ctx.plane, HostRegistry(ctx.store), str(params["host"]),
-        say=lambda line: ctx.report(line, None),
+        parallel=int(params.get("parallel") or EVACUATE_PARALLEL),
+        say=say, progress=progress, cancel=ctx.cancel, changed=changed,
     )  # fmt: skip
-    return {**plan.as_dict(), "moved": [move.name for move in done]}
+    if report.failed:
+        # The task fails so that a watcher sees it; the error says what moved and what did not.
+        raise OperationFailed(evacuation_summary(report))
+    return report.as_dict()
+
+
+def evacuation_summary(report: EvacuationReport) -> str:
+    """One paragraph: what moved, what failed and why, what was not started, maintenance."""
+    moved = ", ".join(o.vm for o in report.moved) or "nothing"
+    parts = [f"evacuation of {report.plan.host}: moved {moved}"]
+    parts += [f"{o.vm} to {o.target} {o.state}: {o.error}" for o in report.failed]
+    waiting = [o.vm for o in report.outcomes if o.state == NOT_STARTED]
+    if waiting:
+        parts.append(f"not started: {', '.join(waiting)}")
+    parts.append(
+        "the host is empty and in maintenance"
+        if report.empty
+        else f"the host still has VMs; maintenance {'on' if report.maintenance else 'off'}"
+    )
+    return "; ".join(parts)

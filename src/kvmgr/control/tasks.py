@@ -61,6 +61,12 @@ class TaskContext:
     plane: ControlPlane
     state_dirs: tuple[str, ...] = ()
     report: Callable[[str, int | None], None] = field(default=lambda _message, _percent: None)
+    #: Like ``report``, with the measurements behind the message (a migration's job stats),
+    #: shown as the task's ``result.live`` while it runs so a page can draw numbers, not parse
+    #: text; the handler's return value replaces them when it ends.
+    measured: Callable[[str, int | None, dict[str, Any]], None] = field(
+        default=lambda _message, _percent, _live: None
+    )
     #: Set by the worker when someone cancels the running task (kinds in CANCELLABLE_KINDS).
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -371,10 +377,22 @@ def heartbeat(store: Store, worker: str, task_ids: Iterable[str]) -> None:
         )
 
 
-def report(store: Store, worker: str, task_id: str, message: str, percent: int | None) -> None:
+def report(
+    store: Store,
+    worker: str,
+    task_id: str,
+    message: str,
+    percent: int | None,
+    *,
+    live: dict[str, Any] | None = None,
+) -> None:
+    """A running task's progress; ``live`` (JSON) goes in its ``result`` as ``{"live": ...}``
+    until the task ends (no column of its own: one task has one latest sample)."""
     values: dict[str, Any] = {"message": message[:2000], "heartbeat": utcnow()}
     if percent is not None:
         values["progress"] = max(0, min(100, percent))
+    if live is not None:
+        values["result"] = {"live": live}
     _update_held(store, worker, task_id, values)
 
 

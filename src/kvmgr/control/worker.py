@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from kvmgr.connect import Connection
 from kvmgr.control import backup_schedules, events, notify, tasks
@@ -237,6 +238,9 @@ class Worker:
             def report(message: str, percent: int | None) -> None:
                 tasks.report(self.store, self.id, claimed.id, message, percent)
 
+            def measured(message: str, percent: int | None, live: dict[str, Any]) -> None:
+                tasks.report(self.store, self.id, claimed.id, message, percent, live=live)
+
             context = tasks.TaskContext(
                 task_id=claimed.id,
                 kind=claimed.kind,
@@ -248,6 +252,7 @@ class Worker:
                 plane=self.plane.for_actor(owner.name),
                 state_dirs=self.state_dirs,
                 report=report,
+                measured=measured,
                 cancel=cancel,
             )
             return handler(context, claimed.params), None

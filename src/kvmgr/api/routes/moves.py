@@ -1,8 +1,10 @@
 """Moving VMs between registered hosts: migrate one VM, evacuate a host (admin; tasks).
 
 The routes validate and hand the work to a task (``GET /api/v1/tasks/{id}`` shows its progress
-from the migration job's statistics); ``dry_run`` answers at once with the preflight and, for
-``to: auto``, every host's placement verdict.
+from the migration job's statistics: while it runs, ``result.live`` holds the latest sample,
+bytes of disk and memory done and total, memory remaining, rate, ETA, and the allowed downtime
+steps; an evacuation's holds one such entry per VM under ``moves``); ``dry_run`` answers at
+once with the preflight and, for ``to: auto``, every host's placement verdict.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from kvmgr.api.deps import Admin, Ctx
+from kvmgr.control.move_limits import EVACUATE_PARALLEL, EVACUATE_PARALLEL_MAX
 from kvmgr.errors import InvalidState
 from kvmgr.names import validate_name
 
@@ -32,6 +35,12 @@ class MigrateRequest(BaseModel):
 
 
 class EvacuateRequest(BaseModel):
+    parallel: int = Field(
+        default=EVACUATE_PARALLEL,
+        ge=1,
+        le=EVACUATE_PARALLEL_MAX,
+        description="moves in flight at once (they share the source's link and disks)",
+    )
     dry_run: bool = False
 
 
@@ -86,4 +95,5 @@ def evacuate(name: str, body: EvacuateRequest, who: Admin, ctx: Ctx) -> dict[str
     )
     if body.dry_run:
         return dict(plan.as_dict())
-    return dict(ctx.submit(who, "host.evacuate", {"host": name}, name))
+    params = {"host": name, "parallel": body.parallel}
+    return dict(ctx.submit(who, "host.evacuate", params, name))
