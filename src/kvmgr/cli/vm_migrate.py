@@ -55,6 +55,15 @@ def _print_check(report: MoveReport) -> None:
             f"  copy {disk.target}: {disk.pool}/{disk.volume}, "
             f"{format_size(disk.allocation)} of {format_size(disk.capacity)}"
         )
+    for layer in check.layers:
+        how = "compare" if layer.present else "copy"
+        console.print(
+            f"  {how} image under {layer.disk}: {layer.pool}/{layer.volume}, "
+            f"{format_size(layer.allocation)}"
+        )
+    if check.snapshots:
+        current = f", current {check.current_snapshot}" if check.current_snapshot else ""
+        console.print(f"  snapshots: {', '.join(check.snapshots)}{current}")
     console.print(f"  data to move: {format_size(check.copy_bytes)}")
     for line in check.warnings:
         console.print(f"  [yellow]warning:[/] {line}", highlight=False)
@@ -87,7 +96,12 @@ def migrate(
     ] = False,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Move a VM to another host: live with its local disks copied, or offline."""
+    """Move a VM to another host: live with its local disks copied, or offline.
+
+    External (--disk-only) snapshots move with it: the images under its disks are copied first,
+    only the top is mirrored, and the records are redefined there, the current one kept.
+    Internal snapshots are refused, not converted: delete them first ('kvmgr snap delete').
+    """
     from kvmgr.control.moves import migrate_vm
     from kvmgr.services.migration import MigrateOptions
 

@@ -22,7 +22,6 @@ switch the source VM holds its disks, after it the destination VM holds the new 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -32,11 +31,12 @@ from typing import Any
 import libvirt
 
 from kvmgr.connect import Connection
-from kvmgr.errors import InvalidState, KvmgrError, OperationFailed, libvirt_errors, translate
+from kvmgr.errors import InvalidState, libvirt_errors, translate
+from kvmgr.services import migration_snapshots as snapshot_moves
 from kvmgr.services import storage
-from kvmgr.services.migration_checks import DiskCopy, Preflight, preflight
+from kvmgr.services.migration_checks import Preflight, preflight
+from kvmgr.services.migration_copy import compare, copy_volume
 from kvmgr.services.steps import LocalSteps, Steps, recovery_action
-from kvmgr.units import MIB
 from kvmgr.xml.domain import Domain
 
 POLL_INTERVAL = 0.5
@@ -45,7 +45,6 @@ DOWNTIME_START_MS = 300
 DOWNTIME_CEILING_MS = 5000
 #: Memory passes after which the allowed downtime doubles (the dirty rate outruns the copy).
 PASSES_PER_RAISE = 3
-_CHUNK = 4 * MIB
 #: How long removing a volume waits for a finished move's incoming VM to go (seconds).
 TRANSIENT_WAIT = 30.0
 
@@ -92,6 +91,7 @@ class MigrationResult:
     checked: list[str] = field(default_factory=list)  # offline: disks verified by checksum
     paths: dict[str, str] = field(default_factory=dict)  # source path -> path on the destination
     memory_sent: int | None = None  # live: memory bytes sent (the destination's job stats)
+    snapshots: list[str] = field(default_factory=list)  # moved and redefined on the destination
 
 
 # ------------------------------------------------------------------------------ recovery actions
@@ -193,38 +193,67 @@ def _move(
     cancel: threading.Event,
 ) -> MigrationResult:
     started = time.monotonic()
-    made = _make_target_volumes(dst, check.disks, dest_steps)
-    for disk in check.disks:
-        source_steps.finish_with("migrate.remove_unused_volume", pool=disk.pool, name=disk.volume)
+    # The VM's own images leave the source once it runs elsewhere: tops first, then the layers
+    # under them top-down (each is removed only while nothing of the source uses it).
+    owned_layers = [layer for layer in reversed(check.layers) if layer.owned]
+    leaving = [(d.pool, d.volume, d.source_path) for d in check.disks]
+    leaving += [(layer.pool, layer.volume, layer.path) for layer in owned_layers]
+    for pool, volume, _path in leaving:
+        source_steps.finish_with("migrate.remove_unused_volume", pool=pool, name=volume)
+    made_volumes: list[tuple[str, str]] = []  # on the destination, in the order made
+    if check.layers:
+        report(Progress("copying snapshot images", time.monotonic() - started))
+    checked = snapshot_moves.copy_layers(src, dst, check, dest_steps, made_volumes, cancel)
+    made = _make_target_volumes(dst, check, dest_steps, made_volumes)
     dom = src.virconn.lookupByName(check.name)
+    snapshot_moves.hand_over(dom, check, source_steps, dest_steps, made_volumes)
     if check.live:
         stats = _live(src, dst, dom, check, options, made, report, cancel, started)
         downtime = int(stats["downtime"]) if "downtime" in stats else None
         moved = stats.get("memory_processed")
-        checked: list[str] = []
     else:
-        checked = _offline(src, dst, dom, check, made, report, cancel, started)
+        checked += _offline(src, dst, dom, check, made, report, cancel, started)
         downtime, moved = None, None
+    if check.snapshots:
+        report(Progress("defining snapshots", time.monotonic() - started))
+        with libvirt_errors(f"looking up VM {check.name} on the destination"):
+            arrived = dst.virconn.lookupByUUIDString(check.uuid)
+        snapshot_moves.redefine(arrived, check.snapshot_xml, check.current_snapshot)
     removed = []
-    for disk in check.disks:  # the finish actions, done now rather than by recovery
-        if remove_if_unused(src, disk.pool, disk.volume):
-            removed.append(disk.source_path)
+    for pool, volume, path in leaving:  # the finish actions, done now rather than by recovery
+        if remove_if_unused(src, pool, volume):
+            removed.append(path)
     seconds = time.monotonic() - started
     report(Progress("done", seconds, downtime_ms=downtime))
+    paths = {d.source_path: made[d.target] for d in check.disks}
+    paths.update({layer.path: layer.path for layer in owned_layers})
     return MigrationResult(
         check.name, "live" if check.live else "offline", seconds, downtime, check.copy_bytes,
-        removed, checked, {d.source_path: made[d.target] for d in check.disks},
-        int(moved) if moved is not None else None,
+        removed, checked, paths, int(moved) if moved is not None else None,
+        list(check.snapshots),
     )  # fmt: skip
 
 
-def _make_target_volumes(dst: Connection, disks: list[DiskCopy], steps: Steps) -> dict[str, str]:
-    """Create each disk's volume on the destination; target dev -> its path there."""
+def _make_target_volumes(
+    dst: Connection, check: Preflight, steps: Steps, made_volumes: list[tuple[str, str]]
+) -> dict[str, str]:
+    """Create each disk's volume on the destination; target dev -> its path there.
+
+    With snapshots moving, a disk's new volume is an overlay of the same image as on the source
+    (copied there first), so only the top is mirrored; otherwise a linked clone is flattened.
+    """
     made = {}
-    for disk in disks:
+    layers = {layer.path: layer for layer in check.layers}
+    for disk in check.disks:
         steps.undo_with("migrate.remove_unused_volume", pool=disk.pool, name=disk.volume)
         steps.progress(f"creating {disk.pool}/{disk.volume} on the destination")
-        ref = storage.create_volume(dst, disk.pool, disk.volume, disk.capacity, disk.fmt)
+        below = layers.get(disk.backing or "") if check.keeps_chains else None
+        ref = storage.create_volume(
+            dst, disk.pool, disk.volume, disk.capacity, disk.fmt,
+            backing_path=below.path if below else None,
+            backing_format=below.fmt if below else None,
+        )  # fmt: skip
+        made_volumes.append((disk.pool, disk.volume))
         made[disk.target] = ref.path
     return made
 
@@ -274,7 +303,13 @@ def _live_request(
         | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
     )
     if check.disks:
-        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        # With its snapshot chain already on the destination only each disk's top is mirrored.
+        incremental = check.keeps_chains and any(d.backing for d in check.disks)
+        flags |= (
+            libvirt.VIR_MIGRATE_NON_SHARED_INC
+            if incremental
+            else libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        )
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
     if options.parallel and options.parallel > 1:
         flags |= libvirt.VIR_MIGRATE_PARALLEL
@@ -446,17 +481,10 @@ def _offline(
         report(Progress(f"copying {disk.target}", time.monotonic() - started, done, total))
         source = src.virconn.storagePoolLookupByName(disk.pool).storageVolLookupByName(disk.volume)
         target = dst.virconn.storageVolLookupByPath(made[disk.target])
-        _copy_volume(src, dst, source, target, cancel)
+        copy_volume(src, dst, source, target, cancel)
         done += disk.allocation
         report(Progress(f"verifying {disk.target}", time.monotonic() - started, done, total))
-        ours, theirs = _digest(src, source), _digest(dst, target)
-        if ours != theirs:
-            raise OperationFailed(
-                f"the copy of disk {disk.target} differs from the source "
-                f"({ours[0]} bytes sha256 {ours[1][:12]}… against {theirs[0]} bytes "
-                f"{theirs[1][:12]}…); nothing was moved"
-            )
-        checked.append(f"{disk.target}: {ours[0]} bytes, sha256 {ours[1]}")
+        checked.append(compare(src, dst, source, target, disk.target))
     params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: _target_xml(dom, made, inactive=True)}
     flags = (
         libvirt.VIR_MIGRATE_OFFLINE
@@ -466,72 +494,3 @@ def _offline(
     with libvirt_errors(f"moving the definition of VM {check.name}"):
         dom.migrate3(dst.virconn, params, flags)
     return checked
-
-
-def _copy_volume(
-    src: Connection,
-    dst: Connection,
-    source: libvirt.virStorageVol,
-    target: libvirt.virStorageVol,
-    cancel: threading.Event,
-) -> None:
-    """Stream ``source``'s file into ``target``, holes as holes."""
-    down = src.virconn.newStream(0)
-    up = dst.virconn.newStream(0)
-    try:
-        with libvirt_errors(f"copying volume {source.path()}"):
-            source.download(down, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-            target.upload(up, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
-
-            def data(_stream: libvirt.virStream, chunk: bytes, _opaque: object) -> int:
-                if cancel.is_set():
-                    return -1
-                view = memoryview(chunk)
-                while view:
-                    sent = up.send(view.tobytes())
-                    view = view[sent:]
-                return len(chunk)
-
-            def hole(_stream: libvirt.virStream, length: int, _opaque: object) -> int:
-                up.sendHole(length, 0)
-                return 0
-
-            down.sparseRecvAll(data, hole, None)
-            down.finish()
-            up.finish()
-    except (KvmgrError, libvirt.libvirtError):
-        for stream in (down, up):
-            with contextlib.suppress(libvirt.libvirtError):  # finished or broken already
-                stream.abort()
-        if cancel.is_set():
-            raise InvalidState("the copy was cancelled; the VM stays on the source") from None
-        raise
-
-
-def _digest(conn: Connection, vol: libvirt.virStorageVol) -> tuple[int, str]:
-    """Length and SHA-256 of a volume's file as libvirt streams it (holes read as zeros)."""
-    digest = hashlib.sha256()
-    length = 0
-    zeros = bytes(_CHUNK)
-    stream = conn.virconn.newStream(0)
-    with libvirt_errors(f"reading volume {vol.path()}"):
-        vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-
-        def data(_stream: libvirt.virStream, chunk: bytes, _opaque: object) -> int:
-            nonlocal length
-            digest.update(chunk)
-            length += len(chunk)
-            return len(chunk)
-
-        def hole(_stream: libvirt.virStream, size: int, _opaque: object) -> int:
-            nonlocal length
-            length += size
-            while size:
-                step = min(size, _CHUNK)
-                digest.update(zeros[:step])
-                size -= step
-            return 0
-
-        stream.sparseRecvAll(data, hole, None)
-        stream.finish()
-    return length, digest.hexdigest()

@@ -19,6 +19,7 @@ from kvmgr.connect import Connection
 from kvmgr.errors import libvirt_errors
 from kvmgr.services import vms
 from kvmgr.services.migration_dhcp import HeldReservation, conflicts, reservations_of
+from kvmgr.services.migration_snapshots import Layer, plan_layers, read_snapshots
 from kvmgr.units import MIB
 from kvmgr.xml.base import parse_xml
 from kvmgr.xml.domain import Disk, Domain
@@ -62,6 +63,17 @@ class Preflight:
     cpu_baseline: str | None = None
     #: The source's DHCP reservations for the VM's NICs: they follow it (migration_dhcp).
     reservations: list[HeldReservation] = field(default_factory=list)
+    #: External snapshots that move with the VM (migration_snapshots): names and records,
+    #: parents first, the current one, and the read-only images under its disks, bottom first.
+    snapshots: list[str] = field(default_factory=list)
+    snapshot_xml: list[str] = field(default_factory=list)
+    current_snapshot: str | None = None
+    layers: list[Layer] = field(default_factory=list)
+
+    @property
+    def keeps_chains(self) -> bool:
+        """Disks keep the images under them (snapshots move), rather than being flattened."""
+        return bool(self.snapshots)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +82,8 @@ class Preflight:
     @property
     def copy_bytes(self) -> int:
         """Data to move: each disk's allocated bytes, plus the guest's memory when live."""
-        return sum(d.allocation for d in self.disks) + (self.memory if self.live else 0)
+        layers = sum(layer.allocation for layer in self.layers if not layer.present)
+        return layers + sum(d.allocation for d in self.disks) + (self.memory if self.live else 0)
 
     def estimate_seconds(self, bandwidth: float | None) -> float | None:
         """Time to copy :attr:`copy_bytes` at ``bandwidth`` bytes/s (None: unknown)."""
@@ -89,6 +102,9 @@ class Preflight:
             "warnings": self.warnings,
             "cpu_baseline": self.cpu_baseline,
             "reservations": [vars(r) for r in self.reservations],
+            "snapshots": self.snapshots,
+            "current_snapshot": self.current_snapshot,
+            "layers": [vars(layer) for layer in self.layers],
         }
 
 
@@ -102,18 +118,13 @@ def preflight(
         domain = Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
         uuid = dom.UUIDString()
         memory = int(dom.info()[2]) * 1024
-        snapshots = dom.snapshotNum(0)
     live = running if offline is None else not offline
     check = Preflight(name, uuid, live, memory)
     if live and not running:
         check.problems.append(f"VM {name} is shut off: migrate it offline (--offline)")
     if not live and running:
         check.problems.append(f"VM {name} runs: shut it down first, or migrate it live")
-    if snapshots:
-        check.problems.append(
-            f"VM {name} has {snapshots} snapshot(s): libvirt moves no snapshot metadata; "
-            "delete them (or revert and delete) before moving it"
-        )
+    read_snapshots(src, dom, check)
     _check_clash(dst, name, uuid, check)
     _check_devices(domain, check)
     _check_networks(dst, domain, check)
@@ -121,6 +132,7 @@ def preflight(
     check.problems.extend(conflicts(dst, check.reservations))
     _check_cpu_and_machine(src, dst, domain, check)
     _check_disks(src, dst, domain, check)
+    plan_layers(src, dst, dom, check)
     if live:
         from kvmgr.host.memory import node_memory
 
@@ -336,7 +348,9 @@ def _check_copied(
         backing=spec.backing_path,
     )
     check.disks.append(copy)
-    if copy.backing and not check.live:
+    if copy.backing and check.keeps_chains:
+        pass  # the images under it move too (migration_snapshots.plan_layers)
+    elif copy.backing and not check.live:
         try:
             dst.virconn.storageVolLookupByPath(copy.backing)
         except libvirt.libvirtError:
