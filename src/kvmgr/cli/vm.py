@@ -146,7 +146,7 @@ def create(
         typer.Option(
             help="none; ip (an address seen: lease, agent, ARP); ready (the first of: kvmgr's "
             "console marker, the guest agent answering, an SSH banner on the guest's address); "
-            "--unattended: installed or ready"
+            "--unattended: installed or ready (Windows also started: return once Setup runs)"
         ),
     ] = "none",
     wait_timeout: Annotated[float, typer.Option(help="seconds to wait")] = 300.0,
@@ -178,6 +178,9 @@ def create(
     profile: Annotated[str, typer.Option(help="--unattended: minimal or desktop")] = "minimal",
     script: Annotated[
         str | None, typer.Option(help="--unattended: your own kickstart/preseed file")
+    ] = None,
+    product_key: Annotated[
+        str | None, typer.Option(help="--unattended Windows: product key (XXXXX-XXXXX-...)")
     ] = None,
     user_data: Annotated[
         str | None, typer.Option(help="--cloud-init: your user-data (merged with the options)")
@@ -243,6 +246,7 @@ def create(
             "ssh_keys": ssh_key or [], "hostname": hostname, "timezone": timezone,
             "locale": locale, "packages": packages, "profile": profile, "script": script,
             "user_data": user_data, "network_config": network_config,
+            "product_key": product_key,
         }  # fmt: skip
         # Journaled like every create: a kill -9 mid-install is undone by recovery.
         with journaled("create", name, new_names=(name,)) as steps:

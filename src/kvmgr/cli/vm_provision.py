@@ -10,7 +10,7 @@ from kvmgr.errors import InvalidInput
 from kvmgr.services.create import VMSpec
 from kvmgr.services.steps import Steps
 
-_INSTALL_ONLY = ("root_password_file", "timezone", "locale", "packages", "script")
+_INSTALL_ONLY = ("root_password_file", "timezone", "locale", "packages", "script", "product_key")
 _CLOUD_ONLY = ("user_data", "network_config")
 
 
@@ -43,6 +43,7 @@ def _unattended(spec: VMSpec, options: dict[str, Any], steps: Steps) -> dict[str
         packages=[p.strip() for p in (options["packages"] or "").split(",") if p.strip()],
         profile=options["profile"],
         script_file=options["script"],
+        product_key=options.get("product_key"),
     )
     with status(f"creating {spec.name}") as spinner:
         result = create_unattended(
@@ -58,7 +59,7 @@ def _from_image(spec: VMSpec, options: dict[str, Any], steps: Steps) -> dict[str
     from kvmgr.services.unattended import read_secret_file, read_ssh_keys
 
     for key in _INSTALL_ONLY:
-        if options[key] and key not in ("timezone", "locale"):
+        if options.get(key) and key not in ("timezone", "locale"):
             raise InvalidInput(f"--{key.replace('_', '-')} goes with --unattended")
     wants_seed = options["cloud_init"] or any(
         options[key] for key in ("user", "password_file", "ssh_keys", "user_data", "network_config")

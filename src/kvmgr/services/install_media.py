@@ -157,6 +157,17 @@ def read_install_media(conn: Connection, iso_path: str, os_id: str = "auto") -> 
     )
 
 
+def identify_iso(
+    conn: Connection, iso_path: str, os_id: str = "auto"
+) -> tuple[IsoDescriptor, OsEntry, Media | None]:
+    """The OS on the ISO from its volume descriptor alone (Windows media have no kernel to
+    read: this is all a Windows install needs from them)."""
+    with open_iso_file(conn, iso_path) as handle:
+        descriptor = parse_descriptor_set(iso_path, handle.read(_HEADER_BYTES))
+    os_entry, media_list = _identify(descriptor, os_id)
+    return descriptor, os_entry, _pick_media(media_list, has_packages=True)
+
+
 def _identify(descriptor: IsoDescriptor, os_id: str) -> tuple[OsEntry, list[Media]]:
     db = get_db()
     matches = db.match_media(descriptor)

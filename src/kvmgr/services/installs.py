@@ -27,7 +27,7 @@ from kvmgr.errors import InvalidInput, KvmgrError, OperationFailed, libvirt_erro
 from kvmgr.images.initramfs import gzipped_cpio, regular
 from kvmgr.services import vms
 from kvmgr.services.create import CreateResult, VMSpec, create_vm
-from kvmgr.services.install_media import read_install_media, upload_bytes
+from kvmgr.services.install_media import identify_iso, read_install_media, upload_bytes
 from kvmgr.services.readiness import Readiness
 from kvmgr.services.steps import LocalSteps, Steps
 from kvmgr.services.storage import delete_volume_by_path
@@ -35,7 +35,7 @@ from kvmgr.services.storage_pools import DEFAULT_POOL
 from kvmgr.services.unattended import InstallPlan, UnattendedRequest, load, plan
 from kvmgr.xml.domain import Domain
 
-INSTALL_WAITS = ("installed", "ready")
+INSTALL_WAITS = ("installed", "ready", "started")  # started: Windows only (windows_install)
 #: Console lines that mean the installer gave up, even though the VM then stopped.
 _FAILURE_RE = re.compile(
     rb"KVMGR-INSTALL-FAILED.*|An unknown error has occurred.*|Kernel panic.*|"
@@ -111,6 +111,15 @@ def _create(
     settings = load(request, spec.name)  # every file read and checked before anything is made
     iso_path = _resolve_iso(conn, spec.iso or "")
     say("reading the installer from the ISO")
+    _descriptor, os_entry, found = identify_iso(conn, iso_path, spec.os)
+    if os_entry.family == "winnt":  # no kernel to read: Setup boots from the ISO itself
+        from kvmgr.services.windows_install import create_windows
+
+        return create_windows(
+            conn, spec, settings, iso_path, os_entry, found, wait=wait, steps=steps, say=say
+        )
+    if wait == "started":
+        raise InvalidInput("--wait started is for Windows installs", hint="use installed or ready")
     media = read_install_media(conn, iso_path, spec.os)
     install = plan(media.os_entry, media.media, settings, volume_id=media.descriptor.volume_id)
     say(f"{install.kind} from {install.source}")
@@ -135,7 +144,7 @@ def _create(
     for path in boot.values():
         delete_volume_by_path(conn, path)
     result.volumes = [v for v in result.volumes if v not in boot.values()]
-    seen = _start_installed(conn, spec, wait, steps, say)
+    seen = start_installed(conn, spec, wait, steps, say)
     if seen is not None:
         result.ready, result.ip = str(seen), seen.ip
     result.state = vms.STATE_NAMES[vms.state_of(vms.lookup(conn, spec.name))]
@@ -265,7 +274,7 @@ def _switch_to_disk(conn: Connection, name: str, iso_path: str, boot: dict[str, 
         conn.virconn.defineXML(domain.to_xml())
 
 
-def _start_installed(
+def start_installed(
     conn: Connection, spec: VMSpec, wait: str, steps: Steps, say: Any
 ) -> Readiness | None:
     """Start the installed VM; with ``wait`` ready, wait for it.  What the wait saw, or None."""

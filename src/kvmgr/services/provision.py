@@ -58,6 +58,7 @@ def provision(
         locale=str(unattended.get("locale") or "en_US"),
         packages=list(unattended.get("packages") or []),
         profile=str(unattended.get("profile") or "minimal"),
+        product_key=unattended.get("product_key"),
     )
     wait = "ready" if params.get("wait") == "ready" else "installed"
     result = create_unattended(conn, spec, request, wait=wait, progress=progress, steps=steps)

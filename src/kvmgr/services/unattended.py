@@ -35,6 +35,7 @@ _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PACKAGE_RE = re.compile(r"@?\^?[A-Za-z0-9][A-Za-z0-9._+:-]*")
 _TIMEZONE_RE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}")
+_WINDOWS_TZ_RE = re.compile(r"[A-Za-z][A-Za-z .()+-]* Standard Time")
 _LOCALE_RE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
 _MAX_SECRET_FILE = 4096
 _MAX_SCRIPT = 1024 * 1024
@@ -61,6 +62,8 @@ class UnattendedRequest:
     #: Hashed already (the API hashes before it stores a task): used as they are.
     password_hash: str | None = field(default=None, repr=False)
     root_password_hash: str | None = field(default=None, repr=False)
+    #: Windows only (osinfo-db's ``reg-product-key``); optional, never logged.
+    product_key: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -77,6 +80,11 @@ class Settings:
     packages: list[str]
     profile: str
     script_text: str | None
+    #: Windows needs the password itself, not a hash: kept only in the obscured form Windows
+    #: reads (:func:`kvmgr.services.windows_unattend.obscure`), and only when given in clear.
+    user_windows: str | None = field(default=None, repr=False)
+    admin_windows: str | None = field(default=None, repr=False)
+    product_key: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -169,7 +177,8 @@ def load(request: UnattendedRequest, vm_name: str) -> Settings:
         raise InvalidInput("--password-file needs --user", hint="name the user with --user")
     hostname = request.hostname or vm_name
     _check(_HOSTNAME_RE, hostname, "host name", "letters, digits and - (use --hostname)")
-    _check(_TIMEZONE_RE, request.timezone, "time zone", "e.g. UTC or Europe/Berlin")
+    if not _WINDOWS_TZ_RE.fullmatch(request.timezone):  # Windows names have spaces
+        _check(_TIMEZONE_RE, request.timezone, "time zone", "e.g. UTC or Europe/Berlin")
     _check(_LOCALE_RE, request.locale, "locale", "e.g. en_US or de_DE")
     for package in request.packages:
         _check(_PACKAGE_RE, package, "package", "package or @group names, comma-separated")
@@ -194,6 +203,8 @@ def load(request: UnattendedRequest, vm_name: str) -> Settings:
         raise InvalidInput("a password needs a user", hint="name the user")
     if request.password_hash and not user:
         raise InvalidInput("a password needs a user", hint="name the user")
+    from kvmgr.services.windows_unattend import obscure, product_key
+
     return Settings(
         user=user,
         user_hash=sha512_crypt(password) if password else request.password_hash,
@@ -205,6 +216,9 @@ def load(request: UnattendedRequest, vm_name: str) -> Settings:
         packages=list(request.packages),
         profile=request.profile,
         script_text=script_text,
+        user_windows=obscure(password, "Password") if password else None,
+        admin_windows=obscure(root, "AdministratorPassword") if root else None,
+        product_key=product_key(request.product_key) if request.product_key else None,
     )
 
 
@@ -239,8 +253,12 @@ def plan(
         return _autoinstall_plan(settings)
     if os_entry.family == "winnt":
         raise Unsupported(
-            f"unattended installs of {os_entry.name} are not supported yet",
-            hint="install it interactively (an autounattend CD is planned)",
+            f"{os_entry.name} installs from an autounattend CD, not a kernel and initrd",
+            hint="kvmgr.services.windows_install makes it (vm create --unattended does)",
+        )
+    if " " in settings.timezone:
+        raise InvalidInput(
+            f"time zone {settings.timezone!r} is a Windows name", hint="e.g. Europe/Berlin"
         )
     script = choose_script(os_entry, media, settings.profile)
     if script.kind not in ("kickstart", "preseed"):

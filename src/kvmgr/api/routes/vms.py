@@ -39,6 +39,9 @@ class Unattended(BaseModel):
     locale: str = Field(default="en_US", max_length=16)
     packages: list[str] = Field(default_factory=list, max_length=256)
     profile: Literal["minimal", "desktop"] = "minimal"
+    #: Windows only.  Windows passwords cannot go through the API: Windows needs them in
+    #: clear (obscured) and the task row keeps only hashes, so such a request is refused.
+    product_key: str | None = Field(default=None, max_length=29)
 
 
 class CloudInit(BaseModel):

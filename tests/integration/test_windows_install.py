@@ -1,0 +1,143 @@
+"""A Windows unattended create on the real daemon, with a Windows-like ISO made here.
+
+The ISO carries what osinfo-db's Windows media entries match on (volume id
+``CCCOMA_X64FRE_EN-US_DV9``, publisher ``MICROSOFT CORPORATION``: the Windows 10/11 consumer
+media, which osinfo-db gives to Windows 10, the release that introduced the id) and Setup's
+usual files.  It boots nothing: this proves detection, the answer-file CD (read back from its
+volume), the devices, the start, the end-of-install switch and removal; it does not install
+Windows, which needs a licensed ISO and an hour under KVM.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from kvmgr.connect import Connection
+from kvmgr.errors import InvalidInput
+from kvmgr.services import networks, vm_removal, vms
+from kvmgr.services.create import DiskRequest, NicRequest, VMSpec
+from kvmgr.services.install_media import VolumeReader
+from kvmgr.services.installs import create_unattended
+from kvmgr.services.networks import NetworkSpec
+from kvmgr.services.storage import find_volume_by_path
+from kvmgr.services.unattended import UnattendedRequest
+from kvmgr.services.windows_install import finish_install
+from kvmgr.services.windows_unattend import UNATTEND_FILENAME, read_iso_file
+from kvmgr.units import GIB, MIB
+from kvmgr.xml.domain import Domain
+
+from .conftest import DEMO_ISO_CACHE, Cleanup
+
+PREFIX = "t-win-"
+NET = "t-winnet"  # module-wide: not under PREFIX, which each test purges
+PASSWORD = "Winter-2026!not-in-logs"
+VOLUME_ID = "CCCOMA_X64FRE_EN-US_DV9"
+
+
+@pytest.fixture(scope="module")
+def windows_iso() -> Path:
+    import pycdlib
+
+    path = DEMO_ISO_CACHE.parent / "windows-like.iso"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iso = pycdlib.PyCdlib()
+    # No Joliet: its volume id holds 16 characters, the real one 23 (Windows media use UDF).
+    iso.new(interchange_level=3, vol_ident=VOLUME_ID, pub_ident_str="MICROSOFT CORPORATION")
+    iso.add_directory("/SOURCES")
+    for name in ("setup.exe", "bootmgr", "sources/install.wim"):
+        data = f"stand-in for {name}\n".encode()
+        iso.add_fp(io.BytesIO(data), len(data), f"/{name.upper()};1")
+    partial = path.with_suffix(".partial")
+    iso.write(str(partial))
+    iso.close()
+    partial.chmod(0o644)
+    partial.replace(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def isolated(conn: Connection) -> Iterator[str]:
+    from .conftest import remove_network
+
+    remove_network(conn, NET)
+    networks.create_network(
+        conn, NetworkSpec(NET, mode="isolated", subnet="10.240.97.0/24", bridge="kvt-win0")
+    )
+    yield NET
+    remove_network(conn, NET)
+
+
+def test_windows_create_attaches_the_answer_file_cd_and_delete_removes_it(
+    conn: Connection, cleanup: Cleanup, windows_iso: Path, isolated: str, tmp_path: Path
+) -> None:
+    cleanup.prefix(PREFIX)
+    name = f"{PREFIX}10"
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    request = UnattendedRequest(
+        user="alice", password_file=str(tmp_path / "pw"), hostname="WIN-T1", product_key=None
+    )
+    spec = VMSpec(
+        name=name, iso=str(windows_iso), memory=512 * MIB, vcpus=1, graphics="none",
+        disks=[DiskRequest(size=GIB)], nics=[NicRequest(source=isolated)], wait_timeout=60,
+    )  # fmt: skip
+    said: list[str] = []
+    result = create_unattended(conn, spec, request, wait="started", progress=said.append)
+    assert result.vm.os_id == "win10"
+    assert result.script_source == "osinfo-db http://microsoft.com/windows/unattend/jeos"
+    dom = vms.lookup(conn, name)
+    assert dom.isActive()
+    domain = Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    assert domain.os.kernel is None and domain.on_reboot == "restart"  # Setup reboots itself
+    disks = [(d.device, d.target_bus, d.source_file) for d in domain.devices.disks]
+    unattend = f"/var/lib/libvirt/images/{name}-unattend.iso"
+    assert [(dev, bus) for dev, bus, _ in disks] == [
+        ("disk", "sata"), ("cdrom", "sata"), ("cdrom", "sata")
+    ]  # fmt: skip
+    assert [src for _, _, src in disks][1:] == [str(windows_iso), unattend]
+    assert [nic.model for nic in domain.devices.interfaces] == ["e1000e"]
+    # the blank disk boots first and falls through to the install ISO; the answer CD never boots
+    assert [d.boot_order for d in domain.devices.disks] == [1, 2, None]
+    meta = domain.kvmgr_metadata()
+    assert meta is not None and unattend in meta.owned_volumes
+    # the CD's autounattend.xml, read back through the volume, is what kvmgr rendered
+    vol = find_volume_by_path(conn, unattend)
+    assert vol is not None
+    image = VolumeReader(conn, vol).readall()
+    text = read_iso_file(image, UNATTEND_FILENAME).decode()
+    import hashlib
+
+    assert hashlib.sha256(text.encode()).hexdigest() == result.script_sha256
+    assert "<Name>alice</Name>" in text and "<ComputerName>WIN-T1</ComputerName>" in text
+    assert PASSWORD not in text + "\n".join(said) + dom.XMLDesc(0) + repr(result.as_dict())
+    # Setup's closing power-off, then the switch kvmgr makes: no media, the volume gone
+    dom.destroy()
+    finish_install(conn, name, str(windows_iso), unattend)
+    domain = Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    assert [d.device for d in domain.devices.disks] == ["disk"]
+    assert find_volume_by_path(conn, unattend) is None
+
+
+def test_windows_delete_removes_the_answer_cd_and_bad_names_make_nothing(
+    conn: Connection, cleanup: Cleanup, windows_iso: Path, tmp_path: Path
+) -> None:
+    cleanup.prefix(PREFIX)
+    name = f"{PREFIX}del"
+    spec = VMSpec(
+        name=name, iso=str(windows_iso), memory=512 * MIB, vcpus=1, graphics="none",
+        disks=[DiskRequest(size=GIB)], nics=[], wait_timeout=60,
+    )  # fmt: skip
+    too_long = UnattendedRequest(user="alice", hostname="a-sixteen-chars1")
+    with pytest.raises(InvalidInput, match="NetBIOS"):
+        create_unattended(conn, spec, too_long, wait="started")
+    assert not vms.exists(conn, name)
+    create_unattended(conn, spec, UnattendedRequest(user="alice"), wait="started")
+    unattend = f"/var/lib/libvirt/images/{name}-unattend.iso"
+    assert find_volume_by_path(conn, unattend) is not None
+    deleted = vm_removal.delete(conn, name, force=True)
+    assert unattend in deleted and find_volume_by_path(conn, unattend) is None
+    assert not vms.exists(conn, name)
