@@ -31,9 +31,15 @@ def database_url(db_url: str | None, state_dir: Path) -> str:
     )
 
 
-def url_from_environment() -> str:
-    """The database URL as ``Settings().database_url`` gives it (variable names in any case,
-    as pydantic-settings matches them)."""
+def state_dir_from_environment() -> Path:
+    """The state dir as ``Settings().state_dir`` gives it (variable names in any case, as
+    pydantic-settings matches them)."""
     env = {name.upper(): value for name, value in os.environ.items()}
     state = env.get("KVMGR_STATE_DIR")
-    return database_url(env.get("KVMGR_DB_URL"), Path(state) if state else default_state_dir())
+    return Path(state) if state else default_state_dir()
+
+
+def url_from_environment() -> str:
+    """The database URL as ``Settings().database_url`` gives it."""
+    env = {name.upper(): value for name, value in os.environ.items()}
+    return database_url(env.get("KVMGR_DB_URL"), state_dir_from_environment())

@@ -79,3 +79,4 @@ def test_the_cli_finds_the_database_settings_would(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert statedir.url_from_environment() == Settings().database_url
+    assert statedir.state_dir_from_environment() == Settings().state_dir

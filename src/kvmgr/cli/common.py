@@ -273,14 +273,15 @@ def authz() -> Authz:
 
 def authz_on(connection: Connection, host: str) -> Authz:
     """:func:`authz` for registered host ``host`` over ``connection`` (placement asks each)."""
-    from kvmgr.api.settings import Settings
     from kvmgr.control.authz import Authz, cli_principal, state_dirs
+    from kvmgr.statedir import state_dir_from_environment
 
     return Authz(
         connection,
         cli_principal(),
         state.plane().store,
         host=host,
-        state_dirs=state_dirs(Settings().state_dir),
+        # Settings().state_dir without importing pydantic-settings (0.5-1.2 s of start-up)
+        state_dirs=state_dirs(state_dir_from_environment()),
         relative_paths=True,
     )

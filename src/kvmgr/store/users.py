@@ -6,13 +6,13 @@ the database does not let anyone log in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -21,11 +21,26 @@ from kvmgr.names import validate_name
 from kvmgr.store import ownership
 from kvmgr.store.models import ApiToken, Role, User, WebSession, aware, utcnow
 
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
 MIN_PASSWORD_LENGTH = 8
 TOKEN_PREFIX = "kvm_"  # noqa: S105 - a marker that makes leaked tokens greppable
-_hasher = PasswordHasher()
-# Verifying against this keeps a login for an unknown user as slow as for a known one.
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+# Made on first use, not at import: every CLI command imports this module (Principal), and an
+# argon2 hash (64 MiB, three passes) took 0.8 s of ``kvmgr vm create``'s start-up under load.
+@functools.cache
+def _hasher() -> PasswordHasher:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this keeps a login for an unknown user as slow as for a known one."""
+    return _hasher().hash("not a password of anyone")
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,7 @@ def create_user(
         # Never a deleted user's id: what they owned stays theirs (a tombstone), not the new user's.
         id=ownership.next_user_id(session),
         name=name,
-        password_hash=_hasher.hash(password),
+        password_hash=_hasher().hash(password),
         role=role.value,
         group=group,
     )
@@ -119,7 +134,7 @@ def _end_logins(session: Session, user: User) -> None:
 def set_password(session: Session, name: str, password: str) -> None:
     _check_password(password)
     user = get_user(session, name)
-    user.password_hash = _hasher.hash(password)
+    user.password_hash = _hasher().hash(password)
     _end_logins(session, user)
 
 
@@ -141,15 +156,18 @@ def set_group(session: Session, name: str, group: str | None) -> None:
 
 def authenticate(session: Session, name: str, password: str) -> Principal | None:
     """The user if ``password`` is theirs, else None (same cost either way)."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    dummy = _dummy_hash()  # made (once) before the lookup, so even the first login costs the same
     user = session.scalar(select(User).where(User.name == name))
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher().verify(user.password_hash if user else dummy, password)
     except (VerificationError, InvalidHashError):
         return None
     if user is None:
         return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher().hash(password)
     return _principal(user)
 
 
