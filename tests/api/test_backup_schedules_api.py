@@ -110,6 +110,19 @@ def test_schedules_over_rest(as_user: dict[str, As], catalog: dict[str, str]) ->
     assert {"backup.schedule.add", "backup.schedule.remove"} <= actions
 
 
+def test_schedule_time_zone_over_rest(as_user: dict[str, As], catalog: dict[str, str]) -> None:
+    admin = as_user["admin"]
+    body = {"vm": "test", "every": "1d", "at": "02:00", "tz": "Europe/Paris"}
+    made = admin.post("/api/v1/backup-schedules", json=body)
+    assert made.status_code == 201, made.text
+    assert made.json()["tz"] == "Europe/Paris"
+    assert made.json()["next"].endswith("T02:00:00+01:00")  # December: CET
+    assert admin.get("/api/v1/backup-schedules").json()[0]["tz"] == "Europe/Paris"
+    admin.delete(f"/api/v1/backup-schedules/{made.json()['id']}")
+    bad = admin.post("/api/v1/backup-schedules", json={**body, "tz": "Europe/Pariss"})
+    assert bad.status_code == 422 and "Europe/Paris" in bad.json()["hint"]
+
+
 def test_policies_over_rest(as_user: dict[str, As]) -> None:
     admin = as_user["admin"]
     stored = admin.request(

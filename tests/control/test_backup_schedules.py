@@ -1,7 +1,8 @@
-"""Backup schedules on a fake clock: windows, the first run, missed windows (one run, not one
-per window), a slow run delaying the next, exactly one run per window with two workers racing
-on SQLite and on PostgreSQL, and a real worker whose scheduled backup fails (test driver: it has
-no backup API), recorded in the catalog, the run, the audit log and the metrics.
+"""Backup schedules on a fake clock: windows (in UTC, and in a time zone across both DST
+changes), the first run, missed windows (one run, not one per window), a slow run delaying the
+next, exactly one run per window with two workers racing on SQLite and on PostgreSQL, and a
+real worker whose scheduled backup fails (test driver: it has no backup API), recorded in the
+catalog, the run, the audit log and the metrics.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from kvmgr.connect.connection import open_connection
-from kvmgr.control import backup_policies, backup_schedules, tasks
+from kvmgr.control import backup_policies, backup_schedules, backup_windows, tasks
 from kvmgr.control.backup_schedule_models import BackupRun, BackupSchedule
-from kvmgr.control.backup_schedules import Schedules, due_window, fire_due, parse_at, parse_every
+from kvmgr.control.backup_schedules import Schedules, fire_due
+from kvmgr.control.backup_windows import due_window, next_window, parse_at, parse_every, parse_tz
 from kvmgr.control.backups import Backups
 from kvmgr.control.plane import ControlPlane
 from kvmgr.control.worker import Worker
@@ -84,7 +86,7 @@ def test_intervals_times_and_their_hints() -> None:
         with pytest.raises(InvalidInput):
             parse_at(bad)
     with pytest.raises(InvalidInput, match="whole days"):
-        backup_schedules.check_window(3600, 7200)
+        backup_windows.check_window(3600, 7200)
 
 
 def test_windows_are_the_same_for_every_worker() -> None:
@@ -92,7 +94,7 @@ def test_windows_are_the_same_for_every_worker() -> None:
     assert due_window(day, 7200, at(hours=-8, seconds=-1)) == datetime(2026, 11, 30, 2, tzinfo=UTC)
     assert due_window(day, 7200, at(hours=-8)) == datetime(2026, 12, 1, 2, tzinfo=UTC)
     assert due_window(6 * 3600, None, at()) == datetime(2026, 12, 1, 6, tzinfo=UTC)
-    assert backup_schedules.next_window(day, 7200, at()) == datetime(2026, 12, 2, 2, tzinfo=UTC)
+    assert next_window(day, 7200, at()) == datetime(2026, 12, 2, 2, tzinfo=UTC)
 
 
 def test_add_list_remove_and_their_errors(store: Store, conn: object, tmp_path: Path) -> None:
@@ -115,6 +117,93 @@ def test_add_list_remove_and_their_errors(store: Store, conn: object, tmp_path: 
         face.remove("local", "test")
     assert "schedule list" in str(gone.value.hint)
     assert [row["vm"] for row in face.all()] == ["--all"]
+
+
+PARIS = "Europe/Paris"
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+def test_time_zones_and_their_hints() -> None:
+    assert parse_tz("Europe/Paris") == PARIS and parse_tz(" UTC ") == "UTC"
+    for bad in ("Europe/Pari", "Mars/Olympus", "../etc/passwd", ""):
+        with pytest.raises(InvalidInput, match="not a time zone") as caught:
+            parse_tz(bad)
+        assert caught.value.hint and "Europe/Paris" in caught.value.hint
+    with pytest.raises(InvalidInput) as near:
+        parse_tz("Europe/Pari")
+    assert "did you mean Europe/Paris" in str(near.value.hint)
+    with pytest.raises(InvalidInput, match="whole days"):
+        backup_windows.check_window(6 * 3600, None, PARIS)
+
+
+def test_windows_in_a_zone_are_its_wall_time() -> None:
+    day = parse_every("1d")
+    # winter: 02:00 in Paris is 01:00 UTC; summer: 00:00 UTC
+    assert due_window(day, 7200, at(), PARIS) == utc(2026, 12, 1, 1)
+    assert next_window(day, 7200, at(), PARIS) == utc(2026, 12, 2, 1)
+    assert due_window(day, 7200, utc(2026, 7, 1, 0, 0), PARIS) == utc(2026, 7, 1, 0)
+    assert due_window(day, 7200, utc(2026, 7, 1, 0, 0) - timedelta(seconds=1), PARIS) == utc(
+        2026, 6, 30, 0
+    )
+    # every second local day, counted from 1970-01-01 as in UTC
+    two = parse_every("2d")
+    assert due_window(two, 7200, at(days=1), PARIS) == utc(2026, 12, 1, 1)  # not Dec 2
+    assert due_window(two, 7200, at(days=1), "UTC") == due_window(two, 7200, at(days=1))
+    assert due_window(two, 7200, at(days=1)) == utc(2026, 12, 1, 2)
+    # a zone east of UTC: 01:00 in Tokyo is the previous UTC day
+    assert due_window(day, 3600, at(), "Asia/Tokyo") == utc(2026, 11, 30, 16)
+
+
+def _fire_through(store: Store, start: datetime, end: datetime) -> list[datetime]:
+    """Fire every 5 minutes from ``start`` to ``end`` (each run ends at once); the windows."""
+    moment = start
+    while moment <= end:
+        fire_due(store, moment)
+        _end_runs(store)
+        moment += timedelta(minutes=5)
+    return [window for _, window, _ in _runs(store)]
+
+
+def test_spring_gap_runs_at_the_next_valid_time(store: Store, conn: object, tmp_path: Path) -> None:
+    # 2026-03-29: clocks in Paris go from 02:00 to 03:00, so 02:30 does not exist that night
+    face = _schedules(store, conn, tmp_path)
+    face.add("local", "test", every="1d", at="02:30", tz=PARIS, who=ROOT,
+             now=utc(2026, 3, 27, 12))  # fmt: skip
+    assert _fire_through(store, utc(2026, 3, 27, 12), utc(2026, 3, 30, 12)) == [
+        utc(2026, 3, 28, 1, 30),  # 02:30 CET
+        utc(2026, 3, 29, 1, 0),  # 03:00 CEST: the first valid time after the gap
+        utc(2026, 3, 30, 0, 30),  # 02:30 CEST
+    ]
+
+
+def test_autumn_repeated_hour_runs_once(store: Store, conn: object, tmp_path: Path) -> None:
+    # 2026-10-25: clocks in Paris go from 03:00 back to 02:00, so 02:30 happens twice
+    face = _schedules(store, conn, tmp_path)
+    face.add("local", "test", every="1d", at="02:30", tz=PARIS, who=ROOT,
+             now=utc(2026, 10, 23, 12))  # fmt: skip
+    assert _fire_through(store, utc(2026, 10, 23, 12), utc(2026, 10, 26, 12)) == [
+        utc(2026, 10, 24, 0, 30),  # 02:30 CEST
+        utc(2026, 10, 25, 0, 30),  # the first 02:30 (CEST); the second (01:30 UTC) is not one
+        utc(2026, 10, 26, 1, 30),  # 02:30 CET
+    ]
+
+
+def test_zone_is_stored_listed_and_checked(store: Store, conn: object, tmp_path: Path) -> None:
+    face = _schedules(store, conn, tmp_path)
+    with pytest.raises(InvalidInput, match="not a time zone"):
+        face.add("local", "test", every="1d", at="02:00", tz="Europe/Pariss", who=ROOT)
+    assert face.all() == []  # nothing stored
+    made = face.add("local", "test", every="1d", at="02:00", tz=PARIS, who=ROOT, now=at())
+    assert (made["at"], made["tz"]) == ("02:00", PARIS)
+    assert made["next"] == "2026-12-02T02:00:00+01:00"  # shown in the schedule's zone
+    with store.session() as session:
+        assert session.scalars(select(BackupSchedule.tz)).one() == PARIS
+    face.add("local", None, every="1d", at="02:00", who=ROOT, now=at())
+    assert [row["tz"] for row in face.all(now=at())] == [PARIS, "UTC"]
+    assert face.all(now=at())[1]["next"] == "2026-12-02T02:00:00+00:00"
 
 
 def test_first_run_is_the_next_window_and_a_missed_one_runs_once(
@@ -330,3 +419,34 @@ def test_two_real_workers_run_a_due_window_once(tmp_path: Path, conn: object) ->
             worker.stop(10)
         for one in stores:
             one.dispose()
+
+
+def test_cli_takes_and_lists_the_zone(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from kvmgr.cli.common import state
+    from kvmgr.cli.main import app
+
+    def kvmgr(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["--connect", "test:///default", *args])
+        return result.exit_code, result.output
+
+    try:
+        assert kvmgr("backup", "repo", "add", "main", str(tmp_path / "repo"))[0] == 0
+        code, out = kvmgr("backup", "schedule", "test", "--every", "1d", "--at", "02:00",
+                          "--tz", "Europe/Pariss")  # fmt: skip
+        assert code != 0 and "did you mean Europe/Paris" in " ".join(out.split())
+        code, out = kvmgr("backup", "schedule", "test", "--every", "1d", "--at", "02:00",
+                          "--tz", PARIS)  # fmt: skip
+        assert code == 0, out
+        code, out = kvmgr("backup", "schedule", "list", "-o", "json")
+        assert code == 0, out
+        [row] = json.loads(out)
+        assert (row["at"], row["tz"]) == ("02:00", PARIS)
+        assert row["next"].endswith(("T02:00:00+01:00", "T02:00:00+02:00"))
+        code, out = kvmgr("backup", "schedule", "list")
+        assert PARIS in out
+    finally:
+        state.close()  # CliRunner bypasses run(): drop the cached connection and plane

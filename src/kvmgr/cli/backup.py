@@ -232,7 +232,12 @@ def schedule_add(
         str, typer.Option("--every", help="interval: 30m, 6h, 1d, 1w (at least 10s)")
     ] = "1d",
     at: Annotated[
-        str | None, typer.Option("--at", help="time of day, UTC (HH:MM; whole-day --every)")
+        str | None,
+        typer.Option("--at", help="time of day, HH:MM (UTC, or --tz's zone; whole-day --every)"),
+    ] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option("--tz", help="IANA time zone of --at, e.g. Europe/Paris (default UTC)"),
     ] = None,
     repo: RepoOption = None,
     output: OutputFormat = OutputOption,
@@ -240,7 +245,7 @@ def schedule_add(
     """Back up VM (or --all) in every window; a window missed while no worker ran runs once."""
     target = _target(vm, every_vm)
     made = Schedules(state.plane()).add(
-        state.host_name(), target, every=every, at=at, repo=repo, who=cli_principal()
+        state.host_name(), target, every=every, at=at, tz=tz, repo=repo, who=cli_principal()
     )
     emit_object(made, output)
 
@@ -253,7 +258,7 @@ def schedule_list(output: OutputFormat = OutputOption) -> None:
     if output.for_people:
         for row in rows:
             row["last_error"] = _short(row["last_error"] or "")
-    columns = ["id", "host", "vm", "every", "at", "next", "last_run", "last_duration"]
+    columns = ["id", "host", "vm", "every", "at", "tz", "next", "last_run", "last_duration"]
     emit_rows(rows, output, [*columns, "last_error"])
 
 

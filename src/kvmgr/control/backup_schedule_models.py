@@ -26,9 +26,12 @@ class BackupSchedule(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     host: Mapped[str] = mapped_column(String(64))
     vm: Mapped[str] = mapped_column(String(200))
-    #: Seconds between windows; ``at`` (seconds after 00:00 UTC) anchors daily windows.
+    #: Seconds between windows; ``at`` (seconds after midnight, UTC or ``tz``) anchors daily
+    #: windows.
     every: Mapped[int] = mapped_column(Integer)
     at: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: The IANA zone ``at`` is a wall time in (None: UTC); see kvmgr.control.backup_windows.
+    tz: Mapped[str | None] = mapped_column(String(64), default=None)
     repo: Mapped[str | None] = mapped_column(String(64), default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(64))

@@ -1,8 +1,10 @@
 """Scheduled backups: ``kvmgr backup schedule VM|--all --every 1d --at 02:00``, fired by the
 workers.
 
-A schedule's windows are the instants ``at + k * every`` (UTC, counted from the Unix epoch), so
-every worker computes the same windows from the row alone.  Each housekeeping beat a worker
+A schedule's windows are the instants ``at + k * every`` (UTC, counted from the Unix epoch), or,
+with a time zone, the wall time ``at`` in that zone every ``every`` days (DST handled; see
+:mod:`kvmgr.control.backup_windows`), so every worker computes the same windows from the row
+alone.  Each housekeeping beat a worker
 calls :func:`fire_due`: for a schedule whose newest window has not been fired, it moves the
 schedule's ``last_window`` forward (a conditional UPDATE: one of several workers matches), inserts
 the window's run (unique per schedule and window) and queues its ``backup.scheduled`` task, in
@@ -21,10 +23,9 @@ rights of whoever made the schedule, as they are when it runs.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import libvirt
@@ -33,12 +34,21 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from kvmgr.control import tasks
 from kvmgr.control.backup_schedule_models import EVERY_VM, BackupRun, BackupSchedule
+from kvmgr.control.backup_windows import (
+    check_window,
+    due_window,
+    format_every,
+    next_window,
+    parse_at,
+    parse_every,
+    parse_tz,
+    zone_of,
+)
 from kvmgr.control.backups import Backups
 from kvmgr.control.plane import ControlPlane
 from kvmgr.errors import (
     AlreadyExists,
     Forbidden,
-    InvalidInput,
     KvmgrError,
     NotFound,
     libvirt_errors,
@@ -52,70 +62,10 @@ from kvmgr.store.users import Principal
 
 log = logging.getLogger(__name__)
 
-#: Shortest interval: a backup of even a tiny VM takes seconds, and the workers look every 5 s.
-MIN_EVERY = 10
-MAX_EVERY = 366 * 86400
-DAY = 86400
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Runs kept per schedule (the newest); older ones are history nobody reads.
 KEEP_RUNS = 100
 ACTIVE = ("queued", "running")
 KIND = "backup.scheduled"
-
-
-# ------------------------------------------------------------------------------ windows
-def parse_every(text: str) -> int:
-    """``30s`` ``15m`` ``6h`` ``1d`` ``1w`` (or a sum such as ``1d12h``) -> seconds."""
-    found = re.fullmatch(r"((\d+)([smhdw]))+", text.strip().lower())
-    if not found:
-        raise InvalidInput(
-            f"--every {text!r} is not an interval",
-            hint="a number and a unit: 30m, 6h, 1d, 1w (s, m, h, d, w; e.g. 1d12h)",
-        )
-    seconds = sum(
-        int(number) * _UNITS[unit] for number, unit in re.findall(r"(\d+)([smhdw])", text.lower())
-    )
-    if not MIN_EVERY <= seconds <= MAX_EVERY:
-        raise InvalidInput(
-            f"--every {text} is {seconds} s",
-            hint=f"use between {MIN_EVERY}s and 366d",
-        )
-    return seconds
-
-
-def parse_at(text: str) -> int:
-    """``HH:MM`` (UTC) -> seconds after midnight."""
-    found = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
-    if not found or int(found[1]) > 23 or int(found[2]) > 59:
-        raise InvalidInput(f"--at {text!r} is not a time of day", hint="HH:MM in UTC, e.g. 02:00")
-    return int(found[1]) * 3600 + int(found[2]) * 60
-
-
-def check_window(every: int, at: int | None) -> None:
-    if at is not None and every % DAY:
-        raise InvalidInput(
-            "--at needs an --every of whole days",
-            hint="e.g. --every 1d --at 02:00; for shorter intervals leave --at out",
-        )
-
-
-def due_window(every: int, at: int | None, now: datetime) -> datetime:
-    """The newest window at or before ``now``."""
-    offset = at or 0
-    since = int((now - _EPOCH).total_seconds()) - offset
-    return _EPOCH + timedelta(seconds=since - since % every + offset)
-
-
-def next_window(every: int, at: int | None, now: datetime) -> datetime:
-    return due_window(every, at, now) + timedelta(seconds=every)
-
-
-def format_every(seconds: int) -> str:
-    for unit, size in (("w", 7 * DAY), ("d", DAY), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 # ------------------------------------------------------------------------------ the face
@@ -136,14 +86,17 @@ class Schedules:
         *,
         every: str,
         at: str | None = None,
+        tz: str | None = None,
         repo: str | None = None,
         who: Principal,
         now: datetime | None = None,
     ) -> dict[str, Any]:
         """Schedule backups of ``vm`` (None: every VM of ``host``).  The first run is the first
-        window after now, not one that passed before the schedule existed."""
+        window after now, not one that passed before the schedule existed.  ``at`` is a wall
+        time in zone ``tz`` (None: UTC)."""
         seconds, offset = parse_every(every), parse_at(at) if at is not None else None
-        check_window(seconds, offset)
+        zone = parse_tz(tz) if tz is not None else None
+        check_window(seconds, offset, zone)
         target = EVERY_VM if vm is None else vm
         if vm is not None:
             validate_name(vm, what="VM name")
@@ -167,11 +120,12 @@ class Schedules:
                 vm=target,
                 every=seconds,
                 at=offset,
+                tz=zone,
                 repo=repo,
                 created=moment,
                 created_by=clip(BackupSchedule, "created_by", who.name),
                 owner_id=who.id if who.id > 0 else None,
-                last_window=due_window(seconds, offset, moment),
+                last_window=due_window(seconds, offset, moment, zone),
             )
             session.add(row)
             session.flush()
@@ -249,15 +203,15 @@ def fire_due(store: Store, now: datetime | None = None) -> list[int]:
     settle(store)
     with store.session() as session:
         schedules = [
-            (row.id, row.host, row.vm, row.every, row.at, row.last_window)
+            (row.id, row.host, row.vm, row.every, row.at, row.tz, row.last_window)
             for row in session.scalars(select(BackupSchedule))
         ]
         busy = set(
             session.scalars(select(BackupRun.schedule_id).where(BackupRun.state.in_(ACTIVE)))
         )
     fired = []
-    for schedule_id, host, vm, every, at, last in schedules:
-        window = due_window(every, at, moment)
+    for schedule_id, host, vm, every, at, tz, last in schedules:
+        window = due_window(every, at, moment, tz)
         if (last is not None and aware(last) >= window) or schedule_id in busy:
             continue
         try:
@@ -451,7 +405,7 @@ def metric_lines(store: Store, now: datetime | None = None) -> list[str]:
         table = [
             (
                 f'schedule="{row.id}",host="{_label(row.host)}",vm="{_label(row.vm)}"',
-                next_window(row.every, row.at, moment),
+                next_window(row.every, row.at, moment, row.tz),
                 last.get(row.id),
                 failed.get(row.id, 0),
             )
@@ -524,8 +478,12 @@ def _schedule_dict(row: BackupSchedule, run: BackupRun | None, now: datetime) ->
         "vm": "--all" if row.vm == EVERY_VM else row.vm,
         "every": format_every(row.every),
         "at": f"{row.at // 3600:02d}:{row.at % 3600 // 60:02d}" if row.at is not None else None,
+        "tz": row.tz or "UTC",
         "repo": row.repo,
-        "next": next_window(row.every, row.at, now).isoformat(timespec="seconds"),
+        # In the schedule's zone, so that 02:00 in Paris reads 02:00 (the offset says which).
+        "next": next_window(row.every, row.at, now, row.tz)
+        .astimezone(zone_of(row.tz))
+        .isoformat(timespec="seconds"),
         "last_run": run.state if run is not None else None,
         "last_window": aware(run.window).isoformat(timespec="seconds") if run else None,
         "last_duration": round(run.duration, 2) if run is not None else None,

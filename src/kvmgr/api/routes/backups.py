@@ -45,6 +45,7 @@ class ScheduleCreate(BaseModel):
     vm: str | None = Field(default=None, min_length=1, max_length=64, description="None: --all")
     every: str = Field(default="1d", min_length=1, max_length=16, examples=["1d", "6h"])
     at: str | None = Field(default=None, max_length=5, examples=["02:00"])
+    tz: str | None = Field(default=None, max_length=64, examples=["Europe/Paris"])
     repo: str | None = Field(default=None, max_length=64)
 
 
@@ -132,7 +133,13 @@ def add_schedule(body: ScheduleCreate, who: Admin, ctx: Ctx) -> dict[str, Any]:
 
     def add() -> dict[str, Any]:
         return schedules.add(
-            ctx.host_name(), body.vm, every=body.every, at=body.at, repo=body.repo, who=who
+            ctx.host_name(),
+            body.vm,
+            every=body.every,
+            at=body.at,
+            tz=body.tz,
+            repo=body.repo,
+            who=who,
         )
 
     return ctx.audited(who, "backup.schedule.add", target, add)

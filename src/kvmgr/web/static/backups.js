@@ -99,7 +99,7 @@ const backupUI = (() => {
         (s) => String(s.id),
         (s) => (s.vm === "--all" ? "every VM" : vmLink(s.vm)),
         (s) => s.every,
-        (s) => s.at || "–",
+        (s) => (s.at ? `${s.at} ${s.tz || "UTC"}` : "–"),
         (s) => when(s.next),
         (s) => s.last_run || "not yet",
         (s) => seconds(s.last_duration),
