@@ -1,18 +1,16 @@
 """Backups against the real daemon with a real guest: full, incremental (also across a shutdown),
 restore of every point into a new VM, verify, and a backup killed with SIGKILL mid-way.
 
-The demo guest runs from RAM, so its qcow2 data disk is a raw block device to it: the guest
-writes random blocks with dd and reports ``sha256sum /dev/vda``; each restored disk must hash
-the same (read from the host through qemu-img, and, for the last point, from the restored VM
-booted).  Everything goes through the control plane (catalog, leases, journal) on a throw-away
-SQLite store.
+The guest writes random blocks and hashes its disk (tests/integration/backup_guest.py); each
+restored disk must hash the same (read through libvirt and qemu-img, and, for the last point,
+from the restored VM booted).  Everything goes through the control plane (catalog, leases,
+journal) on a throw-away SQLite store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import os
 import signal
 import subprocess
@@ -32,6 +30,7 @@ from kvmgr.services import vms
 from kvmgr.services.create import DiskRequest, VMSpec, create_vm
 from kvmgr.store.db import Store
 from kvmgr.units import MIB
+from tests.integration.backup_guest import guest_hash, image_hash, write_blocks
 from tests.integration.guest import GuestShell
 
 pytestmark = pytest.mark.integration
@@ -80,43 +79,18 @@ def guest(conn: Connection, iso: str, module_cleanup: object) -> Iterator[str]:
     _drop(conn, GUEST)
 
 
-def _write(conn: Connection, name: str, seek_mib: list[int]) -> str:
-    """Random 256 KiB blocks at ``seek_mib``; returns the guest's sha256 of the whole disk."""
-    with GuestShell.open(conn, name) as shell:
-        shell.wait_ready()
-        for seek in seek_mib:
-            shell.run(
-                f"dd if=/dev/urandom of=/dev/vda bs=64k count=4 seek={seek * 16} "
-                "conv=notrunc,fsync 2>/dev/null"
-            )
-        return _guest_hash(shell)
-
-
-def _guest_hash(shell: GuestShell) -> str:
-    shell.run("sync; echo 3 > /proc/sys/vm/drop_caches")
-    return shell.run("sha256sum /dev/vda", timeout=120).split()[0]
-
-
-def _image_hash(path: str, tmp: Path) -> str:
-    raw = tmp / "disk.raw"
-    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", path, str(raw)], check=True)
-    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
-    raw.unlink()
-    return digest
-
-
 def test_full_incremental_across_shutdown_and_restore_each_point(
     conn: Connection, backups: Backups, guest: str, tmp_path: Path
 ) -> None:
     hashes: list[str] = []
     points: list[dict[str, object]] = []
-    hashes.append(_write(conn, guest, [1, 7, 30]))
+    hashes.append(write_blocks(conn, guest, [1, 7, 30]))
     points.append(backups.create("local", guest))
-    hashes.append(_write(conn, guest, [2, 50]))
+    hashes.append(write_blocks(conn, guest, [2, 50]))
     points.append(backups.create("local", guest))
     vms.force_off(conn, guest)  # data is fsync'ed: a hard stop loses nothing
     vms.start(conn, guest)
-    hashes.append(_write(conn, guest, [3, 60]))
+    hashes.append(write_blocks(conn, guest, [3, 60]))
     points.append(backups.create("local", guest))
 
     assert [p["kind"] for p in points] == ["full", "incremental", "incremental"]
@@ -134,12 +108,12 @@ def test_full_incremental_across_shutdown_and_restore_each_point(
     for number, (point, expected) in enumerate(zip(points, hashes, strict=True)):
         restored = backups.restore("local", str(point["id"]), as_name=f"{PREFIX}r{number}")
         assert restored["in_place"] is False  # the original still exists: new UUID and MACs
-        assert _image_hash(restored["disks"]["vda"], tmp_path) == expected, point["id"]
+        assert image_hash(conn, restored["disks"]["vda"], tmp_path) == expected, point["id"]
     # the last restored VM boots, and its guest sees the data of that point
     vms.start(conn, f"{PREFIX}r2")
     with GuestShell.open(conn, f"{PREFIX}r2") as shell:
         shell.wait_ready()
-        assert _guest_hash(shell) == hashes[2]
+        assert guest_hash(shell) == hashes[2]
     # a restore never overwrites: the name is taken now
     with pytest.raises(KvmgrError, match="exists"):
         backups.restore("local", str(points[0]["id"]), as_name=f"{PREFIX}r2")

@@ -336,8 +336,11 @@ def _make_host_files(lab: Lab, host: LabHost) -> None:
         shutil.copy(default_net, etc / "qemu/networks/default.xml")
         with contextlib.suppress(FileExistsError):
             (etc / "qemu/networks/autostart/default.xml").symlink_to("../default.xml")
-    (etc / "qemu.conf").write_text(_QEMU_CONF)
     pki = host.data / "pki"
+    # Pull-mode backups of this host's VMs export their disks over TCP with this certificate.
+    (etc / "qemu.conf").write_text(
+        _QEMU_CONF + f'backup_tls_x509_cert_dir = "{pki / lab_pki.QEMU_DIR}"\n'
+    )
     (etc / "libvirtd.conf").write_text(
         f'host_uuid = "{host.host_uuid}"\n'
         "listen_tls = 1\nlisten_tcp = 0\n"

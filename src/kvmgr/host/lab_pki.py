@@ -27,6 +27,10 @@ CLIENT_CERT = "clientcert.pem"
 CLIENT_KEY = "clientkey.pem"
 SERVER_CERT = "servercert.pem"
 SERVER_KEY = "serverkey.pem"
+#: The directory of a host's qemu.conf ``backup_tls_x509_cert_dir``, with the names QEMU's
+#: tls-creds-x509 object looks for: backup jobs export their NBD server with it.
+QEMU_DIR = "qemu"
+QEMU_FILES = {CA_CERT: "ca-cert.pem", SERVER_CERT: "server-cert.pem", SERVER_KEY: "server-key.pem"}
 
 _DAYS = "30"
 _KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
@@ -153,3 +157,15 @@ def make_lab_credentials(lab: Lab) -> None:
                       addresses=[host.address], names=[host.name])  # fmt: skip
         shutil.copy(pki / SERVER_CERT, pki / CLIENT_CERT)
         shutil.copy(pki / SERVER_KEY, pki / CLIENT_KEY)
+        _qemu_credentials(pki)
+
+
+def _qemu_credentials(pki: Path) -> None:
+    """The host's server certificate again, for QEMU: it runs as libvirt-qemu, not root, so its
+    copy of the key is readable by that group (libvirt does not relabel TLS files)."""
+    qemu = pki / QEMU_DIR
+    qemu.mkdir(exist_ok=True)
+    for ours, theirs in QEMU_FILES.items():
+        shutil.copy(pki / ours, qemu / theirs)
+        shutil.chown(qemu / theirs, "root", "libvirt-qemu")
+        (qemu / theirs).chmod(0o640)

@@ -13,8 +13,12 @@ A shut-off VM is started *paused* for the backup (no guest code runs), which giv
 export through libvirt alone and keeps the checkpoints' persistent bitmaps in step; it is
 stopped again afterwards.
 
-Everything the backup makes (the scratch directory with QEMU's NBD socket and scratch files,
-the paused start, the backup job, the new checkpoint, the partial point) is journalled through
+Where the export listens is :mod:`.export`'s business: a UNIX socket for a VM on this machine,
+TCP with TLS for one on another host.
+
+Everything the backup makes (the scratch directory with QEMU's NBD socket and scratch files, or
+the scratch files beside a remote VM's disks, the paused start, the backup job, the new
+checkpoint, the partial point) is journalled through
 :class:`~kvmgr.services.steps.Steps` before it is made, so a process killed half way leaves
 nothing after recovery: no job, no checkpoint without a point, no half point.
 """
@@ -22,8 +26,6 @@ nothing after recovery: no job, no checkpoint without a point, no half point.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import tempfile
 import time
 from collections import deque
@@ -31,16 +33,15 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import libvirt
 from lxml import etree
 
 from kvmgr.connect import Connection
-from kvmgr.errors import InvalidInput, InvalidState, KvmgrError, libvirt_errors
+from kvmgr.errors import InvalidInput, InvalidState, KvmgrError, OperationFailed, libvirt_errors
 from kvmgr.services import vms
-from kvmgr.services.backup import nbd
+from kvmgr.services.backup import export, nbd
 from kvmgr.services.backup.repository import CHUNK, DiskMap, DiskWriter, Prepared, Repository
 from kvmgr.services.steps import Steps, recovery_action
 from kvmgr.xml.domain import Domain
@@ -48,7 +49,6 @@ from kvmgr.xml.domain import Domain
 #: Chunks per NBD read request (4 MiB): large enough to amortise a request, small enough to
 #: pipeline several.
 _RUN = 64
-_SCRATCH_PREFIX = "kvmgr-backup-"
 #: Threads hashing and compressing chunks, and how many chunks may wait for them (16 MiB).
 _WORKERS = 2
 _IN_FLIGHT = 256
@@ -100,12 +100,17 @@ class _Run:
     parent: dict[str, Any] | None
     point: str
     checkpoint: str | None
-    scratch: str = ""
+    export: export.Export
+    scratch: str = ""  # the local scratch directory (socket, scratch files); "" for a remote
+    port: int = 0  # a remote export's TCP port, once the job runs
     consistency: str = "crash"
 
     @property
     def sock(self) -> str:
-        return os.path.join(self.scratch, "nbd.sock")
+        return f"{self.scratch}/nbd.sock" if self.scratch else ""
+
+    def scratch_file(self, disk: BackupDisk) -> str:
+        return export.scratch_file(self.export, self.scratch, self.point, disk.target, disk.source)
 
 
 def create_backup(
@@ -127,8 +132,12 @@ def create_backup(
     started = time.monotonic()
     dom = vms.lookup(conn, name)
     run = _plan(conn, dom, repo, name, full=full)
-    run.scratch = tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=scratch_root)
-    steps.undo_with("backup.scratch.remove", path=run.scratch)
+    if run.export.local:
+        run.scratch = tempfile.mkdtemp(prefix=export.SCRATCH_PREFIX, dir=scratch_root)
+        steps.undo_with("backup.scratch.remove", path=run.scratch)
+    else:
+        # libvirt removes them when the job ends; the journal covers a daemon that died first.
+        steps.undo_with("backup.scratch.files.remove", paths=_scratch_files(run))
     steps.undo_with("backup.point.discard", repo=str(repo.path), point=run.point)
     repo.begin(run.point)
     if run.offline:
@@ -136,7 +145,8 @@ def create_backup(
         steps.undo_with("backup.vm.stop_paused", uuid=run.uuid)
         with libvirt_errors(f"starting VM {name} paused for its backup"):
             dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-    _give_to_qemu(dom, run.scratch)
+    if run.export.local:
+        export.give_to_qemu(dom, run.scratch)
     _begin_job(dom, run, steps, quiesce=quiesce)
     writers = _copy_disks(dom, repo, run, steps)
     manifest: dict[str, Any] = {
@@ -144,6 +154,7 @@ def create_backup(
         "id": run.point,
         "vm": {"name": name, "uuid": run.uuid, "xml": run.xml},
         "host": host,
+        "export": "unix" if run.export.local else "tls",
         "kind": "incremental" if run.parent else "full",
         "parent": run.parent["id"] if run.parent else None,
         "checkpoint": run.checkpoint,
@@ -175,6 +186,7 @@ def _plan(
             f"VM {name} is neither running, paused nor shut off",
             hint="start or shut it down, then back it up",
         )
+    where = export.plan(conn)  # before anything is made: a refused transport leaves nothing
     disks = backup_disks(Domain.from_xml(xml))
     if not disks:
         raise InvalidInput(f"VM {name} has no disk to back up", hint="CD-ROMs are not backed up")
@@ -184,7 +196,7 @@ def _plan(
     parent = None if full or not tracking else _parent(dom, repo, uuid, capacities)
     point = new_point_id(name, repo)
     checkpoint = f"{CHECKPOINT_PREFIX}{point}" if tracking else None
-    return _Run(name, uuid, xml, offline, disks, capacities, parent, point, checkpoint)
+    return _Run(name, uuid, xml, offline, disks, capacities, parent, point, checkpoint, where)
 
 
 def _begin_job(dom: libvirt.virDomain, run: _Run, steps: Steps, *, quiesce: bool) -> None:
@@ -197,11 +209,27 @@ def _begin_job(dom: libvirt.virDomain, run: _Run, steps: Steps, *, quiesce: bool
         run.consistency = "application" if _freeze(dom) else "crash"
     incremental = run.parent["checkpoint"] if run.parent else None
     try:
-        with libvirt_errors(f"starting the backup job of VM {run.name}"):
-            dom.backupBegin(
-                _backup_xml(run.disks, run.sock, run.scratch, incremental),
-                _checkpoint_xml(run.checkpoint, run.disks) if run.checkpoint else None,
-                0,
+        for port in [0] if run.export.local else export.ports(run.uuid):
+            try:
+                with libvirt_errors(f"starting the backup job of VM {run.name}"):
+                    dom.backupBegin(
+                        _backup_xml(run, port, incremental),
+                        _checkpoint_xml(run.checkpoint, run.disks) if run.checkpoint else None,
+                        0,
+                    )
+            except KvmgrError as err:
+                # Another export (of a concurrent backup, or anything else) holds the port:
+                # libvirt rolled this attempt back, so the next port starts clean.
+                if run.export.local or not export.port_taken(err):
+                    raise
+                continue
+            run.port = port
+            break
+        else:
+            raise OperationFailed(
+                f"no TCP port in {export.PORTS.start}-{export.PORTS.stop - 1} is free on the "
+                f"host of VM {run.name} for its backup export",
+                hint="too many backups run there at once; retry later",
             )
     finally:
         if run.consistency == "application":
@@ -219,8 +247,8 @@ def _copy_disks(
         writers.append(writer)
         try:
             base = repo.disk_map(run.parent, disk.target) if run.parent else None
-            export, bitmap = exports[disk.target]
-            _copy_disk(run.sock, export, bitmap if base is not None else None, writer, base, steps)
+            name, bitmap = exports[disk.target]
+            _copy_disk(run, name, bitmap if base is not None else None, writer, base, steps)
         finally:
             writer.close()
     return writers
@@ -244,13 +272,22 @@ def _finish(conn: Connection, dom: libvirt.virDomain, run: _Run, steps: Steps) -
         steps.finish_with("backup.checkpoint.delete", uuid=run.uuid, name=name)
     if run.offline:
         steps.finish_with("backup.vm.stop_paused", uuid=run.uuid)
-    steps.finish_with("backup.scratch.remove", path=run.scratch)
+    if run.export.local:
+        steps.finish_with("backup.scratch.remove", path=run.scratch)
+    else:
+        steps.finish_with("backup.scratch.files.remove", paths=_scratch_files(run))
     _end_job(conn, {"uuid": run.uuid})
     for name in old:
         _delete_checkpoint(conn, {"uuid": run.uuid, "name": name})
     if run.offline:
         _stop_paused(conn, {"uuid": run.uuid})
-    _remove_scratch(conn, {"path": run.scratch})
+    if run.export.local:
+        export.remove_scratch_dir(conn, {"path": run.scratch})
+    # A remote job's scratch files went with the job: libvirt unlinks them when it ends.
+
+
+def _scratch_files(run: _Run) -> list[str]:
+    return [run.scratch_file(disk) for disk in run.disks]
 
 
 # ------------------------------------------------------------------------------ choosing
@@ -282,15 +319,15 @@ def _capacity(dom: libvirt.virDomain, disk: BackupDisk) -> int:
 
 
 # ------------------------------------------------------------------------------ libvirt XML
-def _backup_xml(disks: list[BackupDisk], sock: str, scratch: str, incremental: str | None) -> str:
+def _backup_xml(run: _Run, port: int, incremental: str | None) -> str:
     root = etree.Element("domainbackup", mode="pull")
     if incremental:
         etree.SubElement(root, "incremental").text = incremental
-    etree.SubElement(root, "server", transport="unix", socket=sock)
+    export.server_element(root, run.export, run.sock, port)
     listed = etree.SubElement(root, "disks")
-    for disk in disks:
+    for disk in run.disks:
         item = etree.SubElement(listed, "disk", name=disk.target, backup="yes", type="file")
-        etree.SubElement(item, "scratch", file=os.path.join(scratch, f"{disk.target}.scratch"))
+        etree.SubElement(item, "scratch", file=run.scratch_file(disk))
     return etree.tostring(root, encoding="unicode")
 
 
@@ -315,22 +352,6 @@ def _exports(dom: libvirt.virDomain) -> dict[str, tuple[str, str | None]]:
     return found
 
 
-def _give_to_qemu(dom: libvirt.virDomain, path: str) -> None:
-    """QEMU runs as its own user and must create the NBD socket and scratch files in ``path``.
-
-    The owner comes from the running VM's DAC label, which is what libvirt gave QEMU; the
-    directory stays closed to everyone else, since the socket serves the VM's whole disk.
-    """
-    with libvirt_errors(f"reading VM {dom.name()}"):
-        live = etree.fromstring(dom.XMLDesc(0).encode())
-    label = live.findtext("./seclabel[@model='dac']/label")
-    if not label or ":" not in label:
-        return
-    uid, gid = (int(part.lstrip("+")) for part in label.split(":", 1))
-    os.chown(path, uid, gid)
-    os.chmod(path, 0o700)
-
-
 def _freeze(dom: libvirt.virDomain) -> bool:
     """Freeze the guest's file systems through its agent; False (crash-consistent) without one."""
     try:
@@ -342,8 +363,8 @@ def _freeze(dom: libvirt.virDomain) -> bool:
 
 # ------------------------------------------------------------------------------ copying
 def _copy_disk(
-    sock: str,
-    export: str,
+    run: _Run,
+    name: str,
     bitmap: str | None,
     writer: DiskWriter,
     base: DiskMap | None,
@@ -352,7 +373,7 @@ def _copy_disk(
     """Read a disk's export into ``writer``: allocated chunks, or the dirty ones on ``base``."""
     dirty = f"qemu:dirty-bitmap:{bitmap}" if bitmap else None
     contexts = [nbd.ALLOCATION] + ([dirty] if dirty else [])
-    with _connected(sock, export, contexts) as client:
+    with export.connected(run.export, run.sock, run.port, name, contexts) as client:
         if base is not None and dirty:
             writer.chunks = dict(base)
             wanted = [e for e in client.extents(dirty) if e.flags & nbd.STATE_DIRTY]
@@ -389,18 +410,6 @@ def _copy_disk(
             writes.append(disk.submit(writer.store_many, rest))
             for write in writes:
                 write.result()
-
-
-@contextlib.contextmanager
-def _connected(sock: str, export: str, contexts: list[str]) -> Iterator[nbd.NBDClient]:
-    try:
-        client = nbd.NBDClient(sock, export, contexts)
-    except OSError as err:
-        raise KvmgrError(f"cannot reach the backup export {export} at {sock}: {err}") from err
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def _runs(extents: list[nbd.Extent], size: int) -> Iterator[tuple[int, int]]:
@@ -487,10 +496,3 @@ def _thaw(conn: Connection, args: dict[str, Any]) -> None:
 def _discard_point(_conn: Connection, args: dict[str, Any]) -> None:
     with contextlib.suppress(KvmgrError):  # a repository that went away holds no half point
         Repository(args["repo"]).discard(args["point"])
-
-
-@recovery_action("backup.scratch.remove")
-def _remove_scratch(_conn: Connection, args: dict[str, Any]) -> None:
-    path = Path(args["path"])
-    if path.name.startswith(_SCRATCH_PREFIX):  # never anything else, whatever a journal says
-        shutil.rmtree(path, ignore_errors=True)

@@ -1,18 +1,21 @@
 """A small NBD client: what reading libvirt's pull-mode backup export needs, and no more.
 
 libvirt's pull-mode backup (``virDomainBackupBegin`` with ``mode='pull'``) exports each disk's
-point-in-time view through QEMU's NBD server on a UNIX socket.  This client speaks the fixed
-newstyle handshake, asks for structured replies and the meta contexts ``base:allocation``
-(holes and zeros) and ``qemu:dirty-bitmap:<bitmap>`` (blocks changed since a checkpoint), and
-then reads extents and data.  Requests are pipelined (several in flight), which is what makes a
-Python client keep up with the server.  Protocol: https://github.com/NetworkBlockDevice/nbd
-(doc/proto.md).
+point-in-time view through QEMU's NBD server: on a UNIX socket when the VM runs on this machine,
+on TCP with TLS when it runs on another host (:mod:`.export` decides).  This client speaks the
+fixed newstyle handshake, upgrades to TLS first when given a context (``NBD_OPT_STARTTLS``: the
+server refuses every other option before it), asks for structured replies and the meta
+contexts ``base:allocation`` (holes and zeros) and ``qemu:dirty-bitmap:<bitmap>`` (blocks
+changed since a checkpoint), and then reads extents and data.  Requests are pipelined (several
+in flight), which is what makes a Python client keep up with the server.  Protocol:
+https://github.com/NetworkBlockDevice/nbd (doc/proto.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ _STRUCTURED_REPLY_MAGIC = 0x668E33EF
 _FLAG_FIXED_NEWSTYLE = 1
 _FLAG_NO_ZEROES = 2
 
+_OPT_STARTTLS = 5
 _OPT_GO = 7
 _OPT_STRUCTURED_REPLY = 8
 _OPT_SET_META_CONTEXT = 10
@@ -36,6 +40,7 @@ _REP_ACK = 1
 _REP_INFO = 3
 _REP_META_CONTEXT = 4
 _REP_ERROR_BIT = 1 << 31
+_REP_ERR_TLS_REQD = _REP_ERROR_BIT | 5
 _INFO_EXPORT = 0
 
 _CMD_READ = 0
@@ -72,22 +77,54 @@ class Extent:
 
 
 class NBDClient:
-    """One export of an NBD server on a UNIX socket, with the meta contexts asked for."""
+    """One export of an NBD server, with the meta contexts asked for.
 
-    def __init__(self, path: str, export: str, contexts: list[str]) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.connect(path)
+    ``address`` is a UNIX socket path or a ``(host, port)`` pair; with ``tls`` the connection
+    is upgraded before any other option, and the server's certificate must name
+    ``server_name`` (default: the host connected to).  ``timeout`` bounds the connect and the
+    handshake.
+    """
+
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        export: str,
+        contexts: list[str],
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self._sock: socket.socket
+        if isinstance(address, str):
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.settimeout(timeout)
+            try:
+                self._sock.connect(address)
+            except BaseException:
+                self._sock.close()
+                raise
+        else:
+            self._sock = socket.create_connection(address, timeout=timeout)
+            # Requests are small and pipelined: Nagle would hold each one back for an ACK.
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._cookie = 0
         self.contexts: dict[str, int] = {}
         self.size = 0
+        self.tls_version: str | None = None
         try:
-            self._handshake(export, contexts)
+            self._handshake(export, contexts, tls, server_name or _host_of(address))
+            # ``timeout`` bounds reaching the server and the handshake; a backup's reads may
+            # wait as long as QEMU takes.
+            self._sock.settimeout(None)
         except BaseException:
             self._sock.close()
             raise
 
     # ------------------------------------------------------------------------- handshake
-    def _handshake(self, export: str, contexts: list[str]) -> None:
+    def _handshake(
+        self, export: str, contexts: list[str], tls: ssl.SSLContext | None, server_name: str
+    ) -> None:
         head = self._recv(18)
         if head[:8] != _NBDMAGIC or struct.unpack(">Q", head[8:16])[0] != _IHAVEOPT:
             raise NBDError("the backup export is not a newstyle NBD server")
@@ -95,6 +132,8 @@ class NBDClient:
         if not flags & _FLAG_FIXED_NEWSTYLE:
             raise NBDError("the NBD server does not speak fixed newstyle")
         self._sock.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | (flags & _FLAG_NO_ZEROES)))
+        if tls is not None:
+            self._start_tls(tls, server_name)
         self._option(_OPT_STRUCTURED_REPLY, b"")
         if self._reply(_OPT_STRUCTURED_REPLY)[0] != _REP_ACK:
             raise NBDError("the NBD server offers no structured replies")
@@ -120,6 +159,20 @@ class NBDClient:
             if kind == _REP_INFO and struct.unpack(">H", data[:2])[0] == _INFO_EXPORT:
                 self.size = struct.unpack(">Q", data[2:10])[0]
 
+    def _start_tls(self, tls: ssl.SSLContext, server_name: str) -> None:
+        self._option(_OPT_STARTTLS, b"")
+        if self._reply(_OPT_STARTTLS)[0] != _REP_ACK:
+            raise NBDError("the NBD server did not accept NBD_OPT_STARTTLS")
+        try:
+            self._sock = tls.wrap_socket(self._sock, server_hostname=server_name)
+        except ssl.SSLError as err:
+            raise NBDError(
+                f"the TLS handshake with the NBD server {server_name} failed: {err.reason or err}",
+                hint="the host's qemu must use a certificate of the CA kvmgr trusts "
+                "(backup_tls_x509_cert_dir in qemu.conf), and accept kvmgr's client certificate",
+            ) from err
+        self.tls_version = self._sock.version() if isinstance(self._sock, ssl.SSLSocket) else None
+
     def _option(self, option: int, data: bytes) -> None:
         self._sock.sendall(struct.pack(">QII", _IHAVEOPT, option, len(data)) + data)
 
@@ -128,6 +181,10 @@ class NBDClient:
         data = self._recv(length) if length else b""
         if magic != _REPLY_MAGIC or got != option:
             raise NBDError("the NBD server answered an option out of turn")
+        if kind == _REP_ERR_TLS_REQD:
+            raise NBDError(
+                "the NBD server requires TLS", hint="connect with the host's TLS credentials"
+            )
         if kind & _REP_ERROR_BIT:
             detail = data.decode(errors="replace")
             raise NBDError(f"the NBD server refused option {option}: {detail}")
@@ -278,3 +335,7 @@ class NBDClient:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _host_of(address: str | tuple[str, int]) -> str:
+    return address if isinstance(address, str) else address[0]
