@@ -164,3 +164,143 @@ def test_the_same_commands_unkilled_make_their_object(
         f"kvmgr-images/{PREFIX}img{IMAGE_META}",
     }
     assert after["new pool directory"]
+
+
+# ------------------------------------------------------------------ deletes: rolled forward
+DOOMED = f"{PREFIX}doomed"
+DIR_POOL = f"{PREFIX}dpool"
+FOREIGN = "notes.txt"  # a file kvmgr did not make in the pool's directory: never deleted
+
+
+def _delete_state(conn: Connection, workdir: Path) -> dict[str, Any]:
+    state = _state(conn, workdir)
+    where = workdir / "dpool"
+    state["dpool files"] = sorted(os.listdir(where)) if where.exists() else None
+    return state
+
+
+def _two_networks(conn: Connection, _workdir: Path) -> None:
+    for name, subnet in ((DOOMED, "10.213.8.0/24"), (f"{PREFIX}other", "10.213.9.0/24")):
+        done = kvmgr("net", "create", name, "--subnet", subnet, "--mode", "isolated")
+        assert done.returncode == 0, done.stderr
+
+
+def _full_pool(conn: Connection, workdir: Path) -> None:
+    where = workdir / "dpool"
+    storage_pools.create_pool(conn, DIR_POOL, str(where))
+    for volume in ("a.qcow2", "b.img"):
+        done = kvmgr("vol", "create", DIR_POOL, volume, "--size", "1M")
+        assert done.returncode == 0, done.stderr
+    (where / FOREIGN).write_text("someone's notes\n")
+    os.chmod(where / FOREIGN, 0o644)
+
+
+def _volumes(conn: Connection, workdir: Path) -> None:
+    _pool(conn, workdir)
+    for volume in (DOOMED, f"{PREFIX}keep"):
+        done = kvmgr("vol", "create", POOL, volume, "--size", "1M")
+        assert done.returncode == 0, done.stderr
+
+
+def _imported(kind: str) -> Callable[[Connection, Path], None]:
+    def setup(_conn: Connection, workdir: Path) -> None:
+        if kind == "iso":
+            args = ["iso", "import", str(workdir / "media.iso"), "--name", f"{DOOMED}.iso"]
+        else:
+            args = ["image", "import", str(workdir / "source.img"), "--os", "linux2022"]
+            args += ["--name", DOOMED]
+        done = kvmgr(*args)
+        assert done.returncode == 0, done.stderr
+
+    return setup
+
+
+def _gone_network(state: dict[str, Any]) -> None:
+    state["networks"].remove(DOOMED)
+
+
+def _gone_pool(state: dict[str, Any]) -> None:
+    state["pools"].remove(DIR_POOL)
+    state["volumes"] = [v for v in state["volumes"] if not v.startswith(DIR_POOL)]
+    state["dpool files"] = [FOREIGN]  # the directory stays: a file kvmgr did not make is in it
+
+
+def _gone_volume(name: str) -> Callable[[dict[str, Any]], None]:
+    def drop(state: dict[str, Any]) -> None:
+        state["volumes"] = [v for v in state["volumes"] if v.split("/", 1)[1] not in name]
+
+    return drop
+
+
+# name -> (setup, command, journal records, the state once the object is gone)
+DELETES: dict[
+    str,
+    tuple[
+        Callable[[Connection, Path], None],
+        list[str],
+        int,
+        Callable[[dict[str, Any]], None],
+    ],
+] = {
+    "net-delete": (_two_networks, ["net", "delete", DOOMED], 2, _gone_network),
+    "pool-delete-force": (_full_pool, ["pool", "delete", DIR_POOL, "--force"], 3, _gone_pool),
+    "vol-delete": (_volumes, ["vol", "delete", POOL, DOOMED], 1, _gone_volume((DOOMED,))),
+    "iso-delete": (
+        _imported("iso"),
+        ["iso", "delete", f"{DOOMED}.iso"],
+        1,
+        _gone_volume((f"{DOOMED}.iso",)),
+    ),
+    "image-delete": (
+        _imported("image"),
+        ["image", "delete", DOOMED],
+        2,
+        _gone_volume((DOOMED, f"{DOOMED}{IMAGE_META}")),
+    ),
+}
+DELETE_CASES = [
+    (name, crash)
+    for name, (_setup, _command, records, _gone) in DELETES.items()
+    for crash in [*(str(n) for n in range(1, records + 1)), f"{records}+"]
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "crash"), DELETE_CASES, ids=[f"{n}-killed-at-{c}" for n, c in DELETE_CASES]
+)
+def test_kill9_of_a_delete_then_recovery_finishes_it_and_touches_nothing_else(
+    conn: Connection, cleanup: Cleanup, workdir: Path, name: str, crash: str
+) -> None:
+    cleanup.prefix(PREFIX)
+    purge_prefix(conn, PREFIX)
+    setup, command, _records, gone = DELETES[name]
+    setup(conn, workdir)
+    expected = _delete_state(conn, workdir)
+    gone(expected)
+    killed = kvmgr(*command, crash=crash)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    if not crash.endswith("+"):
+        assert _delete_state(conn, workdir) != expected  # the object is (partly) still there
+    recovered = kvmgr("ops", "recover")
+    assert recovered.returncode == 0, recovered.stderr
+    assert "finished:" in recovered.stdout, recovered.stdout  # rolled forward, and says so
+    assert "recovery-failed" not in recovered.stdout, recovered.stdout
+    assert _delete_state(conn, workdir) == expected, recovered.stdout
+    listed = kvmgr("ops", "list", "-o", "json")
+    assert f'"kind": "{" ".join(command[:2])}"' in listed.stdout, listed.stdout
+    assert '"state": "recovered"' in listed.stdout, listed.stdout
+
+
+def test_the_same_deletes_unkilled_remove_their_object_alone(
+    conn: Connection, cleanup: Cleanup, workdir: Path
+) -> None:
+    """The control case: without the hook each delete removes its object and nothing else."""
+    cleanup.prefix(PREFIX)
+    for setup, command, _records, gone in DELETES.values():
+        purge_prefix(conn, PREFIX)
+        setup(conn, workdir)
+        expected = _delete_state(conn, workdir)
+        gone(expected)
+        done = kvmgr(*command)
+        assert done.returncode == 0, done.stderr
+        assert _delete_state(conn, workdir) == expected

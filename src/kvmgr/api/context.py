@@ -202,11 +202,14 @@ class AppContext:
         target: str,
         keys: list[Key],
         say: Callable[[str], None] | None = None,
+        *,
+        sole: bool = False,
     ) -> Iterator[Steps]:
         """A journaled operation on this host under ``keys``: what a killed server leaves is
-        undone or finished by the next process (see kvmgr.control.plane)."""
+        undone or finished by the next process (see kvmgr.control.plane); ``sole`` for a
+        delete (refused while an operation uses the object)."""
         plane = self.plane_for(who)
-        with plane.operation(kind, target, self.host_name(), keys, say=say) as steps:
+        with plane.operation(kind, target, self.host_name(), keys, say=say, sole=sole) as steps:
             yield steps
 
     def vm_key(self, name: str) -> Key:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kvmgr.cli.common import authz, conn, progress, report_errors
-from kvmgr.cli.objects import forget, held, journaled, record
+from kvmgr.cli.objects import forget, journaled, record
 from kvmgr.cli.output import OutputFormat, OutputOption, console, emit_object, emit_rows
 
 app = typer.Typer(no_args_is_help=True)
@@ -93,8 +93,8 @@ def delete_command(name: Annotated[str, typer.Argument(help="image name")]) -> N
     from kvmgr.control.objects import image_key
     from kvmgr.services.cloud_images import delete_image
 
-    with held(lambda host: image_key(host, name), "delete"):
-        delete_image(conn(), name)
+    with journaled("image delete", name, lambda host: image_key(host, name), sole=True) as steps:
+        delete_image(conn(), name, steps)
     forget("image", name)
     console.print(f"image {name}: deleted")
 

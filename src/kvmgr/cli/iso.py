@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from kvmgr.cli.common import authz, conn, report_errors
-from kvmgr.cli.objects import forget, held, journaled, record
+from kvmgr.cli.objects import forget, journaled, record
 from kvmgr.cli.output import OutputFormat, OutputOption, emit_object, emit_rows, err_console
 from kvmgr.control.objects import iso_key
 from kvmgr.units import format_size
@@ -93,8 +93,8 @@ def delete(
     """Delete an imported ISO (refused while a VM uses it)."""
     from kvmgr.services import isos
 
-    with held(lambda host: iso_key(host, name, pool), "delete"):
-        isos.delete_iso(conn(), name, pool)
+    with journaled("iso delete", name, lambda host: iso_key(host, name, pool), sole=True) as steps:
+        isos.delete_iso(conn(), name, pool, steps)
     forget("iso", name)
     err_console.print(f"deleted ISO {name}")
 

@@ -149,8 +149,8 @@ def delete(
     force: Annotated[bool, typer.Option(help="delete even while VMs use it")] = False,
 ) -> None:
     """Stop and remove a network (refused while VMs use it)."""
-    with held(lambda host: net_key(host, name), "delete"):
-        networks.delete_network(conn(), name, force=force)
+    with journaled("net delete", name, lambda host: net_key(host, name), sole=True) as steps:
+        networks.delete_network(conn(), name, force=force, steps=steps)
     forget("network", name)
     console.print(f"network {name} deleted", highlight=False)
 

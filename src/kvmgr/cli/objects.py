@@ -40,12 +40,13 @@ def held(key: KeyOf, operation: str) -> Iterator[None]:
 
 
 @contextmanager
-def journaled(kind: str, target: str, *keys: KeyOf) -> Iterator[Steps]:
-    """A journaled operation under the leases of ``keys``: undone at once if it fails, and by the
-    next kvmgr process if this one is killed."""
+def journaled(kind: str, target: str, *keys: KeyOf, sole: bool = False) -> Iterator[Steps]:
+    """A journaled operation under the leases of ``keys``: undone (a delete: finished) at once
+    if it fails, and by the next kvmgr process if this one is killed.  ``sole`` (a delete):
+    refused while another operation uses the object (a create on the network)."""
     plane = state.plane()
     host = state.host_name()
-    with plane.operation(kind, target, host, keys=[key(host) for key in keys]) as steps:
+    with plane.operation(kind, target, host, keys=[key(host) for key in keys], sole=sole) as steps:
         yield steps
 
 

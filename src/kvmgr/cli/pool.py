@@ -107,9 +107,9 @@ def delete(
     ] = False,
 ) -> None:
     """Remove a pool; its directory only when empty (refused while it holds volumes)."""
-    with held(lambda host: pool_key(host, name), "delete"):
+    with journaled("pool delete", name, lambda host: pool_key(host, name), sole=True) as steps:
         where = storage_pools.pool_info(conn(), name).path
-        result = storage_pools.delete_pool(conn(), name, force=force)
+        result = storage_pools.delete_pool(conn(), name, force=force, steps=steps)
     forget("pool", name)
     if where:  # a dir pool's volumes are its files: their records are keyed by path
         forget("volume", *(posixpath.join(where, vol) for vol in result.deleted_volumes))

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kvmgr.cli.common import authz, conn, journaled, report_errors, vm_lease
+from kvmgr.cli.common import authz, conn, journaled, report_errors, state, vm_lease
 from kvmgr.cli.output import (
     OutputFormat,
     OutputOption,
@@ -185,9 +185,12 @@ def nic_add(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Plug a NIC into a network or bridge."""
+    from kvmgr.control.objects import net_key
     from kvmgr.services.resources import add_nic
 
-    with vm_lease(name, "NIC add"):
+    # The network is used (its delete waits) from before add_nic checks it until it is plugged.
+    uses = [net_key(state.host_name(), network)] if network is not None else []
+    with vm_lease(name, "NIC add"), state.plane().using(uses, f"NIC add {name}"):
         result = add_nic(
             conn(),
             name,

@@ -113,9 +113,10 @@ def resize(
 @report_errors
 def delete(pool: Pool, name: Name) -> None:
     """Delete a volume (refused while a VM uses it)."""
-    with held(lambda host: vol_key(host, pool, name), "delete"):
+    key = lambda host: vol_key(host, pool, name)  # noqa: E731 - the key of the volume
+    with journaled("vol delete", f"{pool}/{name}", key, sole=True) as steps:
         path = storage.volume_info(conn(), pool, name).path
-        storage.delete_pool_volume(conn(), pool, name)
+        storage.delete_pool_volume(conn(), pool, name, steps)
     forget("volume", path)
     console.print(f"volume {name} deleted from pool {pool}", highlight=False)
 

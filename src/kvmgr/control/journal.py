@@ -36,8 +36,11 @@ class JournalSteps:
         say: Callable[[str], None] | None = None,
         *,
         quick: Callable[[], AbstractContextManager[Any]] | None = None,
+        use: Callable[[str, tuple[str, ...]], None] | None = None,
     ) -> None:
         self.store = store
+        #: Takes the shared lease of an object the operation builds on (the plane's).
+        self._use = use
         #: A transaction that need not survive a power cut, for progress messages.
         self.quick = quick or store.session
         self.operation_id = operation_id
@@ -55,6 +58,10 @@ class JournalSteps:
     def finish_with(self, action: str, /, **args: Any) -> None:
         self._record("finish", action, args)
         self.finish.append(Record(action, args))
+
+    def uses(self, kind: str, *names: str) -> None:
+        if self._use is not None:
+            self._use(kind, names)
 
     def progress(self, message: str, percent: int | None = None) -> None:
         self.message = message if percent is None else f"{message} ({percent}%)"

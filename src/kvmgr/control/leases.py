@@ -295,7 +295,7 @@ class Leases:
         with self.store.session() as session:
             row = session.get(Lease, key)
             info = _info(row) if row is not None else None
-        if info is None or self._free(info):
+        if info is None or self.free(info):
             return None
         return info
 
@@ -383,7 +383,8 @@ class Leases:
             changed = session.execute(self._sql["take_over"], _params(**values, dead=dead)).rowcount
         return LeaseInfo(**values) if changed else None
 
-    def _free(self, info: LeaseInfo) -> bool:
+    def free(self, info: LeaseInfo) -> bool:
+        """Whether the lease ``info`` has expired or its holder (of this machine) is dead."""
         if aware(info.expires) < utcnow():
             return True
         return info.holder != holder_id() and holder_alive(info.holder) is False

@@ -56,6 +56,17 @@ def image_key(host: str, name: str) -> Key:
     return Key(vol_key(host, IMAGE_POOL, name).key, f"cloud image {name}")
 
 
+def use_key(host: str, kind: str, names: tuple[str, ...]) -> Key:
+    """The key of an object an operation uses (:meth:`kvmgr.services.steps.Steps.uses`)."""
+    if kind == "network" and len(names) == 1:
+        return net_key(host, names[0])
+    if kind == "pool" and len(names) == 1:
+        return pool_key(host, names[0])
+    if kind == "volume" and len(names) == 2:
+        return vol_key(host, names[0], names[1])
+    raise ValueError(f"no lease key for {kind} {names}")  # a programming error
+
+
 def check_group(group: str | None) -> str | None:
     """A group name as given (``None``: no group); bad names are refused."""
     if group is None:
@@ -106,5 +117,6 @@ __all__ = [
     "net_key",
     "pool_key",
     "set_group",
+    "use_key",
     "vol_key",
 ]

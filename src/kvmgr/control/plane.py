@@ -41,6 +41,7 @@ from kvmgr.control.models import (
     Operation,
     OperationRecord,
 )
+from kvmgr.control.uses import Uses
 from kvmgr.errors import libvirt_errors
 from kvmgr.services.steps import Steps, operation_ended, run_recovery, with_crash_hook
 from kvmgr.store.clip import clip
@@ -48,6 +49,9 @@ from kvmgr.store.db import Store
 from kvmgr.store.models import aware, utcnow
 
 log = logging.getLogger(__name__)
+#: How long an operation waits for a delete of an object it uses to end (it then finds the
+#: object gone, a clearer refusal than "busy").
+USE_WAIT = 5.0
 _OPERATIONS: Table = Operation.__table__  # type: ignore[assignment]
 
 
@@ -101,6 +105,7 @@ class ControlPlane:
         self.actor = actor
         self.connect = connect
         self.leases = leases or Leases(store, ttl)
+        self.uses = Uses(self.leases)
 
     def for_actor(self, actor: str) -> ControlPlane:
         """The same plane (same leases held, same store) acting for another user."""
@@ -124,13 +129,47 @@ class ControlPlane:
         *,
         wait: bool = False,
         timeout: float | None = None,
+        sole: bool = False,
     ) -> Iterator[None]:
-        """Hold one lease for the block (lifecycle actions: start, stop, reboot, ...)."""
+        """Hold one lease for the block (lifecycle actions: start, stop, reboot, ...); ``sole``
+        (what removes the object) also waits out, or is refused by, every use of it."""
         name, what = _split(key)
         with self.leases.hold(
             name, operation, actor=self.actor, what=what, wait=wait, timeout=timeout
         ):
+            marker = (
+                self.uses.claim_sole(
+                    name, operation, actor=self.actor, what=what, wait=wait, timeout=timeout
+                )
+                if sole
+                else None
+            )
+            try:
+                yield
+            finally:
+                if marker is not None:
+                    self.leases.drop([marker])
+
+    @contextlib.contextmanager
+    def using(self, keys: Iterable[Key], operation: str) -> Iterator[None]:
+        """Use ``keys`` for the block (a NIC plugged into a network): their deletes wait."""
+        held: list[str] = []
+        try:
+            for key in keys:
+                held.append(
+                    self.uses.take(
+                        key.key,
+                        operation,
+                        actor=self.actor,
+                        what=key.what,
+                        wait=True,
+                        timeout=USE_WAIT,
+                    )
+                )
             yield
+        finally:
+            if held:
+                self.leases.drop(held)
 
     def busy(self, key: Key | str) -> str | None:
         """``"<op> by <who> since <t>"`` while someone holds ``key`` (``vm info`` shows it as
@@ -150,12 +189,37 @@ class ControlPlane:
         wait: bool = False,
         timeout: float | None = None,
         say: Callable[[str], None] | None = None,
+        sole: bool = False,
     ) -> Iterator[Steps]:
-        """Run a journaled operation under the leases of ``keys``; yields its :class:`Steps`."""
+        """Run a journaled operation under the leases of ``keys``; yields its :class:`Steps`.
+
+        ``sole`` (a delete): every use of the keys' objects is waited out or refuses it.  The
+        operation's :meth:`Steps.uses` takes uses of what it builds on until it ends.
+        """
         op_id = str(uuid.uuid4())
         description = f"{kind} {target}"
         split = sorted({_split(key) for key in keys})  # one order everywhere: no dead-lock
         held: list[str] = []
+        used: set[str] = set()
+
+        def use(kind: str, names: tuple[str, ...]) -> None:
+            from kvmgr.control.objects import use_key
+
+            key = use_key(host, kind, names)
+            if key.key in used or self.leases.holds(key.key):
+                return  # used already, or this operation works on the object itself
+            held.append(
+                self.uses.take(
+                    key.key,
+                    description,
+                    actor=self.actor,
+                    what=key.what,
+                    wait=True,
+                    timeout=USE_WAIT,
+                )
+            )
+            used.add(key.key)
+
         # Each commit costs an fsync (~10 ms on a plain disk): the operation's row and its own
         # lease go in one transaction, and the end, the records and every lease in another.
         try:
@@ -164,6 +228,17 @@ class ControlPlane:
                     name, description, actor=self.actor, what=what, wait=wait, timeout=timeout
                 )
                 held.append(name)
+                if sole:
+                    held.append(
+                        self.uses.claim_sole(
+                            name,
+                            description,
+                            actor=self.actor,
+                            what=what,
+                            wait=wait,
+                            timeout=timeout,
+                        )
+                    )
             # Not synced: the first journal record's commit writes it out with it, and an
             # operation lost with no record left nothing to undo.
             with self.leases.lax_transaction() as connection:
@@ -185,7 +260,7 @@ class ControlPlane:
                 )
             self.leases.adopt(info)
             held.append(info.key)
-            steps = JournalSteps(self.store, op_id, say, quick=self.leases.lax_transaction)
+            steps = JournalSteps(self.store, op_id, say, quick=self.leases.lax_transaction, use=use)
             hooked = with_crash_hook(steps)  # the kill -9 tests' hook; steps itself otherwise
             try:
                 yield hooked

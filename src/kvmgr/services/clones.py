@@ -35,6 +35,7 @@ from kvmgr.errors import (
 from kvmgr.names import validate_name
 from kvmgr.services import vm_removal as _registers_domain_actions  # noqa: F401
 from kvmgr.services import vms
+from kvmgr.services.inputs import use_definition
 from kvmgr.services.snapshots import drop_backing_chain
 from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.services.storage import find_volume_by_path, refuse_taken_name
@@ -154,6 +155,8 @@ def _build_clone(
     for nic in clone.devices.interfaces:
         nic.mac = None  # libvirt makes new MAC addresses
         nic.target_dev = None
+        if nic.type == "network" and nic.source_network:
+            journal.uses("network", str(nic.source_network))  # held until the clone ends
     clone.os.nvram = None  # a fresh copy of the firmware's variable store
     made: list[str] = []
     shared: list[str] = []
@@ -170,6 +173,7 @@ def _build_clone(
         disk.driver_type = "qcow2" if linked else disk.driver_type
     _set_metadata(clone, made, source if linked else None)
     journal.undo_with("domain.undefine", uuid=clone.uuid)
+    use_definition(conn, journal, clone)
     journal.progress(f"defining VM {name}")
     with libvirt_errors(f"defining VM {name}"):
         conn.virconn.defineXML(clone.to_xml())

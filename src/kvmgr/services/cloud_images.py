@@ -162,8 +162,10 @@ def get_image(conn: Connection, name: str) -> CloudImage:
     )
 
 
-def delete_image(conn: Connection, name: str) -> None:
-    """Remove an image nobody's overlay needs."""
+def delete_image(conn: Connection, name: str, steps: Steps | None = None) -> None:
+    """Remove an image nobody's overlay needs (its volume and its metadata's): journaled as
+    one intent (``volume.finish_delete`` of both) before it acts, so recovery finishes it."""
+    from kvmgr.services.object_undo import STEP_DONE, VOLUME_FINISH_DELETE
     from kvmgr.services.storage import volume_users
 
     image = get_image(conn, name)
@@ -174,7 +176,14 @@ def delete_image(conn: Connection, name: str) -> None:
             hint="delete those VMs (or their disks) first",
         )
     pool = _pool(conn)
-    with libvirt_errors(f"deleting cloud image {name}"):
-        for volume in (name, name + _META_SUFFIX):
+    volumes = [name, name + _META_SUFFIX]
+    with (
+        owned_steps(conn, steps) as journal,
+        libvirt_errors(f"deleting cloud image {name}"),
+    ):
+        journal.finish_with(VOLUME_FINISH_DELETE, pool=pool.name(), names=volumes)
+        for volume in volumes:
             with contextlib.suppress(libvirt.libvirtError):
                 pool.storageVolLookupByName(volume).delete(0)
+            if volume == name:
+                journal.finish_with(STEP_DONE, what=f"image volume {name} deleted")

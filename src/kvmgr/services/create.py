@@ -42,6 +42,7 @@ from kvmgr.services.create_policy import (
     parse_network_option,
     root_ports_needed,
 )
+from kvmgr.services.inputs import use_definition
 from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.services.storage import VolumeRef, create_volume, refuse_taken_name
 from kvmgr.services.storage_pools import DEFAULT_POOL
@@ -100,6 +101,14 @@ def create_vm(
     say(f"domain type {choice.domain_type}: {choice.reason}")
     disks = [_sized(request, profile.recommended_disk) for request in spec.disks]
     with owned_steps(conn, steps, say) as journal:
+        # Held from here to the end against deletes by other processes (checked again before
+        # the define, by use_definition): two creates on one network do not wait for each other.
+        for nic in spec.nics:
+            if nic.kind == "network":
+                journal.uses("network", nic.source)
+        for request in disks:
+            if request.path is None:
+                journal.uses("pool", request.pool)
         volumes = _create_volumes(conn, spec.name, disks, journal)
         domain = build_domain(
             conn, spec, profile, choice.domain_type, memory, vcpus, iso_path, disks, volumes
@@ -110,6 +119,7 @@ def create_vm(
         # alone (a VM of the same name someone makes after a crash is not this one).
         domain.uuid = str(uuid_module.uuid4())
         journal.undo_with("domain.undefine", uuid=domain.uuid)
+        use_definition(conn, journal, domain)
         journal.progress(f"defining VM {spec.name}")
         with libvirt_errors(f"defining VM {spec.name}"):
             dom = conn.virconn.defineXML(domain.to_xml())
@@ -304,6 +314,7 @@ def _create_volumes(
         suffix = "" if index == 0 else f"-{index}"
         extension = ".qcow2" if request.format == "qcow2" else ".img"
         vol_name = f"{name}{suffix}{extension}"
+        journal.uses("volume", request.pool, vol_name)  # a vol delete of it waits for the define
         # A taken name is refused before the undo record, which would otherwise delete it.
         refuse_taken_name(conn, request.pool, vol_name)
         journal.undo_with("volume.delete", pool=request.pool, name=vol_name)

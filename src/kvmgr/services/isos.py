@@ -352,8 +352,14 @@ def _uses_volume(domain: Domain, path: str, pool: str, name: str) -> bool:
     return False
 
 
-def delete_iso(conn: Connection, name: str, pool: str = ISO_POOL) -> None:
-    """Delete an imported ISO; refused while any VM has it as a disk or CD-ROM."""
+def delete_iso(
+    conn: Connection, name: str, pool: str = ISO_POOL, steps: Steps | None = None
+) -> None:
+    """Delete an imported ISO; refused while any VM has it as a disk or CD-ROM.  Journaled as
+    its intent (``volume.finish_delete``) before it acts: recovery finishes it (the cache of
+    what ISOs hold keeps the stale entry then; it is keyed by path, size and time, so harmless)."""
+    from kvmgr.services.object_undo import VOLUME_FINISH_DELETE
+
     validate_name(name, what="ISO name")
     with libvirt_errors(f"looking up ISO {name}"):
         storage_pool = _lookup_pool(conn, pool)
@@ -367,7 +373,8 @@ def delete_iso(conn: Connection, name: str, pool: str = ISO_POOL) -> None:
             f"ISO {name} is in use by {', '.join(users)}",
             hint="eject it from those VMs (or delete the VMs) first",
         )
-    with libvirt_errors(f"deleting ISO {name}"):
+    with owned_steps(conn, steps) as journal, libvirt_errors(f"deleting ISO {name}"):
+        journal.finish_with(VOLUME_FINISH_DELETE, pool=pool, names=[name])
         vol.delete(0)
     _update_cache({_cache_key(facts.path, facts.size, facts.mtime): None})
 

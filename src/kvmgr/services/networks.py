@@ -44,7 +44,7 @@ from kvmgr.services.network_subnets import (
     parse_subnet,
     pick_free_subnet,
 )
-from kvmgr.services.object_undo import NETWORK_DELETE
+from kvmgr.services.object_undo import NETWORK_DELETE, NETWORK_FINISH_DELETE, STEP_DONE
 from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.xml.domain import Domain
 from kvmgr.xml.interface import HostInterface
@@ -397,8 +397,11 @@ def set_autostart(conn: Connection, name: str, enabled: bool) -> NetworkInfo:
     return network_info(conn, name)
 
 
-def delete_network(conn: Connection, name: str, *, force: bool = False) -> None:
-    """Stop and undefine a network; refuses while any VM uses it unless ``force``."""
+def delete_network(
+    conn: Connection, name: str, *, force: bool = False, steps: Steps | None = None
+) -> None:
+    """Stop and undefine a network; refuses while any VM uses it unless ``force``.  Journaled
+    as its intent (``network.finish_delete``) before it acts: recovery finishes it."""
     net = _lookup(conn, name)
     users = vms_using(conn, name)
     if users and not force:
@@ -406,11 +409,14 @@ def delete_network(conn: Connection, name: str, *, force: bool = False) -> None:
             f"network {name!r} is used by VMs: {', '.join(users)}",
             hint="detach or delete those VMs first, or add --force",
         )
-    with libvirt_errors(f"deleting network {name}"):
-        if net.isActive():
-            net.destroy()
-        if net.isPersistent():
-            net.undefine()
+    with owned_steps(conn, steps) as journal:
+        journal.finish_with(NETWORK_FINISH_DELETE, name=name, force=force)
+        with libvirt_errors(f"deleting network {name}"):
+            if net.isActive():
+                net.destroy()
+                journal.finish_with(STEP_DONE, what=f"network {name} stopped")
+            if net.isPersistent():
+                net.undefine()
 
 
 # ----------------------------------------------------------------------------------- DHCP

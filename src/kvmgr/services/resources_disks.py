@@ -15,6 +15,7 @@ import libvirt
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, InvalidState, NotFound, OperationFailed, libvirt_errors
 from kvmgr.services import vms
+from kvmgr.services.inputs import use_path, use_pool
 from kvmgr.services.live_errors import qemu_errors
 from kvmgr.services.resources import (
     _MAX_TARGETS,
@@ -92,6 +93,8 @@ def add_disk(
     disk.target_dev, disk.target_bus = target, bus
     if path is not None:
         disk.source_file = path
+        if steps is not None:
+            use_path(conn, steps, path)  # a vol delete of it waits for the attach
         disk.driver_type = _existing_format(conn, path)
         _attach(dom, disk, scope)  # one step: nothing to journal
         return DiskChange(name, target, path, bus, False, scope.describe())
@@ -101,6 +104,8 @@ def add_disk(
     vol_name = f"{name}-{target}.{'qcow2' if fmt == 'qcow2' else 'img'}"
     planned = planned_volume_path(conn, pool, vol_name)
     with owned_steps(conn, steps) as journal:
+        use_pool(conn, journal, pool)  # a pool delete waits for the attach
+        journal.uses("volume", pool, vol_name)
         journal.undo_with("vm.forget_volumes", uuid=uuid, paths=[planned])
         record_owned_volumes(dom, add=[planned])
         journal.undo_with("volume.delete", pool=pool, name=vol_name)

@@ -78,6 +78,12 @@ class Steps(Protocol):
     def progress(self, message: str, percent: int | None = None) -> None:
         """What the operation is doing now (shown by CLI spinners, API tasks, ``ops list``)."""
 
+    def uses(self, kind: str, *names: str) -> None:
+        """Before the operation checks an object it builds on (``"network", NAME``,
+        ``"pool", NAME``, ``"volume", POOL, NAME``): hold it against deletion until the
+        operation ends (the control plane's shared lease; nothing in memory).  Raises
+        :class:`kvmgr.errors.Busy` while another process deletes it."""
+
 
 @dataclass
 class Record:
@@ -106,6 +112,10 @@ class LocalSteps:
 
     def progress(self, message: str, percent: int | None = None) -> None:
         self.say(message)
+
+    def uses(self, kind: str, *names: str) -> None:
+        """Nothing to hold: without a control plane no other process deletes through kvmgr's
+        leases."""
 
     def recover(self, conn: Connection) -> list[str]:
         """Finish or undo what was recorded; returns the problems met (each action is tried)."""
@@ -209,6 +219,9 @@ class _CrashingSteps:
 
     def progress(self, message: str, percent: int | None = None) -> None:
         self.inner.progress(message, percent)
+
+    def uses(self, kind: str, *names: str) -> None:
+        self.inner.uses(kind, *names)
 
     def ended(self) -> None:
         """The operation's block is over (the journal has not yet marked it done)."""

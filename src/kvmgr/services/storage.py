@@ -28,6 +28,7 @@ from kvmgr.errors import (
     translate,
 )
 from kvmgr.names import validate_name
+from kvmgr.services.object_undo import VOLUME_FINISH_DELETE
 from kvmgr.services.steps import Steps, owned_steps, recovery_action
 from kvmgr.services.storage_pools import _active_pool, ensure_pool
 from kvmgr.units import format_size, parse_size
@@ -341,12 +342,17 @@ def _refuse_if_used(conn: Connection, vol: libvirt.virStorageVol, action: str) -
         )
 
 
-def delete_pool_volume(conn: Connection, pool_name: str, name: str) -> None:
-    """Delete one volume; refused while a VM or an overlay volume uses it."""
+def delete_pool_volume(
+    conn: Connection, pool_name: str, name: str, steps: Steps | None = None
+) -> None:
+    """Delete one volume; refused while a VM or an overlay volume uses it.  Journaled as its
+    intent (``volume.finish_delete``) before it acts: recovery finishes it."""
     vol = _lookup_volume(conn, pool_name, name)
     _refuse_if_used(conn, vol, "delete")
-    with libvirt_errors(f"deleting volume {name} of pool {pool_name}"):
-        vol.delete(0)
+    with owned_steps(conn, steps) as journal:
+        journal.finish_with(VOLUME_FINISH_DELETE, pool=pool_name, names=[name])
+        with libvirt_errors(f"deleting volume {name} of pool {pool_name}"):
+            vol.delete(0)
 
 
 def resize_volume(

@@ -28,7 +28,7 @@ from kvmgr.errors import (
     translate,
 )
 from kvmgr.names import validate_existing_name, validate_name
-from kvmgr.services.object_undo import POOL_DELETE
+from kvmgr.services.object_undo import POOL_DELETE, POOL_FINISH_DELETE, STEP_DONE
 from kvmgr.services.steps import Steps, owned_steps
 from kvmgr.xml.storage import StoragePool, StorageVolume
 
@@ -221,7 +221,9 @@ def _is_image(vol: libvirt.virStorageVol) -> bool:
         return StorageVolume.from_xml(vol.XMLDesc(0)).target_format in IMAGE_FORMATS
 
 
-def delete_pool(conn: Connection, name: str, *, force: bool = False) -> PoolDeletion:
+def delete_pool(
+    conn: Connection, name: str, *, force: bool = False, steps: Steps | None = None
+) -> PoolDeletion:
     """Remove a pool.  Safety first:
 
     * refused while any VM (or another volume, as a backing file) uses one of its volumes;
@@ -230,6 +232,9 @@ def delete_pool(conn: Connection, name: str, *, force: bool = False) -> PoolDele
       a dir pool's directory is kept (and so is the directory);
     * its directory is removed only when empty afterwards and only for ``dir`` pools (libvirt's
       delete of other pool types would wipe a device or volume group kvmgr was not given).
+
+    Once the checks pass the delete is journaled as one intent (``pool.finish_delete`` with
+    the volumes it will delete) before anything is removed: recovery finishes it.
     """
     # Volume usage is the volumes module's, which builds on this one: imported here, not above.
     from kvmgr.services.storage import volume_users
@@ -255,25 +260,33 @@ def delete_pool(conn: Connection, name: str, *, force: bool = False) -> PoolDele
             + ", ".join(sorted(vol.name() for vol in volumes)),
             hint="delete them first, or add --force to delete them with the pool",
         )
-    deleted, kept = [], []
-    for vol in volumes:
-        if not _is_image(vol):
-            kept.append(vol.name())
-            continue
-        with libvirt_errors(f"deleting volume {vol.name()} of pool {name}"):
-            vol.delete(0)
-        deleted.append(vol.name())
-    removed = _remove_pool(pool, info)
-    return PoolDeletion(name, sorted(deleted), removed, sorted(kept))
+    doomed = sorted((vol for vol in volumes if _is_image(vol)), key=lambda vol: vol.name())
+    kept = sorted(vol.name() for vol in volumes if vol not in doomed)
+    deleted: list[str] = []
+    with owned_steps(conn, steps) as journal:
+        journal.finish_with(
+            POOL_FINISH_DELETE,
+            name=name,
+            volumes=sorted(vol.name() for vol in doomed),
+            dir_pool=info.type == "dir",
+        )
+        for vol in doomed:
+            journal.progress(f"deleting volume {vol.name()} of pool {name}")
+            with libvirt_errors(f"deleting volume {vol.name()} of pool {name}"):
+                vol.delete(0)
+            deleted.append(vol.name())
+            journal.finish_with(STEP_DONE, what=f"volume {vol.name()} deleted")
+        removed = remove_pool(pool, name, dir_pool=info.type == "dir")
+    return PoolDeletion(name, sorted(deleted), removed, kept)
 
 
-def _remove_pool(pool: libvirt.virStoragePool, info: PoolInfo) -> bool:
+def remove_pool(pool: libvirt.virStoragePool, name: str, *, dir_pool: bool) -> bool:
     """Stop and undefine; True when the (empty) directory of a dir pool was removed too."""
     removed = False
-    with libvirt_errors(f"deleting storage pool {info.name}"):
+    with libvirt_errors(f"deleting storage pool {name}"):
         if pool.isActive():
             pool.destroy()
-        if info.type == "dir":
+        if dir_pool:
             try:
                 pool.delete(0)  # rmdir: fails, harmlessly, if anything is left inside
                 removed = True

@@ -85,9 +85,9 @@ def import_iso(body: IsoImport, who: Admin, ctx: Ctx) -> dict[str, Any]:
 @router.delete("/{name}", summary="Delete an imported ISO (refused while a VM uses it)")
 def delete_iso(name: str, who: Admin, ctx: Ctx) -> dict[str, str]:
     def work(conn: Connection) -> None:
-        lease = ctx.plane_for(who).lease(iso_key(ctx.host_name(), name), "delete")
-        with lease:
-            iso_service.delete_iso(conn, name)
+        key = iso_key(ctx.host_name(), name)
+        with ctx.operation(who, "iso delete", name, [key], sole=True) as steps:
+            iso_service.delete_iso(conn, name, steps=steps)
         ownership.forget_owner(ctx.store, "iso", name, host=ctx.host_name())
 
     ctx.act(who, "iso.delete", name, work)

@@ -157,8 +157,9 @@ def unreserve(name: str, ip: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 @router.delete("/{name}", summary="Delete a network (refused while VMs use it)")
 def delete_network(name: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, str]:
     def work(conn: Connection) -> None:
-        with _lease(ctx, who, name, "delete"):
-            net_service.delete_network(conn, name, force=force)
+        key = net_key(ctx.host_name(), name)
+        with ctx.operation(who, "net delete", name, [key], sole=True) as steps:
+            net_service.delete_network(conn, name, force=force, steps=steps)
         ownership.forget_owner(ctx.store, "network", name, host=ctx.host_name())
 
     ctx.act(who, "net.delete", name, work)

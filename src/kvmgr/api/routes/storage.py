@@ -111,9 +111,10 @@ def refresh_pool(pool: str, who: Admin, ctx: Ctx) -> dict[str, Any]:
 @router.delete("/{pool}", summary="Delete a pool (refused while used; force deletes its volumes)")
 def delete_pool(pool: str, who: Admin, ctx: Ctx, force: bool = False) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
-        with _lease(ctx, who, pool_key(ctx.host_name(), pool), "delete"):
+        key = pool_key(ctx.host_name(), pool)
+        with ctx.operation(who, "pool delete", pool, [key], sole=True) as steps:
             where = storage_pools.pool_info(conn, pool).path
-            deletion = storage_pools.delete_pool(conn, pool, force=force)
+            deletion = storage_pools.delete_pool(conn, pool, force=force, steps=steps)
         ownership.forget_owner(ctx.store, "pool", pool, host=ctx.host_name())
         for vol in deletion.deleted_volumes if where else []:
             path = posixpath.join(where or "", vol)  # a dir pool's volumes are its files
@@ -163,9 +164,10 @@ def resize_volume(pool: str, name: str, body: VolumeResize, who: Admin, ctx: Ctx
 @router.delete("/{pool}/volumes/{name}", summary="Delete a volume (refused while used)")
 def delete_volume(pool: str, name: str, who: Admin, ctx: Ctx) -> dict[str, str]:
     def work(conn: Connection) -> None:
-        with _lease(ctx, who, vol_key(ctx.host_name(), pool, name), "delete"):
+        key = vol_key(ctx.host_name(), pool, name)
+        with ctx.operation(who, "vol delete", f"{pool}/{name}", [key], sole=True) as steps:
             path = storage_service.volume_info(conn, pool, name).path
-            storage_service.delete_pool_volume(conn, pool, name)
+            storage_service.delete_pool_volume(conn, pool, name, steps)
         ownership.forget_owner(ctx.store, "volume", path, host=ctx.host_name())
 
     ctx.act(who, "vol.delete", f"{pool}/{name}", work)

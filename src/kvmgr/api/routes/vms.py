@@ -15,6 +15,7 @@ from kvmgr.api.memory import after_big_answer as release_after_big_answer
 from kvmgr.connect import Connection
 from kvmgr.control import ownership, task_kinds
 from kvmgr.control.authz import check_vm_spec
+from kvmgr.control.objects import net_key
 from kvmgr.errors import InvalidInput
 from kvmgr.services import resources as resources_service
 from kvmgr.services import vms as vms_service
@@ -349,9 +350,12 @@ def vm_add_nic(name: str, body: NicAdd, who: Operator, ctx: Ctx) -> dict[str, An
             authz.network(body.network)
         if body.bridge is not None:
             authz.bridge(body.bridge)
-        change = resources_service.add_nic(
-            conn, name, network=body.network, bridge=body.bridge, model=body.model, mac=body.mac
-        )
+        # The network is used (its delete waits) from before add_nic checks it until plugged.
+        uses = [net_key(ctx.host_name(), body.network)] if body.network is not None else []
+        with ctx.plane_for(who).using(uses, f"NIC add {name}"):
+            change = resources_service.add_nic(
+                conn, name, network=body.network, bridge=body.bridge, model=body.model, mac=body.mac
+            )
         return asdict(change)
 
     return ctx.act(who, "vm.nic.add", name, work, vm=name)

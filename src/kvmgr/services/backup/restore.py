@@ -27,6 +27,7 @@ from kvmgr.errors import AlreadyExists, InvalidInput, NotFound, libvirt_errors
 from kvmgr.names import validate_name
 from kvmgr.services import storage, storage_pools, vms
 from kvmgr.services.backup.repository import CHUNK, DiskMap, Repository, chunk_data
+from kvmgr.services.inputs import use_definition
 from kvmgr.services.steps import Steps, recovery_action
 from kvmgr.xml.domain import Domain
 
@@ -190,6 +191,7 @@ def restore_point(
     assert metadata is not None  # create=True
     metadata.owned_volumes = list(paths.values())
     steps.undo_with("backup.restore.undefine", name=name)
+    use_definition(conn, steps, spec, require_networks=False)  # their deletes wait for us
     with libvirt_errors(f"defining restored VM {name}"):
         dom = conn.virconn.defineXML(spec.to_xml())
     if start:
