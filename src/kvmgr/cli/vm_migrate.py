@@ -139,6 +139,13 @@ def migrate(
         f"{result.seconds:.1f} s"
         + (f", downtime {result.downtime_ms} ms" if result.downtime_ms is not None else "")
     )
+    if len(result.downtime_steps) > 1:
+        steps = " -> ".join(str(ms) for ms in result.downtime_steps)
+        console.print(f"  allowed downtime raised {steps} ms until memory converged")
+    if result.postcopy:
+        console.print("  switched to post-copy (the destination fetched the remaining pages)")
+    if result.snapshots:
+        console.print(f"  snapshots moved: {', '.join(result.snapshots)}")
 
 
 @report_errors

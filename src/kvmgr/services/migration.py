@@ -92,6 +92,12 @@ class MigrationResult:
     paths: dict[str, str] = field(default_factory=dict)  # source path -> path on the destination
     memory_sent: int | None = None  # live: memory bytes sent (the destination's job stats)
     snapshots: list[str] = field(default_factory=list)  # moved and redefined on the destination
+    #: live: each allowed downtime set, in order (ms; the first is the start, then the raises).
+    downtime_steps: list[int] = field(default_factory=list)
+    #: live: the source said its VM paused for post-copy (the switch happened), and how many
+    #: memory passes pre-copy made (the destination's record of the job).
+    postcopy: bool = False
+    memory_passes: int | None = None
 
 
 # ------------------------------------------------------------------------------ recovery actions
@@ -207,8 +213,9 @@ def _move(
     made = _make_target_volumes(dst, check, dest_steps, made_volumes)
     dom = src.virconn.lookupByName(check.name)
     snapshot_moves.hand_over(dom, check, source_steps, dest_steps, made_volumes)
+    watcher = None
     if check.live:
-        stats = _live(src, dst, dom, check, options, made, report, cancel, started)
+        stats, watcher = _live(src, dst, dom, check, options, made, report, cancel, started)
         downtime = int(stats["downtime"]) if "downtime" in stats else None
         moved = stats.get("memory_processed")
     else:
@@ -227,11 +234,17 @@ def _move(
     report(Progress("done", seconds, downtime_ms=downtime))
     paths = {d.source_path: made[d.target] for d in check.disks}
     paths.update({layer.path: layer.path for layer in owned_layers})
-    return MigrationResult(
+    result = MigrationResult(
         check.name, "live" if check.live else "offline", seconds, downtime, check.copy_bytes,
         removed, checked, paths, int(moved) if moved is not None else None,
         list(check.snapshots),
     )  # fmt: skip
+    if watcher is not None:
+        result.downtime_steps = list(watcher.steps)
+        result.postcopy = watcher.postcopy_seen
+        passes = stats.get("memory_iteration")
+        result.memory_passes = int(passes) if passes is not None else None
+    return result
 
 
 def _make_target_volumes(
@@ -329,7 +342,7 @@ def _live(
     report: Callable[[Progress], None],
     cancel: threading.Event,
     started: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], _Watcher]:
     params, flags = _live_request(dom, check, options, made)
     failure: list[BaseException] = []
 
@@ -341,7 +354,7 @@ def _live(
 
     worker = threading.Thread(target=run, name=f"migrate-{check.name}", daemon=True)
     worker.start()
-    watcher = _Watcher(dom, options, report, started)
+    watcher = _Watcher(src, dom, options, report, started)
     try:
         while worker.is_alive():
             worker.join(POLL_INTERVAL)
@@ -354,6 +367,8 @@ def _live(
         worker.join()
         _wait_gone(dst, check.uuid)
         raise
+    finally:
+        watcher.close()
     if failure:
         err = failure[0]
         _wait_gone(dst, check.uuid)
@@ -362,9 +377,17 @@ def _live(
                 f"migration of VM {check.name} was aborted; it runs on the source, unchanged"
             ) from err
         if isinstance(err, libvirt.libvirtError):
-            raise translate(err, f"migrating VM {check.name}") from err
+            failed = translate(err, f"migrating VM {check.name}")
+            if "Postcopy is not supported" in failed.message:
+                # QEMU's words for "no userfaultfd here": it runs unprivileged, and the kernel
+                # lets it only with this sysctl (QEMU 7.2 does not use /dev/userfaultfd).
+                failed.hint = (
+                    "the destination's kernel does not let QEMU use userfaultfd: set "
+                    "'sysctl vm.unprivileged_userfaultfd=1' there, or move without --postcopy"
+                )
+            raise failed from err
         raise err
-    return _completed_stats(dst, check.name)
+    return _completed_stats(dst, check.name), watcher
 
 
 def _wait_gone(dst: Connection, uuid: str, timeout: float = 30.0) -> None:
@@ -386,18 +409,45 @@ class _Watcher:
 
     def __init__(
         self,
+        src: Connection,
         dom: libvirt.virDomain,
         options: MigrateOptions,
         report: Callable[[Progress], None],
         started: float,
     ) -> None:
-        self.dom, self.options, self.report, self.started = dom, options, report, started
+        self.src, self.dom, self.options, self.report = src, dom, options, report
+        self.started = started
         self.downtime = options.max_downtime_ms or DOWNTIME_START_MS
         self.fixed = options.max_downtime_ms is not None
         self.set_downtime = False
         self.raised_at = 0
         self.aborted = False
         self.postcopy_started = False
+        self.steps: list[int] = []
+        # The switch to post-copy is QEMU's, at the end of a pass after it was asked for; the
+        # source's lifecycle event (paused for post-copy) is what says it happened.
+        self.postcopy_seen = False
+        self.callback: int | None = None
+        if options.postcopy:
+            with contextlib.suppress(libvirt.libvirtError):  # no events: the flag stays False
+                self.callback = src.virconn.domainEventRegisterAny(
+                    dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None
+                )
+
+    def _event(
+        self, _conn: libvirt.virConnect, _dom: libvirt.virDomain, event: int, detail: int, _o: Any
+    ) -> None:
+        if (event, detail) == (
+            libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
+            libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY,
+        ):
+            self.postcopy_seen = True
+
+    def close(self) -> None:
+        if self.callback is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self.src.virconn.domainEventDeregisterAny(self.callback)
+            self.callback = None
 
     def sample(self) -> None:
         try:
@@ -443,6 +493,7 @@ class _Watcher:
         try:
             self.dom.migrateSetMaxDowntime(milliseconds, 0)
             self.downtime = milliseconds
+            self.steps.append(milliseconds)
         except libvirt.libvirtError:
             pass  # the job is not in a phase that takes it yet; the next sample retries
 
