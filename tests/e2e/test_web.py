@@ -4,6 +4,7 @@ a viewer sees no action buttons and gets 403 from the API."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -20,9 +21,22 @@ from tests.integration.conftest import remove_vm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-VM = "t-api-e2e"
-CLONE = "t-api-e2e-clone"
-ISO = "t-api-demo.iso"
+#: Names carry this run's pid, so two runs at once (two worktrees) never touch each other's VMs;
+#: the leftovers of a run that was killed are recognised by their pid being gone.
+RUN = os.getpid()
+VM = f"t-api-e2e-{RUN}"
+CLONE = f"t-api-e2e-{RUN}-clone"
+ISO = f"t-api-demo-{RUN}.iso"
+_OURS = re.compile(r"t-api-(?:e2e|demo)-(\d+)(?:-clone|\.iso)?")
+
+
+def _leftover(name: str) -> bool:
+    """A name of this test from a run that no longer runs (or of this run)."""
+    match = _OURS.fullmatch(name)
+    if match is None:
+        return False
+    pid = int(match[1])
+    return pid == RUN or not Path(f"/proc/{pid}").exists()
 
 
 def _api(served: Served) -> httpx.Client:
@@ -32,13 +46,17 @@ def _api(served: Served) -> httpx.Client:
 
 
 def _cleanup(served: Served) -> None:
-    """Remove what this test made (VMs with their kvmgr-made disks, the imported ISO)."""
+    """Remove what this test made (VMs with their kvmgr-made disks, the imported ISO), and what
+    a killed run of it left."""
     with _api(served) as api:
-        for name in (CLONE, VM):
+        vms = [row["name"] for row in api.get("/api/v1/vms").json() if _leftover(row["name"])]
+        for name in sorted(vms, reverse=True):  # a clone before its source
             api.delete(f"/api/v1/vms/{name}", params={"force": "true"})
-        api.delete(f"/api/v1/isos/{ISO}")
+        for iso in api.get("/api/v1/isos").json():
+            if _leftover(iso["name"]):
+                api.delete(f"/api/v1/isos/{iso['name']}")
     with open_connection() as conn:  # whatever the API could not remove
-        for name in (CLONE, VM):
+        for name in (CLONE, VM, *vms):
             remove_vm(conn, name)
 
 
