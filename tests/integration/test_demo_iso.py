@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from kvmgr.services import storage, storage_pools
 from kvmgr.services.console import attach_interactive
 from kvmgr.units import MIB
 from tests.integration.conftest import Cleanup
-from tests.integration.guest import GuestShell, demo_domain
+from tests.integration.guest import GuestShell, demo_domain, eventually
 
 PREFIX = "t-infra-"
 VM = f"{PREFIX}demo"
@@ -115,16 +116,31 @@ def test_interactive_console_passes_keys_and_ends_on_escape(
             kwargs={"stdin": stdin, "stdout": stdout, "force": True},
         )
         worker.start()
-        time.sleep(3)  # the guest answers within this under emulation
+        # the escape key goes once the guest's answer is back (not after a guessed pause)
+        seen = _read_until(out_read, b"attach-42", timeout=60)
         os.write(keys_write, b"\x1d")  # ^]
         worker.join(timeout=10)
         assert not worker.is_alive(), "the escape key did not end the session"
     os.close(keys_write)
     with open(out_read, "rb") as output:
-        transcript = output.read()
+        transcript = seen + output.read()
     assert b"Connected to t-infra-demo" in transcript
     assert b"attach-42" in transcript
     _reattach(conn, guest)
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
+    """What arrives on ``fd`` until ``wanted`` is in it (or ``timeout`` passes)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
 
 
 def _reattach(conn: Connection, guest: BootedGuest) -> None:
@@ -137,26 +153,17 @@ def test_hot_added_vcpu_comes_online_in_the_guest(guest: BootedGuest) -> None:
     assert guest.shell.run("grep -c ^processor /proc/cpuinfo") == "1"
     guest.dom.setVcpusFlags(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     # The guest's init onlines new vCPUs once a second (there is no udev to do it).
-    assert _eventually(lambda: guest.shell.run("grep -c ^processor /proc/cpuinfo") == "2", 20)
+    assert eventually(lambda: guest.shell.run("grep -c ^processor /proc/cpuinfo") == "2", 20)
 
 
 def test_balloon_shrinks_the_memory_the_guest_sees(guest: BootedGuest) -> None:
     before = _mem_total_kib(guest.shell)
     guest.dom.setMemoryFlags(192 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-    assert _eventually(lambda: _mem_total_kib(guest.shell) <= before - 48 * 1024, 30)
+    assert eventually(lambda: _mem_total_kib(guest.shell) <= before - 48 * 1024, 30)
 
 
 def _mem_total_kib(shell: GuestShell) -> int:
     return int(shell.run("grep MemTotal /proc/meminfo").split()[1])
-
-
-def _eventually(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
-    return True
 
 
 def test_acpi_shutdown_powers_the_guest_off(guest: BootedGuest) -> None:

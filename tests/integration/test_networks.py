@@ -17,8 +17,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from kvmgr.errors import AlreadyExists, InvalidState
 from kvmgr.services import addresses, network_subnets, networks
 from kvmgr.services.networks import NetworkSpec
 from kvmgr.xml.domain import Interface
-from tests.integration.guest import GuestShell, demo_domain
+from tests.integration.guest import GuestShell, demo_domain, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +78,14 @@ def _define_vm(conn: Connection, iso: str, name: str, nics: list[tuple[str, str]
 def _boot(conn: Connection, names: list[str], stack: contextlib.ExitStack) -> dict[str, GuestShell]:
     """Start each VM and attach to its console at once, so its boot markers are not missed
     (a console attached after the guest's shell started may never see them); ``shell.ip`` is
-    the address the guest reported."""
+    the address the guest reported.  All are started before any is waited for: the guests boot
+    side by side (one emulated CPU each) instead of one after the other."""
     shells = {}
     for name in names:
         conn.virconn.lookupByName(name).create()
         shells[name] = stack.enter_context(GuestShell.open(conn, name))
-        shells[name].wait_ready(timeout=240)
+    for shell in shells.values():
+        shell.wait_ready(timeout=240)
     return shells
 
 
@@ -201,15 +202,6 @@ def _host_bridge_with_dhcp(workdir: Path) -> Iterator[Path]:
         _netns("ip", "link", "del", BRIDGE)
 
 
-def _eventually(check: Callable[[], object], timeout: float) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
-
-
 def test_guest_on_a_host_bridge_gets_lan_dhcp_and_is_found_by_arp(
     conn: Connection, iso: str, tmp_path: Path
 ) -> None:
@@ -241,6 +233,12 @@ def test_guest_on_a_host_bridge_gets_lan_dhcp_and_is_found_by_arp(
 
         # traffic from the guest puts it in the daemon namespace's ARP table
         shell.run(f"ping -c 1 -W 3 {BRIDGE_ADDR}", timeout=30)
-        found = _eventually(lambda: addresses.discover_ips(conn, BRVM), 10)
+        found: list[tuple[str, str, str]] = []
+
+        def _some_found() -> bool:
+            found[:] = addresses.discover_ips(conn, BRVM)
+            return bool(found)
+
+        eventually(_some_found, 10)
         # libvirt's ARP source when it works, else the namespace's neighbour table over netlink
         assert found in ([(BRVM_MAC, ip, "arp")], [(BRVM_MAC, ip, "neighbour")])
