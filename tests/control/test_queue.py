@@ -141,3 +141,21 @@ def test_a_silent_worker_elsewhere_is_judged_by_its_heartbeat(store: Store) -> N
     assert fresh.housekeep() == []  # its heartbeat is fresh
     fresh.stale_after = fresh.stale_after * 0  # any heartbeat is now too old
     assert fresh.housekeep() == [task["id"]]
+
+
+def test_a_running_task_s_measurements_show_as_result_live_until_it_ends(store: Store) -> None:
+    """``report(..., live=)`` (a migration's job stats for the web page) is the running task's
+    ``result.live``; the handler's result replaces it, and a plain report leaves it alone."""
+    people = principals(store)
+    queued = tasks.submit(store, "noop", {}, owner=people["ann"], target="x")
+    claimed = tasks.claim(store, "w1")
+    assert claimed is not None and claimed.id == queued["id"]
+    tasks.report(store, "w1", claimed.id, "memory: 10 MiB left", 40, live={"memory_remaining": 10})
+    tasks.report(store, "w1", claimed.id, "still going", None)
+    with store.session() as session:
+        row = tasks.as_dict(tasks.get_task(session, people["ann"], claimed.id))
+    assert row["result"] == {"live": {"memory_remaining": 10}}
+    assert (row["message"], row["progress"]) == ("still going", 40)
+    assert tasks.complete(store, "w1", claimed.id, result={"moved": True})
+    with store.session() as session:
+        assert tasks.get_task(session, people["ann"], claimed.id).result == {"moved": True}

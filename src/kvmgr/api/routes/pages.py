@@ -82,7 +82,15 @@ def vnc_page(request: Request, name: str, who: Viewer, ctx: Ctx) -> Response:
 
 @router.get("/hosts", response_class=HTMLResponse)
 def hosts_page(request: Request, who: Viewer) -> Response:
-    return render(request, who, "hosts.html")
+    from kvmgr.control.move_limits import EVACUATE_PARALLEL, EVACUATE_PARALLEL_MAX
+
+    return render(
+        request,
+        who,
+        "hosts.html",
+        evacuate_parallel=EVACUATE_PARALLEL,
+        evacuate_max=EVACUATE_PARALLEL_MAX,
+    )
 
 
 @router.get("/networks", response_class=HTMLResponse)

@@ -1,5 +1,5 @@
 // The hosts page: every registered host from /api/v1/hosts (queried by the server in parallel,
-// each within its time bound), and for admins add, maintenance on/off and remove.
+// each within its time bound), and for admins add, maintenance on/off, evacuate and remove.
 "use strict";
 
 pages.hosts = async () => {
@@ -10,6 +10,8 @@ pages.hosts = async () => {
   const actions = (h) => kvmgr.group(
     kvmgr.button(h.maintenance ? "end maintenance" : "maintenance", () => kvmgr.attempt(tableError,
       () => kvmgr.api("PATCH", base(h.name), { maintenance: !h.maintenance }), refresh)),
+    // The plan first (a dry run), then the task's progress: see migrate.js.
+    kvmgr.button("evacuate…", () => kvmgrMoves.evacuate(h.name, refresh).catch((err) => kvmgr.showError(tableError, err))),
     kvmgr.button("remove…", async () => {
       if (!await kvmgr.confirmByName(`Forget host ${h.name}? Its VMs keep running.`, h.name)) return;
       await kvmgr.attempt(tableError, () => kvmgr.api("DELETE", base(h.name)), refresh);
