@@ -129,17 +129,22 @@ class GuestShell:
         """Wait for KVMGR-READY and return the guest's IPv4 address.
 
         The markers may have gone by before the console attached; then the shell prompt is
-        there instead (a newline brings it back), and ``kvmgr-ready`` prints them again.
+        there instead (a newline brings it back), and ``kvmgr-ready`` prints them again.  The
+        first newline goes after 1 s of no marker, not 5 s: most consoles here attach to a guest
+        that booted long ago (each of them waited 5 s for nothing), and a newline typed while the
+        guest still boots is harmless (one went every 5 s of a boot before, too).
         """
         deadline = time.monotonic() + timeout
+        patience = 1.0
         while True:
             remaining = deadline - time.monotonic()
             try:
-                match = self.session.expect(_PROMPT_OR_READY, min(5.0, max(remaining, 0.1)))
+                match = self.session.expect(_PROMPT_OR_READY, min(patience, max(remaining, 0.1)))
             except ConsoleTimeout:
                 if time.monotonic() >= deadline:
                     raise
                 self.session.write(b"\r")  # wake the prompt of a guest that booted before us
+                patience = 5.0
                 continue
             if match[1] is None:
                 match = self._ask_ready(deadline - time.monotonic())
