@@ -1,9 +1,10 @@
 """``kvmgr vm vnc`` and the graphics in ``vm info`` on the real daemon (issue 16 item 3).
 
-Two demo guests: one as kvmgr makes them (VNC on a unix socket, no password), one as
-virt-install makes them (VNC on 127.0.0.1 TCP with its own password).  The forwarder runs as a
-real ``kvmgr`` process; the RFB client below is written out here, not borrowed from the
-service, so the test checks the protocol rather than the code against itself.
+Two demo guests, started paused (no test needs their OS): one as kvmgr makes them (VNC on a
+unix socket, no password), one as virt-install makes them (VNC on 127.0.0.1 TCP with its own
+password).  The forwarder runs as a real ``kvmgr`` process; the RFB client below is written
+out here, not borrowed from the service, so the test checks the protocol rather than the code
+against itself.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def guests(conn: Connection, demo_iso: Path, module_cleanup: Cleanup) -> dict[st
     for name, tcp in ((SOCKET_VM, False), (TCP_VM, True)):
         spec = _with_vnc(demo_domain(conn, name, str(demo_iso)), tcp=tcp)
         made[name] = conn.virconn.defineXML(spec.to_xml())
-        made[name].create()
+        # Paused from the start: QEMU (and its VNC server, display and password) is all these
+        # tests talk to, and kvmgr's vm vnc serves a paused VM as a running one; two emulated
+        # boots would only take CPU from the forwarder processes under test.
+        made[name].createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
     conn.virconn.defineXML(_with_vnc(demo_domain(conn, OFF_VM, str(demo_iso)), tcp=False).to_xml())
     return made
 
