@@ -110,6 +110,10 @@ def _create(
     if request is not None:
         seed = build_seed(request, instance_id=str(uuid.uuid4()), vm_name=spec.name, macs=macs)
     say(f"making a {size // 2**30 or 1} GiB overlay of image {image.name}")
+    # Used until the VM is defined: a pool delete --force would otherwise take the overlay,
+    # which no VM uses yet, and the define would name a file that is gone.
+    steps.uses("pool", first.pool)
+    steps.uses("volume", first.pool, f"{spec.name}.qcow2")
     steps.undo_with("volume.delete", pool=first.pool, name=f"{spec.name}.qcow2")
     overlay = create_volume(
         conn,

@@ -256,6 +256,10 @@ def upload_bytes(
     spec.allocation = 0
     spec.target_format = fmt
     spec.target_mode = "0600"
+    # Used until the operation ends: no VM uses the new volume before the define, so a pool
+    # delete --force would otherwise take it.
+    steps.uses("pool", pool_name)
+    steps.uses("volume", pool_name, name)
     steps.undo_with("volume.delete", pool=pool_name, name=name)
     with libvirt_errors(f"creating volume {name} in pool {pool_name}"):
         vol = pool.createXML(spec.to_xml(), 0)
