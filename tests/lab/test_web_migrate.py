@@ -2,7 +2,7 @@
 the lab's hosts registered: a running demo guest migrated from its page arrives on the other
 host with the job's numbers shown while it ran, a refused host shows its reason, a slow
 (1 MiB/s) migration cancelled from the page leaves the VM on its source, and the hosts page
-evacuates a host (the plan first, then progress) into maintenance.
+evacuates a host (the plan first, then each VM's progress) into maintenance.
 
 It lives in tests/lab, not tests/e2e: the ``lab`` fixture is session-wide in tests/lab's
 conftest (a second definition imported elsewhere would build a second lab), while the e2e side
@@ -231,36 +231,59 @@ def test_cancel_of_a_slow_migration_leaves_the_vm_on_its_source(
 
 
 def test_evacuate_from_the_hosts_page_shows_the_plan_then_progress(
-    browser: Any, web: Served, lab_tls: list[Connection], tmp_path: Path
+    browser: Any, web: Served, lab_tls: list[Connection], demo_iso: Path, tmp_path: Path
 ) -> None:
-    """Host h4 with two shut-off VMs: the plan lists both, then both move (offline) and h4
-    ends empty and in maintenance."""
+    """Host h4 with a running demo guest and two shut-off VMs: the plan lists all three, then
+    they move two at a time (the running one live, its job's figures in its row while it
+    moves, read from the evacuation task) and h4 ends empty and in maintenance."""
     h4 = lab_tls[3]
     names = [f"{PREFIX}-ev{i}" for i in range(2)]
     for name in names:
         path = storage.create_volume(h4, POOL, f"{name}.img", 4 * MIB, "raw").path
         h4.virconn.defineXML(_shut_off_domain(h4, name, [path], "default").to_xml())
+    running = f"{PREFIX}-evlive"
+    ref = storage.create_volume(h4, POOL, f"{running}.qcow2", 32 * MIB, "qcow2")
+    domain = demo_domain(h4, running, str(demo_iso), disk_path=ref.path, memory=160 * MIB)
+    h4.virconn.defineXML(domain.to_xml())
+    h4.virconn.lookupByName(running).create()
+    with GuestShell.open(h4, running) as shell:
+        shell.wait_ready()  # booted: its memory holds data, seconds to copy, not a blink
     page = _login(browser, web, "admin")
     try:
         page.goto(f"{web.url}/hosts")
         row = page.locator("#host-table tbody tr", has_text="h4")
         row.locator("button", has_text="evacuate").click()
         plan = page.locator("#evacuate-plan tbody tr")
-        expect(plan).to_have_count(2, timeout=60_000)
+        expect(plan).to_have_count(3, timeout=60_000)
         for name in names:
             expect(page.locator(f"#evacuate-plan tr[data-vm={name}]")).to_contain_text("planned")
             expect(page.locator(f"#evacuate-plan tr[data-vm={name}]")).to_contain_text("offline")
+        live_row = page.locator(f"#evacuate-plan tr[data-vm={running}]")
+        expect(live_row).to_contain_text("live")
         expect(page.locator("#evacuate-parallel")).to_have_value("2")
         _shot(page, tmp_path, "evacuate-plan")
         page.click("#evacuate-start")
-        page.locator("#evacuate-card[data-state]").wait_for(timeout=180_000)
+        shown: list[str] = []
+        deadline = time.monotonic() + 180
+        while not page.locator("#evacuate-card[data-state]").count():
+            assert time.monotonic() < deadline, "the evacuation did not end in time"
+            text = live_row.locator("td").nth(5).inner_text()  # its progress cell
+            if text and text not in shown:
+                shown.append(text)
+                if len(shown) == 1:
+                    _shot(page, tmp_path, "evacuate-progress")
+            time.sleep(0.3)
         _shot(page, tmp_path, "evacuate-done")
+        print("the live move's row while it moved:", shown)
+        assert any(re.search(r"memory \d+/\d+ MiB.*MiB/s", text) for text in shown), shown
         assert page.locator("#evacuate-card").get_attribute("data-state") == "done"
         expect(page.locator("#evacuate-result")).to_contain_text("empty and in maintenance")
-        for name in names:
+        for name in [*names, running]:
             expect(page.locator(f"#evacuate-plan tr[data-vm={name}]")).to_contain_text("moved")
         assert not h4.virconn.listAllDomains(0)
         expect(row).to_contain_text("end maintenance")  # the table was refreshed
         assert {host for name in names for host in _where(lab_tls, name)} <= {"h1", "h2"}
+        (arrived,) = _where(lab_tls, running)
+        assert lab_tls[int(arrived[1:]) - 1].virconn.lookupByName(running).isActive()
     finally:
         page.context.close()
