@@ -246,3 +246,15 @@ def test_metrics_say_last_success_duration_and_failures(tmp_path: Path) -> None:
     assert f'kvmgr_backup_last_success_timestamp_seconds{{vm="we\\"b"}} {stamp}' in lines
     assert 'kvmgr_backup_last_duration_seconds{vm="we\\"b"} 3.500' in lines
     assert 'kvmgr_backup_failures{vm="we\\"b"} 1' in lines
+
+
+def test_zero_chunks_are_told_from_data_in_any_buffer() -> None:
+    from kvmgr.services.backup.repository import is_zero
+
+    for kind in (bytes, bytearray, lambda b: memoryview(bytearray(b))):
+        assert is_zero(kind(bytes(CHUNK)))
+        assert is_zero(kind(bytes(512)))  # the disk's short tail
+        for at in (0, CHUNK // 2, CHUNK - 1):
+            data = bytearray(CHUNK)
+            data[at] = 1
+            assert not is_zero(kind(bytes(data))), at

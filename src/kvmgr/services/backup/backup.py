@@ -49,9 +49,10 @@ from kvmgr.xml.domain import Domain
 #: Chunks per NBD read request (4 MiB): large enough to amortise a request, small enough to
 #: pipeline several.
 _RUN = 64
-#: Threads hashing and compressing chunks, and how many chunks may wait for them (16 MiB).
+#: Threads hashing and compressing chunks, and how many reads (of up to _RUN chunks each, so
+#: 16 MiB) may wait for them.
 _WORKERS = 2
-_IN_FLIGHT = 256
+_IN_FLIGHT = 4
 #: Batches of chunks (about a 4 MiB read each) waiting for the pack writer.
 _WRITES_QUEUED = 8
 CHECKPOINT_PREFIX = "kvmgr-"
@@ -382,34 +383,39 @@ def _copy_disk(
         runs = list(_runs(wanted, client.size))
         total = sum(length for _, length in runs) or 1
         done = 0
-        # Hashing and compressing (both release the GIL) run in threads, and one more thread
-        # appends finished chunks to the pack in disk order, while this one keeps QEMU's NBD
-        # server busy with the next requests.
-        pending: deque[tuple[int, Future[Prepared]]] = deque()
+        # Hashing and compressing (both release the GIL) run in threads, a whole read per task
+        # (a task per chunk cost a future and two thread hand-offs per 64 KiB, which on a busy
+        # machine took more CPU than the hashing), and one more thread appends finished chunks
+        # to the pack in disk order, while this one keeps QEMU's NBD server busy.
+        pending: deque[Future[list[tuple[int, Prepared]]]] = deque()
         writes: deque[Future[None]] = deque()
         with (
             ThreadPoolExecutor(max_workers=_WORKERS) as pool,
             ThreadPoolExecutor(max_workers=1) as disk,
         ):
             for (offset, length), data in zip(runs, client.read_many(runs), strict=True):
-                view = memoryview(data)
-                for at in range(0, length, CHUNK):
-                    chunk = view[at : at + CHUNK]
-                    pending.append(((offset + at) // CHUNK, pool.submit(writer.prepare, chunk)))
-                ready: list[tuple[int, Prepared]] = []
-                while len(pending) > _IN_FLIGHT or (pending and pending[0][1].done()):
-                    number, future = pending.popleft()
-                    ready.append((number, future.result()))
-                if ready:
-                    writes.append(disk.submit(writer.store_many, ready))
+                pending.append(pool.submit(_prepare_run, writer, offset, memoryview(data), length))
+                while len(pending) > _IN_FLIGHT or (pending and pending[0].done()):
+                    writes.append(disk.submit(writer.store_many, pending.popleft().result()))
                 while len(writes) > _WRITES_QUEUED or (writes and writes[0].done()):
                     writes.popleft().result()
                 done += length
                 steps.progress(f"disk {writer.target}: {done * 100 // total}%", done * 100 // total)
-            rest = [(number, future.result()) for number, future in pending]
-            writes.append(disk.submit(writer.store_many, rest))
+            for prepared in pending:
+                writes.append(disk.submit(writer.store_many, prepared.result()))
             for write in writes:
                 write.result()
+
+
+def _prepare_run(
+    writer: DiskWriter, offset: int, view: memoryview, length: int
+) -> list[tuple[int, Prepared]]:
+    """Hash and compress the chunks of one read (in a worker thread)."""
+    first = offset // CHUNK
+    return [
+        (first + index, writer.prepare(view[at : at + CHUNK]))
+        for index, at in enumerate(range(0, length, CHUNK))
+    ]
 
 
 def _runs(extents: list[nbd.Extent], size: int) -> Iterator[tuple[int, int]]:

@@ -70,6 +70,15 @@ class Prepared:
     flags: int
 
 
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True for a chunk of zeros.  A memoryview compared with ``==`` goes byte by byte (about
+    1 ms per zero chunk, against 25 us for a copy compared with memcmp); most chunks are not
+    zero and differ at the first or last byte, so those are looked at first."""
+    if not len(data) or data[0] or data[-1]:
+        return not len(data)
+    return bytes(data) == ZERO_CHUNK[: len(data)]
+
+
 @dataclass
 class DiskWriter:
     """Writes one disk of a new point: its chunks into a pack, its map into an index."""
@@ -94,7 +103,7 @@ class DiskWriter:
 
     def prepare(self, data: bytes | bytearray | memoryview) -> Prepared:
         """Hash and (where it pays) compress a chunk: the CPU work, safe to run in threads."""
-        if data == ZERO_CHUNK[: len(data)]:
+        if is_zero(data):
             return Prepared(len(data), None, b"", 0)
         digest = hashlib.sha256(data).digest()
         if self.payoff.should_try():
