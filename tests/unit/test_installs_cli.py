@@ -39,6 +39,8 @@ def test_cloud_options_need_an_image_and_install_options_an_iso(tmp_path: Path) 
     assert code == 1 and "need --cloud-init" in output
     code, output = _kvmgr("vm", "create", "t-cli-c", "--image", "x", "--script", "a.ks")
     assert code == 1 and "--script goes with --unattended" in output
+    code, output = _kvmgr("vm", "create", "t-cli-c", "--image", "x", "--product-key", "K")
+    assert code == 1 and "--product-key goes with --unattended" in output
 
 
 def test_named_files_are_checked_first(tmp_path: Path) -> None:
