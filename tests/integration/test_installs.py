@@ -106,6 +106,8 @@ def test_unattended_rocky_install_switches_to_disk_and_boots(
     assert domain.os.kernel is None and domain.os.cmdline is None
     assert domain.on_reboot == "restart"
     assert [d.device for d in domain.devices.disks] == ["disk"]
+    # the installer booted without balloon room; the installed VM has its ceiling back
+    assert domain.memory_bytes == result.vm.max_memory == 2 * domain.current_memory_bytes
     meta = domain.kvmgr_metadata()
     assert meta is not None and meta.owned_volumes == result.vm.volumes
     assert find_volume_by_path(conn, f"/var/lib/libvirt/images/{name}-install-initrd.img") is None
