@@ -121,6 +121,7 @@ const backupUI = (() => {
         vm: document.getElementById("schedule-vm").value.trim() || null,
         every: document.getElementById("schedule-every").value.trim(),
         at: document.getElementById("schedule-at").value.trim() || null,
+        tz: document.getElementById("schedule-tz").value.trim() || null,
       }), refresh);
     });
     document.getElementById("policy-form")?.addEventListener("submit", async (event) => {
