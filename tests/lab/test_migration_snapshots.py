@@ -5,11 +5,13 @@ destination then lists both snapshots with the same parents and current one, rev
 first works there (the frozen layer came along intact), the disk's data is identical, and the
 source has no domain, volume or snapshot record of it left.  A shut-off VM with external
 snapshots moves offline the same way; one with an internal snapshot is refused with the reason.
+A move aborted half way leaves the records on the source and nothing on the destination.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +201,33 @@ def test_offline_move_keeps_external_snapshots_and_internal_ones_are_refused(
         migration.migrate(src, dst, internal)
     assert src.virconn.lookupByName(internal).snapshotNum(0) == 1  # nothing moved or lost
     assert f"{internal}.qcow2" not in _volumes(dst)
+
+
+def test_aborted_move_leaves_the_snapshots_on_the_source_and_nothing_on_the_destination(
+    lab: labs.Lab, lab_ssh: list[Connection], demo_iso: Path, clean: None
+) -> None:
+    name = f"{PREFIX}abort"
+    src, dst = lab_ssh[0], lab_ssh[1]
+    ref = storage.create_volume(src, POOL, f"{name}.qcow2", 64 * MIB, "qcow2")
+    src.virconn.defineXML(demo_domain(src, name, str(demo_iso), disk_path=ref.path).to_xml())
+    src.virconn.lookupByName(name).create()
+    with GuestShell.open(src, name) as shell:
+        shell.wait_ready()
+    snapshots.create_snapshot(src, name, "kept", disk_only=True)
+    cancel = threading.Event()
+
+    def halfway(sample: migration.Progress) -> None:
+        if sample.memory_done or sample.disk_done:
+            cancel.set()
+
+    options = migration.MigrateOptions(bandwidth_mib=2, dest_address=lab.host(2).address)
+    with pytest.raises(InvalidState, match="aborted"):
+        migration.migrate(src, dst, name, options, progress=halfway, cancel=cancel)
+    # The records were taken off for the move and put back by the source's settle action.
+    assert _tree(src, name) == [("kept", None, True)]
+    assert src.virconn.lookupByName(name).isActive()
+    assert {f"{name}.qcow2", f"{name}.kept.vda.qcow2"} <= _volumes(src)
+    # The layer copied ahead and the top made for the mirror are gone from the destination.
+    with pytest.raises(libvirt.libvirtError):
+        dst.virconn.lookupByName(name)
+    assert not {v for v in _volumes(dst) if v.startswith(name)}
