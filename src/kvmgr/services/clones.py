@@ -173,7 +173,9 @@ def _build_clone(
         disk.driver_type = "qcow2" if linked else disk.driver_type
     _set_metadata(clone, made, source if linked else None)
     journal.undo_with("domain.undefine", uuid=clone.uuid)
-    use_definition(conn, journal, clone)
+    # A network is held, not required: a clone of a VM whose network was deleted with --force
+    # is defined as the source is (a racing delete is refused: the source VM uses it).
+    use_definition(conn, journal, clone, require_networks=False)
     journal.progress(f"defining VM {name}")
     with libvirt_errors(f"defining VM {name}"):
         conn.virconn.defineXML(clone.to_xml())
