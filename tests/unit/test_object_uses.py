@@ -186,3 +186,33 @@ def test_a_create_waits_for_a_delete_then_is_refused_naming_it_and_a_dead_delete
             deleter.kill()
         deleter.join(10)
         store.dispose()
+
+
+def test_the_end_of_an_operation_marks_it_done_and_releases_everything(shared_url: str) -> None:
+    """The end of a journaled operation (one statement on PostgreSQL): done, its records gone,
+    its leases and uses released, in the database as in this process's registry."""
+    from sqlalchemy import select
+
+    from kvmgr.control.journal import record_count
+    from kvmgr.control.models import Lease, Operation
+    from kvmgr.services.steps import ACTIONS, recovery_action
+
+    if "test.uses.noop" not in ACTIONS:
+        recovery_action("test.uses.noop")(lambda _conn, _args: None)
+    store = Store(shared_url)
+    plane = ControlPlane(store, "cli:me", lambda _host: None)  # type: ignore[arg-type,return-value]
+    try:
+        with plane.operation("create", "t-use-end", "end-host", ["vm:end-host/u1"]) as steps:
+            steps.undo_with("test.uses.noop", what="x")
+            steps.uses("network", "end-net")
+            op_id = steps.operation_id  # type: ignore[attr-defined]
+        with store.session() as session:
+            op = session.get(Operation, op_id)
+            assert op is not None and op.state == "done" and op.finished is not None
+            left = session.scalars(select(Lease.key).where(Lease.key.like("%end-%"))).all()
+        assert left == [] and record_count(store, op_id) == 0
+        assert not plane.leases.holds("vm:end-host/u1")
+        with plane.lease("vm:end-host/u1", "start"):  # free again, here as for others
+            pass
+    finally:
+        store.dispose()

@@ -252,14 +252,7 @@ class Leases:
     def drop(self, keys: list[str], session: Session | None = None) -> None:
         """Leave ``keys``; the rows of those left for the last time are deleted, in ``session``
         when given (so they go in the caller's transaction), else in one of their own."""
-        gone: list[str] = []
-        with self._guard:
-            for key in keys:
-                held = self._held[key]
-                held.depth -= 1
-                if not held.depth:
-                    del self._held[key]
-                    gone.append(key)
+        gone = self.forget(keys)
         if not gone:
             return
         stmt = self._sql["release"]
@@ -273,6 +266,19 @@ class Leases:
         except OperationFailed as err:
             # Not fatal: the rows expire by themselves once nobody renews them.
             log.warning("could not release leases %s: %s", gone, err)
+
+    def forget(self, keys: list[str]) -> list[str]:
+        """Leave ``keys`` in this process's registry only; returns those left for the last
+        time, whose rows the caller deletes (holder = this process) in its own statement."""
+        gone: list[str] = []
+        with self._guard:
+            for key in keys:
+                held = self._held[key]
+                held.depth -= 1
+                if not held.depth:
+                    del self._held[key]
+                    gone.append(key)
+        return gone
 
     def insert(self, connection: Any, key: str, operation: str, actor: str) -> LeaseInfo:
         """Insert a fresh lease row held by this process in the caller's transaction; pass the

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Connection as DBConnection
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection
@@ -270,6 +270,10 @@ class ControlPlane:
             operation_ended(hooked)
             # Durable once records exist: a lost "done" would have recovery undo finished work.
             journaled = bool(steps.undo or steps.finish)
+            if journaled and self.store.engine.dialect.name == "postgresql":
+                gone, held = self.leases.forget(held), []
+                self._end_postgres(op_id, steps.message, gone)
+                return
             end = self.store.session() if journaled else self.leases.lax_transaction()
             with end as session:
                 self._end_in(session, op_id, DONE, None, steps.message, drop_records=journaled)
@@ -278,6 +282,22 @@ class ControlPlane:
         finally:
             if held:
                 self.leases.drop(held)
+
+    def _end_postgres(self, op_id: str, message: str, released: list[str]) -> None:
+        """Mark the operation done, drop its records and release its leases in ONE statement
+        (data-modifying CTEs: atomic like a transaction, one round trip instead of five),
+        committed synchronously."""
+        with self.store.single() as connection:
+            connection.execute(
+                _END_POSTGRES,
+                {
+                    "id": op_id,
+                    "message": message,
+                    "finished": utcnow(),
+                    "keys": released,
+                    "holder": holder_id(),
+                },
+            )
 
     def _failed(self, op_id: str, host: str, steps: JournalSteps, err: BaseException) -> None:
         """Undo (or finish) in-process what the journal of a failed operation says."""
@@ -357,6 +377,15 @@ class ControlPlane:
                 )
                 for op in session.scalars(query)
             ]
+
+
+#: The end of a journaled operation on PostgreSQL (see ControlPlane._end_postgres).
+_END_POSTGRES = text(
+    "WITH records AS (DELETE FROM operation_records WHERE operation_id = :id),"
+    " released AS (DELETE FROM leases WHERE key = ANY(:keys) AND holder = :holder)"
+    " UPDATE operations SET state = 'done', error = NULL, message = :message,"
+    " finished = :finished WHERE id = :id"
+).bindparams(bindparam("finished", type_=_OPERATIONS.c.finished.type))
 
 
 def _split(key: Key | str) -> tuple[str, str]:
