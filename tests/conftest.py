@@ -9,10 +9,22 @@ get it too; a test may still point it elsewhere.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.testdriver import reset_default_test_driver
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile kvmgr once, as an installation does.  With PYTHONDONTWRITEBYTECODE=1 (set
+    on these machines) every ``kvmgr`` subprocess a test runs compiled each module it imported
+    again: ~0.2 s of CPU of its ~1.1 s start (measured).  compileall writes only stale files."""
+    import compileall
+
+    import kvmgr
+
+    compileall.compile_dir(Path(kvmgr.__file__).parent, quiet=2)
 
 
 @pytest.fixture(scope="session", autouse=True)
