@@ -20,7 +20,6 @@ kvmgr is measured as the command, like-for-like with the peer's command.
 
 from __future__ import annotations
 
-import compileall
 import json
 import os
 import random
@@ -52,7 +51,6 @@ def run(ctx: Context) -> Iterator[Line]:
     conn = libvirt.open(ctx.system_uri)
     names = {tool: f"{PREFIX}{tool}" for tool in ("kvmgr", "peer")}
     work = ctx.workdir / "backup"
-    _compile_kvmgr()
     try:
         _clean(conn)
         shutil.rmtree(work, ignore_errors=True)
@@ -260,19 +258,6 @@ def _peer_backup(ctx: Context, name: str, level: str, target: Path) -> float:
 
 
 # ------------------------------------------------------------------------------ set-up
-def _compile_kvmgr() -> None:
-    """kvmgr's modules as bytecode, as an installed package has them.
-
-    Debian's virtnbdbackup ships its .pyc files; kvmgr run from a source tree with
-    PYTHONDONTWRITEBYTECODE=1 (this machine's environment) compiled its ~80 modules again in
-    every command: 0.5 s of a profiled incremental (cProfile, ``source_to_code``), 0.1-0.4 s of
-    CPU measured per ``kvmgr backup create``.
-    """
-    import kvmgr
-
-    compileall.compile_dir(os.path.dirname(kvmgr.__file__), quiet=1)
-
-
 def _data_file(work: Path) -> Path:
     """1 GiB in 64 MiB extents: even extents random, odd ones text-like lines."""
     path = work / "data.bin"

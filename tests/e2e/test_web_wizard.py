@@ -176,11 +176,9 @@ def test_unattended_install_from_the_wizard(page: Any, served: Served, media: No
     screenshot(page, "wizard-unattended-vm")
     assert SECRET not in page.content() and SECRET not in page.inner_text("body")
     # the page lists its one disk and no installer media
-    devices = (
-        page.locator("table.grid").nth(1).locator("tbody tr td:nth-child(2)").all_inner_texts()
-    )
+    devices = page.locator("#vm-disks").locator("tbody tr td:nth-child(2)").all_inner_texts()
     assert devices == ["disk"], devices
-    assert f"{POOL_PATH}/{name}.qcow2" in page.inner_text("table.grid >> nth=1")  # the pool picked
+    assert f"{POOL_PATH}/{name}.qcow2" in page.inner_text("#vm-disks")  # the pool picked
     with _api(served) as api:
         task = api.get(f"/api/v1/tasks/{task_id}")
         assert task.json()["state"] == "done", task.text
@@ -212,9 +210,7 @@ def test_cloud_image_from_the_wizard(page: Any, served: Served, media: None) -> 
     task_id = _submit(page, served, name, timeout_ms=120_000)
 
     expect(page.locator("#vm-state")).to_have_text("running", timeout=30_000)
-    devices = (
-        page.locator("table.grid").nth(1).locator("tbody tr td:nth-child(2)").all_inner_texts()
-    )
+    devices = page.locator("#vm-disks").locator("tbody tr td:nth-child(2)").all_inner_texts()
     assert sorted(devices) == ["cdrom", "disk"], devices  # the overlay and the seed
     screenshot(page, "wizard-cloud-vm")
     with _api(served) as api:
