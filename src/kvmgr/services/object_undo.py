@@ -28,13 +28,9 @@ def undo_network(conn: Connection, args: dict[str, Any]) -> None:
     from kvmgr.services.networks import vms_using
 
     name = str(args["name"])
-    with libvirt_errors(f"looking up network {name}"):
-        try:
-            net = conn.virconn.networkLookupByName(name)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-                return
-            raise
+    net = _network_or_none(conn, name)
+    if net is None:
+        return
     users = vms_using(conn, name)
     if users:
         raise InvalidState(
@@ -42,11 +38,7 @@ def undo_network(conn: Connection, args: dict[str, Any]) -> None:
             f"{', '.join(users)} use(s) it now, so it is kept",
             hint=f"delete it with 'kvmgr net delete {name}' if it is not needed",
         )
-    with libvirt_errors(f"deleting network {name}"):
-        if net.isActive():
-            net.destroy()
-        if net.isPersistent():
-            net.undefine()
+    _remove_network(net, name)
 
 
 @recovery_action(POOL_DELETE)
@@ -54,13 +46,10 @@ def undo_pool(conn: Connection, args: dict[str, Any]) -> None:
     """Undo making pool ``name``: stop and undefine it (its directory too when the operation
     made it and it is empty) unless it is gone or holds volumes now."""
     name = str(args["name"])
-    with libvirt_errors(f"looking up storage pool {name}"):
-        try:
-            pool = conn.virconn.storagePoolLookupByName(name)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                return
-            raise
+    pool = _pool_or_none(conn, name)
+    if pool is None:
+        return
+    with libvirt_errors(f"listing the volumes of storage pool {name}"):
         if pool.isActive():
             pool.refresh(0)
             volumes = pool.listVolumes()
@@ -119,14 +108,11 @@ def finish_network_delete(conn: Connection, args: dict[str, Any]) -> None:
             "now, so it is kept",
             hint=f"delete it with 'kvmgr net delete {name} --force' if it is not needed",
         )
-    with libvirt_errors(f"deleting network {name}"):
-        if net.isActive():
-            net.destroy()
-        if net.isPersistent():
-            net.undefine()
+    _remove_network(net, name)
 
 
 def _network_or_none(conn: Connection, name: str) -> libvirt.virNetwork | None:
+    """Network ``name``, or None when it is gone (recovery's work is then done already)."""
     with libvirt_errors(f"looking up network {name}"):
         try:
             return conn.virconn.networkLookupByName(name)
@@ -134,6 +120,25 @@ def _network_or_none(conn: Connection, name: str) -> libvirt.virNetwork | None:
             if err.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
                 return None
             raise
+
+
+def _pool_or_none(conn: Connection, name: str) -> libvirt.virStoragePool | None:
+    """Storage pool ``name``, or None when it is gone."""
+    with libvirt_errors(f"looking up storage pool {name}"):
+        try:
+            return conn.virconn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None
+            raise
+
+
+def _remove_network(net: libvirt.virNetwork, name: str) -> None:
+    with libvirt_errors(f"deleting network {name}"):
+        if net.isActive():
+            net.destroy()
+        if net.isPersistent():
+            net.undefine()
 
 
 @recovery_action(POOL_FINISH_DELETE)
@@ -144,13 +149,10 @@ def finish_pool_delete(conn: Connection, args: dict[str, Any]) -> None:
     from kvmgr.services.storage_pools import remove_pool
 
     name = str(args["name"])
+    pool = _pool_or_none(conn, name)
+    if pool is None:
+        return
     with libvirt_errors(f"looking up storage pool {name}"):
-        try:
-            pool = conn.virconn.storagePoolLookupByName(name)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                return
-            raise
         if pool.isActive():
             _delete_unused(conn, pool, name, [str(vol) for vol in args.get("volumes", [])])
     remove_pool(pool, name, dir_pool=bool(args.get("dir_pool")))
@@ -160,13 +162,10 @@ def finish_pool_delete(conn: Connection, args: dict[str, Any]) -> None:
 def finish_volume_delete(conn: Connection, args: dict[str, Any]) -> None:
     """Finish deleting the volumes ``names`` of pool ``pool`` (those gone already: done)."""
     name = str(args["pool"])
+    pool = _pool_or_none(conn, name)
+    if pool is None:
+        return
     with libvirt_errors(f"looking up storage pool {name}"):
-        try:
-            pool = conn.virconn.storagePoolLookupByName(name)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                return
-            raise
         if not pool.isActive():
             return  # its volumes cannot be reached: a stopped pool's volumes are not deleted
     _delete_unused(conn, pool, name, [str(vol) for vol in args["names"]])
