@@ -41,6 +41,23 @@ def test_cloud_options_need_an_image_and_install_options_an_iso(tmp_path: Path) 
     assert code == 1 and "--script goes with --unattended" in output
     code, output = _kvmgr("vm", "create", "t-cli-c", "--image", "x", "--product-key", "K")
     assert code == 1 and "--product-key goes with --unattended" in output
+    code, output = _kvmgr("vm", "create", "t-cli-c", "--image", "x", "--product-key-file", "k")
+    assert code == 1 and "--product-key-file goes with --unattended" in output
+
+
+def test_the_product_key_can_come_from_a_file(tmp_path: Path) -> None:
+    from kvmgr.cli.vm_provision import _product_key
+    from kvmgr.errors import InvalidInput, NotFound
+
+    keyfile = tmp_path / "key"
+    keyfile.write_text("  ABCDE-FGHIJ-KLMNO-PQRST-UVWXY \n")
+    assert _product_key({"product_key_file": str(keyfile)}) == "ABCDE-FGHIJ-KLMNO-PQRST-UVWXY"
+    assert _product_key({"product_key": "K"}) == "K"
+    assert _product_key({}) is None
+    with pytest.raises(InvalidInput, match="not both"):
+        _product_key({"product_key": "K", "product_key_file": str(keyfile)})
+    with pytest.raises(NotFound, match="product key file"):
+        _product_key({"product_key_file": str(tmp_path / "nope")})
 
 
 def test_named_files_are_checked_first(tmp_path: Path) -> None:

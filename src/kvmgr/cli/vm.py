@@ -180,7 +180,14 @@ def create(
         str | None, typer.Option(help="--unattended: your own kickstart/preseed file")
     ] = None,
     product_key: Annotated[
-        str | None, typer.Option(help="--unattended Windows: product key (XXXXX-XXXXX-...)")
+        str | None,
+        typer.Option(
+            help="--unattended Windows: product key (XXXXX-XXXXX-...); shows in process "
+            "listings, --product-key-file does not"
+        ),
+    ] = None,
+    product_key_file: Annotated[
+        str | None, typer.Option(help="--unattended Windows: a file with the product key")
     ] = None,
     user_data: Annotated[
         str | None, typer.Option(help="--cloud-init: your user-data (merged with the options)")
@@ -246,7 +253,7 @@ def create(
             "ssh_keys": ssh_key or [], "hostname": hostname, "timezone": timezone,
             "locale": locale, "packages": packages, "profile": profile, "script": script,
             "user_data": user_data, "network_config": network_config,
-            "product_key": product_key,
+            "product_key": product_key, "product_key_file": product_key_file,
         }  # fmt: skip
         # Journaled like every create: a kill -9 mid-install is undone by recovery.
         with journaled("create", name, new_names=(name,)) as steps:

@@ -10,7 +10,10 @@ from kvmgr.errors import InvalidInput
 from kvmgr.services.create import VMSpec
 from kvmgr.services.steps import Steps
 
-_INSTALL_ONLY = ("root_password_file", "timezone", "locale", "packages", "script", "product_key")
+_INSTALL_ONLY = (
+    "root_password_file", "timezone", "locale", "packages", "script", "product_key",
+    "product_key_file",
+)  # fmt: skip
 _CLOUD_ONLY = ("user_data", "network_config")
 
 
@@ -43,13 +46,23 @@ def _unattended(spec: VMSpec, options: dict[str, Any], steps: Steps) -> dict[str
         packages=[p.strip() for p in (options["packages"] or "").split(",") if p.strip()],
         profile=options["profile"],
         script_file=options["script"],
-        product_key=options.get("product_key"),
+        product_key=_product_key(options),
     )
     with status(f"creating {spec.name}") as spinner:
         result = create_unattended(
             conn(), spec, request, wait=wait, steps=steps, progress=spinner.update
         )
     return result.as_dict()
+
+
+def _product_key(options: dict[str, Any]) -> str | None:
+    """The Windows product key, from the option or (kept out of process listings) a file."""
+    from kvmgr.services.unattended import read_secret_file
+
+    key, path = options.get("product_key"), options.get("product_key_file")
+    if key and path:
+        raise InvalidInput("give --product-key or --product-key-file, not both")
+    return read_secret_file(path, "product key file").strip() if path else key
 
 
 def _from_image(spec: VMSpec, options: dict[str, Any], steps: Steps) -> dict[str, Any]:
