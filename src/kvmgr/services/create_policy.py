@@ -42,8 +42,11 @@ _MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 # devices take plus HOTPLUG_PORTS free ones; libvirt fills them in order.
 HOTPLUG_PORTS = 4
 # The default memory ceiling is this many times the memory (``default_ceilings``).  Booting the
-# 256 MiB demo guest with a 512 MiB or 1 GiB ceiling, or 8 or 16 possible vCPUs, cost no
-# measurable boot time under TCG, nor QEMU memory at boot (docs/BENCHMARKS.md).
+# 256 MiB demo guest from its ISO with a 512 MiB or 1 GiB ceiling, or 8 or 16 possible vCPUs,
+# cost no measurable boot time under TCG, nor QEMU memory at boot (docs/BENCHMARKS.md).  Not
+# free everywhere: the guest inflates its balloon to hand the room back, and the demo cloud
+# image spent 16.0/15.0 s of QEMU CPU to ready with the room against 12.2/14.0 s without (load
+# 10-13, issue 13's bench).  So installers boot without it (services/installs.py).
 MEMORY_ROOM = 2
 
 
