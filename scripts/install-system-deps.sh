@@ -15,6 +15,8 @@
 #   cpio                            the unit tests read the demo initramfs back with GNU cpio
 #   osinfo-db                       OS detection of installation ISOs
 #   ovmf                            UEFI firmware for VMs that ask for it
+#   swtpm swtpm-tools               the TPM 2.0 libvirt emulates for Windows 11 (Setup refuses a
+#                                   machine without one; swtpm-tools sets up its state)
 #   cloud-init                      the tests validate generated user-data with 'cloud-init schema'
 #                                   (inert on the host: with no datasource, ds-identify disables it)
 #   openssh-server openssh-client openssl  the test lab's hosts (kvmgr/host/lab.py): an sshd per
@@ -23,7 +25,7 @@ set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 dnsmasq-base iptables iproute2 xorriso isolinux syslinux-common busybox-static linux-image-amd64
-cpio osinfo-db ovmf python3-venv gcc python3-dev openssh-server openssh-client openssl cloud-init"
+cpio osinfo-db ovmf swtpm swtpm-tools python3-venv gcc python3-dev openssh-server openssh-client openssl cloud-init"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: run as root (it installs Debian packages)" >&2

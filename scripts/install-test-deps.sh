@@ -6,11 +6,13 @@
 # netplan.io (its real `netplan generate` parses the bridge files kvmgr writes), and
 # virtnbdbackup (the peer bench/backup.py measures backups and restores against), and
 # network-manager (tests/integration/test_bridge_nm_real.py runs its own NetworkManager, with its
-# own D-Bus, inside a test network namespace; the host's own copy is never started, see below).
+# own D-Bus, inside a test network namespace; the host's own copy is never started, see below),
+# and swtpm swtpm-tools (also in install-system-deps.sh: tests/integration/test_windows_install.py
+# starts a Windows 11 VM, whose TPM libvirt runs with them).
 # Idempotent.
 set -eu
 missing=""
-for pkg in chromium postgresql virtinst netplan.io virtnbdbackup network-manager; do
+for pkg in chromium postgresql virtinst netplan.io virtnbdbackup network-manager swtpm swtpm-tools; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 # node/npm may come from elsewhere than Debian (e.g. NodeSource); any working npm will do.

@@ -4,8 +4,9 @@ The ISO carries what osinfo-db's Windows media entries match on (volume id
 ``CCCOMA_X64FRE_EN-US_DV9``, publisher ``MICROSOFT CORPORATION``: the Windows 10/11 consumer
 media, which osinfo-db gives to Windows 10, the release that introduced the id) and Setup's
 usual files.  It boots nothing: this proves detection, the answer-file CD (read back from its
-volume), the devices, the start, the end-of-install switch and removal; it does not install
-Windows, which needs a licensed ISO and an hour under KVM.
+volume), the devices, the start, the end-of-install switch and removal, and for Windows 11 the
+TPM 2.0 (swtpm) and Secure Boot firmware libvirt runs; it does not install Windows, which needs
+a licensed ISO and an hour under KVM.
 """
 
 from __future__ import annotations
@@ -141,3 +142,39 @@ def test_windows_delete_removes_the_answer_cd_and_bad_names_make_nothing(
     deleted = vm_removal.delete(conn, name, force=True)
     assert unattend in deleted and find_volume_by_path(conn, unattend) is None
     assert not vms.exists(conn, name)
+
+
+def test_windows_11_runs_with_tpm_and_secure_boot_and_delete_removes_their_state(
+    conn: Connection, cleanup: Cleanup, windows_iso: Path, tmp_path: Path
+) -> None:
+    """The same media as Windows 11 (osinfo-db gives Windows 10 and 11 one volume-id pattern,
+    so ``--os win11`` names it): libvirt starts swtpm and Secure Boot OVMF for it, and
+    ``vm delete`` leaves neither the TPM's state nor the NVRAM file."""
+    cleanup.prefix(PREFIX)
+    name = f"{PREFIX}11"
+    spec = VMSpec(
+        name=name, iso=str(windows_iso), os="win11", memory=512 * MIB, vcpus=1,
+        graphics="none", disks=[DiskRequest(size=GIB)], nics=[], wait_timeout=60,
+    )  # fmt: skip
+    result = create_unattended(conn, spec, UnattendedRequest(user="alice"), wait="started")
+    assert result.vm.os_id == "win11"
+    dom = vms.lookup(conn, name)
+    assert dom.isActive()
+    live = Domain.from_xml(dom.XMLDesc(0))
+    # libvirt resolved the auto-selection to a Secure Boot build with its own variable store
+    assert live.os.loader_secure and live.os.loader_type == "pflash"
+    # ... whose variable store starts from the template with Microsoft's keys enrolled (Debian
+    # names those builds *.ms.fd), which is what Windows' boot loader is signed with
+    nvram_node = live.element.find("os/nvram")
+    assert nvram_node is not None and ".ms." in (nvram_node.get("template") or "")
+    nvram = live.os.nvram
+    assert nvram and Path(nvram).exists()
+    assert live.features.smm_state == "on"
+    assert [(t.model, t.backend_type, t.backend_version) for t in live.devices.tpms] == [
+        ("tpm-crb", "emulator", "2.0")
+    ]
+    tpm_state = Path("/var/lib/libvirt/swtpm") / dom.UUIDString()
+    assert tpm_state.is_dir()  # swtpm is running for it: libvirt made its state
+    vm_removal.delete(conn, name, force=True)
+    assert not vms.exists(conn, name)
+    assert not tpm_state.exists() and not Path(nvram).exists()

@@ -27,6 +27,8 @@ CASES = {
     "centos7-defaults": ("centos7.0", {}),
     "win10-bridge": ("win10", {"nics": [NicRequest(kind="bridge", source="br0")]}),
     "winxp-legacy": ("winxp", {}),
+    # TPM 2.0, Secure Boot through firmware auto-selection, SMM: what Windows 11's Setup checks
+    "win11-secureboot": ("win11", {}),
     "generic-headless-two-disks": (
         "generic",
         {

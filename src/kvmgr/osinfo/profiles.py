@@ -44,6 +44,8 @@ class OSProfile:
     q35: bool  # safe to use the q35 machine (PCIe); False for very old OSes
     uefi: bool  # supports UEFI firmware
     kickstart: bool  # unattended install via kickstart (RHEL family)
+    #: Setup refuses the machine without TPM 2.0 and UEFI Secure Boot (Windows 11 and later).
+    tpm_secure_boot: bool = False
 
 
 def generic_profile(arch: str = DEFAULT_ARCH) -> OSProfile:
@@ -86,6 +88,25 @@ def _uefi(db: OsinfoDb, entry: OsEntry, arch: str, q35: bool) -> bool:
     return q35 and entry.family == "linux"
 
 
+#: Windows releases that need TPM 2.0 and Secure Boot although the installed osinfo-db may not
+#: say so: Server 2025 has the same hardware floor as Windows 11 (Microsoft's requirements) and
+#: is not in every osinfo-db (not in Debian 12's); an entry that lacks the firmware lines would
+#: otherwise get BIOS and fail at Setup.
+_TPM_SECURE_BOOT_IDS = frozenset({"win11", "win2k25"})
+
+
+def _tpm_secure_boot(db: OsinfoDb, entry: OsEntry, arch: str) -> bool:
+    # osinfo-db has no TPM or Secure Boot element; what it does record for Windows 11 is
+    # <firmware type="bios" supported="false">.  For Windows that is the Windows 11 floor
+    # (TPM 2.0, UEFI with Secure Boot), and it is inherited by entries deriving from it.
+    if entry.family != "winnt":
+        return False
+    return (
+        entry.short_id in _TPM_SECURE_BOOT_IDS
+        or db.firmware_supported(entry, arch, "bios") is False
+    )
+
+
 def profile_for(db: OsinfoDb, entry: OsEntry, arch: str = DEFAULT_ARCH) -> OSProfile:
     """The profile of one database entry for ``arch``, inheriting through derives-from/clones."""
     devices = db.devices(entry)
@@ -111,6 +132,7 @@ def profile_for(db: OsinfoDb, entry: OsEntry, arch: str = DEFAULT_ARCH) -> OSPro
         q35=q35,
         uefi=_uefi(db, entry, arch, q35),
         kickstart=any("/kickstart/" in script for script in db.scripts(entry)),
+        tpm_secure_boot=_tpm_secure_boot(db, entry, arch),
     )
 
 

@@ -37,6 +37,7 @@ from kvmgr.services.create_policy import (
     NicRequest,
     VMSpec,
     build_domain,
+    check_host_support,
     check_nic_model,
     parse_disk_option,
     parse_network_option,
@@ -99,6 +100,7 @@ def create_vm(
     _check_resources(conn, memory, spec.max_memory, vcpus, spec.max_vcpus)
     choice = conn.domain_type()
     say(f"domain type {choice.domain_type}: {choice.reason}")
+    check_host_support(conn, spec, profile, choice.domain_type)
     disks = [_sized(request, profile.recommended_disk) for request in spec.disks]
     with owned_steps(conn, steps, say) as journal:
         # Held from here to the end against deletes by other processes (checked again before

@@ -19,12 +19,15 @@ from kvmgr.osinfo import OSProfile
 from kvmgr.services.storage import VolumeRef
 from kvmgr.services.storage_pools import DEFAULT_POOL
 from kvmgr.units import parse_size
+from kvmgr.xml.capabilities import DomainCapabilities
 from kvmgr.xml.domain import (
+    TPM,
     Channel,
     Console,
     Controller,
     Disk,
     Domain,
+    FirmwareFeature,
     Graphics,
     Input,
     Interface,
@@ -221,7 +224,8 @@ def build_domain(
     volumes: list[VolumeRef],
 ) -> Domain:
     """The libvirt definition for ``spec``: modern virtio devices where the OS has drivers."""
-    q35 = profile.q35
+    # Secure Boot needs SMM, which QEMU gives only on q35
+    q35 = profile.q35 or profile.tpm_secure_boot
     domain = Domain()
     domain.type = domain_type
     domain.name = spec.name
@@ -248,11 +252,14 @@ def build_domain(
     domain.os.type = "hvm"
     domain.os.arch = "x86_64"
     domain.os.machine = "q35" if q35 else "pc"
-    if spec.firmware == "uefi":
-        _require_uefi(conn, domain_type)
-        domain.os.firmware = "efi"
     domain.features.acpi = True
     domain.features.apic = True
+    if profile.tpm_secure_boot:
+        # Whatever --firmware says (its default is bios, so a choice cannot be told from it):
+        # Setup refuses this OS on BIOS.
+        _add_secure_boot_and_tpm(domain)
+    elif spec.firmware == "uefi":
+        domain.os.firmware = "efi"
     if domain_type == "kvm":
         domain.cpu.mode = "host-passthrough"
         if profile.family == "winnt":
@@ -304,16 +311,60 @@ def _host_memory(conn: Connection) -> int:
     return node_memory(conn).total  # all NUMA nodes: getInfo may report one
 
 
-def _require_uefi(conn: Connection, domain_type: str) -> None:
-    if domain_type == "test":
+def check_host_support(
+    conn: Connection, spec: VMSpec, profile: OSProfile, domain_type: str
+) -> None:
+    """Refuse, before anything is made, a VM whose firmware or TPM the host cannot give."""
+    if domain_type == "test":  # libvirt's test driver has no domain capabilities
         return
+    if spec.firmware != "uefi" and not profile.tpm_secure_boot:
+        return
+    machine = "q35" if profile.q35 or profile.tpm_secure_boot else "pc"
     with libvirt_errors("reading domain capabilities"):
-        caps = conn.virconn.getDomainCapabilities(None, None, None, domain_type, 0)
-    if "efi" not in caps:
+        text = conn.virconn.getDomainCapabilities(None, "x86_64", machine, domain_type, 0)
+    check_firmware_caps(DomainCapabilities.from_xml(text), profile)
+
+
+def check_firmware_caps(caps: DomainCapabilities, profile: OSProfile) -> None:
+    """What :func:`check_host_support` checks, on the daemon's domain capabilities."""
+    if "efi" not in caps.firmware:
+        hint = "install OVMF (apt install ovmf / dnf install edk2-ovmf)"
         raise Unsupported(
             "UEFI firmware is not installed on this host",
-            hint="install OVMF (apt install ovmf / dnf install edk2-ovmf) or use --firmware bios",
+            hint=hint if profile.tpm_secure_boot else f"{hint} or use --firmware bios",
         )
+    if not profile.tpm_secure_boot:
+        return
+    if not caps.secure_boot:
+        raise Unsupported(
+            f"{profile.name} needs UEFI Secure Boot and this host's OVMF has no Secure Boot build",
+            hint="install OVMF with Secure Boot (apt install ovmf / dnf install edk2-ovmf)",
+        )
+    # Asked of libvirt rather than looked for on PATH: the daemon (perhaps on another host)
+    # is what must find swtpm, and it lists the emulator backend only when it does.
+    if not caps.tpm_backend("emulator", "2.0"):
+        raise Unsupported(
+            f"{profile.name} needs a TPM 2.0 and this host cannot emulate one",
+            hint="install swtpm on the VM's host (apt install swtpm swtpm-tools / "
+            "dnf install swtpm swtpm-tools)",
+        )
+
+
+def _add_secure_boot_and_tpm(domain: Domain) -> None:
+    """UEFI with Secure Boot on and Microsoft's keys enrolled, chosen by libvirt's firmware
+    auto-selection (so the host's own OVMF paths are not written into the definition), SMM
+    (without it the guest could rewrite the variable store and Secure Boot means nothing),
+    and a TPM 2.0 that libvirt emulates with swtpm; its state lives with the daemon
+    (/var/lib/libvirt/swtpm/UUID) and goes with the VM on undefine."""
+    domain.os.firmware = "efi"
+    for name in ("secure-boot", "enrolled-keys"):
+        feature = FirmwareFeature()
+        feature.enabled, feature.name = True, name
+        domain.os.firmware_features.append(feature)
+    domain.features.smm_state = "on"
+    tpm = TPM()
+    tpm.model, tpm.backend_type, tpm.backend_version = "tpm-crb", "emulator", "2.0"
+    domain.devices.tpms.append(tpm)
 
 
 def _add_disks(

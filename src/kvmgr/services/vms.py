@@ -481,31 +481,37 @@ def by_uuid(conn: Connection, uuid: str) -> libvirt.virDomain | None:
         raise translate(err, f"looking up VM {uuid}") from err
 
 
-_UNDEFINE_EVERYTHING = (
+_UNDEFINE_ALL_BUT_TPM = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
+# The emulated TPM's state (/var/lib/libvirt/swtpm/UUID) is said outright rather than left to
+# the daemon's default; libvirt before 8.9 does not know the flag and is asked without it.
+_UNDEFINE_EVERYTHING = _UNDEFINE_ALL_BUT_TPM | libvirt.VIR_DOMAIN_UNDEFINE_TPM
 _UNDEFINE_BASIC = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
 
 
 def undefine(dom: libvirt.virDomain) -> None:
-    """Remove a domain's definition with its saved state, snapshot metadata and NVRAM.
+    """Remove a domain's definition with its saved state, snapshot metadata, NVRAM and TPM state.
 
     Drivers that do not know some of those flags (libvirt's test driver, older daemons) are
     asked again with the ones every driver supports.
     """
     name = dom.name()
-    try:
-        dom.undefineFlags(_UNDEFINE_EVERYTHING)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
-            raise translate(err, f"removing VM {name}") from err
-        with libvirt_errors(f"removing VM {name}"):
-            dom.undefineFlags(_UNDEFINE_BASIC)
+    for flags in (_UNDEFINE_EVERYTHING, _UNDEFINE_ALL_BUT_TPM):
+        try:
+            dom.undefineFlags(flags)
+            return
+        except libvirt.libvirtError as err:
+            unknown = (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT)
+            if err.get_error_code() not in unknown:
+                raise translate(err, f"removing VM {name}") from err
+    with libvirt_errors(f"removing VM {name}"):
+        dom.undefineFlags(_UNDEFINE_BASIC)
 
 
 def others_needing(

@@ -5,11 +5,13 @@
 2. It goes on a small ISO made in-process, uploaded as a volume through the libvirt stream (so a
    remote host needs no shared path) and attached as a read-only SATA CD-ROM; the VM owns the
    volume, so ``vm delete`` removes it.
-3. The VM is defined by the usual policy: Windows has no virtio drivers on its media, so
-   osinfo-db lists no virtio devices for it and the disk is SATA (q35's AHCI) and the NIC an
-   e1000e, both drivers Windows Setup ships.  No direct kernel boot: the disk comes first in
-   the boot order and the install ISO second, so the blank disk falls through to the ISO and,
-   after Setup's first reboot, the disk boots and Setup carries on from it.
+3. The VM is defined by the usual policy (Windows 11 also gets UEFI Secure Boot and a TPM 2.0,
+   refused up front on a host without swtpm: ``create_policy``).  Windows has no virtio
+   drivers on its media, so osinfo-db lists no virtio devices for it and the disk is SATA
+   (q35's AHCI) and the NIC an e1000e, both drivers Windows Setup ships.  No direct kernel
+   boot: the disk comes first in the boot order and the install ISO second, so the blank disk
+   falls through to the ISO and, after Setup's first reboot, the disk boots and Setup carries
+   on from it.
 4. ``on_reboot`` stays ``restart``: Setup reboots two or three times (osinfo-db's
    ``installer-reboots``) and must come back each time.  The install ends when Windows powers
    the VM off (the template's last first-logon command, ``shutdown /s``).  kvmgr waits for that
@@ -29,9 +31,11 @@ import libvirt
 
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, OperationFailed, Unsupported, libvirt_errors
+from kvmgr.osinfo import get_profile
 from kvmgr.osinfo.db import Media, OsEntry
 from kvmgr.services import vms
 from kvmgr.services.create import VMSpec, create_vm
+from kvmgr.services.create_policy import check_host_support
 from kvmgr.services.install_media import upload_bytes
 from kvmgr.services.steps import Steps
 from kvmgr.services.storage import delete_volume_by_path
@@ -108,6 +112,9 @@ def create_windows(
     say(f"autounattend.xml from {plan.source}")
     if vms.exists(conn, spec.name):
         raise InvalidInput(f"a VM named {spec.name!r} already exists", hint="choose another name")
+    # Windows 11's TPM and Secure Boot are checked here too: the answer-file volume is made
+    # before create_vm, whose own check would come after it.
+    check_host_support(conn, spec, get_profile(os_entry.short_id), conn.domain_type().domain_type)
     pool = spec.disks[0].pool if spec.disks else DEFAULT_POOL
     steps.progress("uploading the autounattend CD")
     unattend = upload_bytes(

@@ -122,6 +122,23 @@ class DomainCapabilities(XMLObject):
     def firmware(self) -> list[str]:
         return self.enum("os", "firmware")
 
+    @property
+    def secure_boot(self) -> bool:
+        """A Secure Boot build of the firmware is installed (``<loader><enum name='secure'>``)."""
+        return "yes" in self.enum("os/loader", "secure")
+
+    def tpm_backend(self, backend: str, version: str) -> bool:
+        """TPM devices with ``backend`` (e.g. ``emulator``, which libvirt offers only when it
+        finds swtpm) at ``version`` are supported.  An older daemon that lists no versions is
+        taken at its backend list."""
+        node = self.element.find("devices/tpm")
+        if node is None or node.get("supported") != "yes":
+            return False
+        if backend not in self.enum("devices/tpm", "backendModel"):
+            return False
+        versions = self.enum("devices/tpm", "backendVersion")
+        return not versions or version in versions
+
     def cpu_mode_supported(self, mode: str) -> bool:
         for node in self.element.findall("cpu/mode"):
             if node.get("name") == mode:

@@ -49,9 +49,19 @@ class Boot(XMLObject):
     dev = XMLProperty("./@dev")
 
 
+class FirmwareFeature(XMLObject):
+    """What libvirt's firmware auto-selection must (or must not) pick: ``secure-boot``,
+    ``enrolled-keys`` (the Microsoft keys already in the variable store)."""
+
+    TAG = "feature"
+    name = XMLProperty("./@name")
+    enabled = XMLProperty("./@enabled", bool)
+
+
 class DomainOS(XMLObject):
     TAG = "os"
     firmware = XMLProperty("./@firmware", doc="'efi' or 'bios' (automatic firmware selection)")
+    firmware_features = XMLChildList(FirmwareFeature, "./firmware/feature")
     type = XMLProperty("./type")
     arch = XMLProperty("./type/@arch")
     machine = XMLProperty("./type/@machine")
@@ -217,6 +227,14 @@ class RNG(XMLObject):
     backend = XMLProperty("./backend")
 
 
+class TPM(XMLObject):
+    TAG = "tpm"
+    model = XMLProperty("./@model", doc="tpm-crb (TPM 2.0), tpm-tis")
+    backend_type = XMLProperty("./backend/@type", doc="emulator (swtpm), passthrough, external")
+    backend_version = XMLProperty("./backend/@version", doc="1.2 or 2.0")
+    alias = XMLProperty("./alias/@name")
+
+
 class Devices(XMLObject):
     TAG = "devices"
     emulator = XMLProperty("./emulator")
@@ -230,6 +248,7 @@ class Devices(XMLObject):
     videos = XMLChildList(Video, "./video")
     inputs = XMLChildList(Input, "./input")
     rngs = XMLChildList(RNG, "./rng")
+    tpms = XMLChildList(TPM, "./tpm")
     memballoon = XMLChild(MemBalloon, "./memballoon")
 
 
