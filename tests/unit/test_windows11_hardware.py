@@ -126,3 +126,33 @@ def test_create_refuses_before_any_volume_is_made(
         create_service.create_vm(conn, spec)
     assert "apt install swtpm swtpm-tools" in (refused.value.hint or "")
     assert not vms.exists(conn, spec.name)
+
+
+def test_windows_install_refuses_before_the_answer_file_volume_is_made(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Windows path uploads its answer-file CD before create_vm runs, so it checks first."""
+    from kvmgr.connect.connection import DomainTypeChoice
+    from kvmgr.osinfo.db import get_db
+    from kvmgr.services import windows_install
+    from kvmgr.services.steps import LocalSteps
+    from kvmgr.services.unattended import Settings
+
+    def no_upload(*_args: object) -> None:
+        raise AssertionError("the answer-file volume was made before the refusal")
+
+    monkeypatch.setattr(conn, "virconn", _NoTpmCaps(conn.virconn))
+    monkeypatch.setattr(conn, "domain_type", lambda: DomainTypeChoice("qemu", "test"))
+    monkeypatch.setattr(windows_install, "upload_bytes", no_upload)
+    entry = get_db().get("win11")
+    assert entry is not None
+    settings = Settings(
+        user="alice", user_hash=None, root_hash=None, ssh_keys=[], hostname="WIN11",
+        timezone="UTC", locale="en_US", packages=[], profile="minimal", script_text=None,
+    )  # fmt: skip
+    spec = VMSpec(name="t-win11-cd", os="win11", disks=[DiskRequest(size=GIB)], nics=[])
+    with pytest.raises(Unsupported, match=r"TPM 2\.0"):
+        windows_install.create_windows(
+            conn, spec, settings, ISO, entry, None, wait="started",
+            steps=LocalSteps(conn), say=lambda _m: None,
+        )  # fmt: skip
