@@ -89,6 +89,8 @@ def test_windows_create_attaches_the_answer_file_cd_and_delete_removes_it(
     said: list[str] = []
     result = create_unattended(conn, spec, request, wait="started", progress=said.append)
     assert result.vm.os_id == "win10"
+    # Windows 11 media carry the same id: the user is told how to say it is 11
+    assert any("give --os win11" in line for line in said)
     assert result.script_source == "osinfo-db http://microsoft.com/windows/unattend/jeos"
     dom = vms.lookup(conn, name)
     assert dom.isActive()

@@ -111,9 +111,12 @@ def _create(
     settings = load(request, spec.name)  # every file read and checked before anything is made
     iso_path = _resolve_iso(conn, spec.iso or "")
     say("reading the installer from the ISO")
-    _descriptor, os_entry, found = identify_iso(conn, iso_path, spec.os)
+    descriptor, os_entry, found = identify_iso(conn, iso_path, spec.os)
     if os_entry.family == "winnt":  # no kernel to read: Setup boots from the ISO itself
-        from kvmgr.services.windows_install import create_windows
+        from kvmgr.services.windows_install import create_windows, shared_media_note
+
+        if spec.os == "auto" and (note := shared_media_note(descriptor, os_entry)):
+            say(note)
 
         return create_windows(
             conn, spec, settings, iso_path, os_entry, found, wait=wait, steps=steps, say=say

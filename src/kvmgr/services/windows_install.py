@@ -32,7 +32,8 @@ import libvirt
 from kvmgr.connect import Connection
 from kvmgr.errors import InvalidInput, OperationFailed, Unsupported, libvirt_errors
 from kvmgr.osinfo import get_profile
-from kvmgr.osinfo.db import Media, OsEntry
+from kvmgr.osinfo.db import Media, OsEntry, get_db
+from kvmgr.osinfo.iso import IsoDescriptor
 from kvmgr.services import vms
 from kvmgr.services.create import VMSpec, create_vm
 from kvmgr.services.create_policy import check_host_support
@@ -85,6 +86,26 @@ def windows_settings(settings: Settings) -> WindowsSettings:
         user_obscured=settings.user_windows,
         product_key=settings.product_key,
         profile=settings.profile,
+    )
+
+
+def shared_media_note(descriptor: IsoDescriptor, detected: OsEntry) -> str | None:
+    """What to say when other Windows releases' media share this ISO's id.
+
+    Windows 10 and 11 ISOs carry one volume-id pattern (``CCCOMA_X64FRE_...``), which kvmgr
+    gives to 10, the release that introduced it.  Windows 11 on Windows 10's machine (BIOS, no
+    TPM) fails at Setup's hardware check, so the user is told how to say which it is.
+    """
+    others = [
+        match.os.short_id
+        for match in get_db().match_media(descriptor)
+        if match.os.family == "winnt" and match.os.id != detected.id
+    ]
+    if not others:
+        return None
+    return (
+        f"the ISO's volume id {descriptor.volume_id!r} is also that of {', '.join(others)}: "
+        f"installing as {detected.short_id}; for {others[0]} media give --os {others[0]}"
     )
 
 
