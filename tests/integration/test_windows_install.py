@@ -12,6 +12,7 @@ a licensed ISO and an hour under KVM.
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +181,29 @@ def test_windows_11_runs_with_tpm_and_secure_boot_and_delete_removes_their_state
     vm_removal.delete(conn, name, force=True)
     assert not vms.exists(conn, name)
     assert not tpm_state.exists() and not Path(nvram).exists()
+
+
+def test_a_delete_that_keeps_the_disks_keeps_the_tpm_state_and_nvram(
+    conn: Connection, cleanup: Cleanup, windows_iso: Path
+) -> None:
+    """``vm delete --keep-disks`` of a Windows 11 VM: a disk BitLocker sealed to the VM's TPM is
+    unreadable without that state, so it stays (and the NVRAM with it) for a VM redefined with
+    the same UUID."""
+    cleanup.prefix(PREFIX)
+    name = f"{PREFIX}11k"
+    spec = VMSpec(
+        name=name, iso=str(windows_iso), os="win11", memory=512 * MIB, vcpus=1,
+        graphics="none", disks=[DiskRequest(size=GIB)], nics=[], wait_timeout=60,
+    )  # fmt: skip
+    create_unattended(conn, spec, UnattendedRequest(user="alice"), wait="started")
+    dom = vms.lookup(conn, name)
+    nvram = Domain.from_xml(dom.XMLDesc(0)).os.nvram
+    tpm_state = Path("/var/lib/libvirt/swtpm") / dom.UUIDString()
+    assert nvram and tpm_state.is_dir()
+    try:
+        deleted = vm_removal.delete(conn, name, force=True, keep_disks=True)
+        assert deleted == [] and not vms.exists(conn, name)
+        assert tpm_state.is_dir() and Path(nvram).exists()
+    finally:
+        shutil.rmtree(tpm_state, ignore_errors=True)
+        Path(nvram).unlink(missing_ok=True)

@@ -118,7 +118,7 @@ def finish_delete(
             hint=f"fix that, then delete again: 'kvmgr vm delete {name}'",
         )
     say(f"removing the definition of VM {name}")
-    undefine(dom)
+    undefine(dom, keep_state=keep_disks)
     return deleted
 
 

@@ -481,30 +481,39 @@ def by_uuid(conn: Connection, uuid: str) -> libvirt.virDomain | None:
         raise translate(err, f"looking up VM {uuid}") from err
 
 
-_UNDEFINE_ALL_BUT_TPM = (
+_UNDEFINE_METADATA = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
 # The emulated TPM's state (/var/lib/libvirt/swtpm/UUID) is said outright rather than left to
-# the daemon's default; libvirt before 8.9 does not know the flag and is asked without it.
-_UNDEFINE_EVERYTHING = _UNDEFINE_ALL_BUT_TPM | libvirt.VIR_DOMAIN_UNDEFINE_TPM
+# the daemon's default; libvirt before 8.9 does not know those flags and is asked without them.
+_REMOVING_STATE = (
+    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM,
+    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
+)
+_KEEPING_STATE = (
+    libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_TPM,
+    libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM,
+)
 _UNDEFINE_BASIC = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
 
 
-def undefine(dom: libvirt.virDomain) -> None:
-    """Remove a domain's definition with its saved state, snapshot metadata, NVRAM and TPM state.
+def undefine(dom: libvirt.virDomain, *, keep_state: bool = False) -> None:
+    """Remove a domain's definition with its saved state and snapshot metadata, and its NVRAM
+    and TPM state unless ``keep_state``.
 
-    Drivers that do not know some of those flags (libvirt's test driver, older daemons) are
-    asked again with the ones every driver supports.
+    ``keep_state`` is for a delete that keeps the disks: a disk encrypted against the VM's TPM
+    (BitLocker) is unreadable without that state, and redefining a VM with the same UUID finds
+    both again.  Drivers that do not know some of those flags (libvirt's test driver, older
+    daemons) are asked again with the ones every driver supports.
     """
     name = dom.name()
-    for flags in (_UNDEFINE_EVERYTHING, _UNDEFINE_ALL_BUT_TPM):
+    for state_flags in _KEEPING_STATE if keep_state else _REMOVING_STATE:
         try:
-            dom.undefineFlags(flags)
+            dom.undefineFlags(_UNDEFINE_METADATA | state_flags)
             return
         except libvirt.libvirtError as err:
             unknown = (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT)
