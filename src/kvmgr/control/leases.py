@@ -267,6 +267,16 @@ class Leases:
             # Not fatal: the rows expire by themselves once nobody renews them.
             log.warning("could not release leases %s: %s", gone, err)
 
+    def clear_dead(self, holder: str) -> int:
+        """Delete every lease row of ``holder`` when it is a process of this machine that is
+        gone (rows a killed process left: free already, since a taker checks the holder, but
+        they would linger as rows until expiry); the number deleted."""
+        if holder == holder_id() or holder_alive(holder) is not False:
+            return 0
+        with self.lax_transaction() as session:
+            result = session.execute(delete(_LEASES).where(_LEASES.c.holder == holder))
+        return int(getattr(result, "rowcount", 0) or 0)
+
     def forget(self, keys: list[str]) -> list[str]:
         """Leave ``keys`` in this process's registry only; returns those left for the last
         time, whose rows the caller deletes (holder = this process) in its own statement."""

@@ -83,6 +83,8 @@ def recover(
         outcome = _recover_one(store, leases, connect, operation_id, states, actor)
         if outcome is not None:
             outcomes.append(outcome)
+            # The uses it held (control/uses.py: rows of their own, not the operation's keys).
+            leases.clear_dead(holder)
     return outcomes
 
 
