@@ -8,6 +8,7 @@ get it too; a test may still point it elsewhere.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,12 @@ def pytest_configure(config: pytest.Config) -> None:
     import kvmgr
 
     compileall.compile_dir(Path(kvmgr.__file__).parent, quiet=2)
+    # A run started in the background by a non-interactive shell (`pytest ... &`, nohup) has
+    # SIGINT ignored, and every kvmgr it starts inherits that, so tests that press Ctrl-C on a
+    # command (vm vnc, vm migrate) saw it ignored.  Python's own handler is not inherited
+    # across exec: the children get the default again.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
