@@ -122,21 +122,24 @@ def migrate_vm(
         )
     options = replace(options, dest_address=options.dest_address or _address(record.uri))
     src, dst = plane.connect(source), plane.connect(target)
-    check = preflight(src, dst, name, offline=options.offline)
-    report = MoveReport(name, source, target, check, verdicts)
     if dry_run:
-        return report
-    kind = "migrate" if check.live else "migrate offline"
-    keys = [vm_key(source, check.uuid, name)]
+        check = preflight(src, dst, name, offline=options.offline)
+        return MoveReport(name, source, target, check, verdicts)
+    dom = vms.lookup(src, name)
+    with libvirt_errors(f"reading VM {name}"):
+        uuid, running = dom.UUIDString(), bool(dom.isActive())
+    live = running if options.offline is None else not options.offline
+    kind = "migrate" if live else "migrate offline"
     with (
-        plane.operation(f"{kind} out", name, source, keys=keys) as source_steps,
-        plane.operation(
-            f"{kind} in", name, target, keys=[vm_key(target, check.uuid, name)]
-        ) as dest_steps,
+        plane.operation(f"{kind} out", name, source, keys=[vm_key(source, uuid, name)]) as out,
+        plane.operation(f"{kind} in", name, target, keys=[vm_key(target, uuid, name)]) as into,
     ):
+        # Checked once, under both leases: nothing kvmgr does can change what it saw meanwhile.
+        check = preflight(src, dst, name, offline=options.offline)
+        report = MoveReport(name, source, target, check, verdicts)
         report.result = migration.migrate(
-            src, dst, name, options,
-            dest_steps=dest_steps, source_steps=source_steps, progress=progress, cancel=cancel,
+            src, dst, name, options, check=check,
+            dest_steps=into, source_steps=out, progress=progress, cancel=cancel,
         )  # fmt: skip
     _move_ownership(plane, check, source, target, report.result.paths)
     # After the move: a kill here leaves the reservation on the source, never on neither.

@@ -166,10 +166,15 @@ def migrate(
     source_steps: Steps | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
+    check: Preflight | None = None,
 ) -> MigrationResult:
-    """Move VM ``name`` from ``src`` to ``dst``; refuses with the preflight's reasons first."""
+    """Move VM ``name`` from ``src`` to ``dst``; refuses with the preflight's reasons first.
+
+    ``check``: a preflight the caller made under the VM's leases just now (the control plane's
+    move), so its dozen round trips to both hosts are not made twice."""
     options = options or MigrateOptions()
-    check = preflight(src, dst, name, offline=options.offline)
+    if check is None:
+        check = preflight(src, dst, name, offline=options.offline)
     if not check.ok:
         raise InvalidState(
             f"VM {name} cannot move: " + "; ".join(check.problems),
@@ -368,6 +373,8 @@ def _live(
             elif worker.is_alive() and time.monotonic() >= next_sample:
                 watcher.sample()
                 next_sample = time.monotonic() + STATS_INTERVAL
+        if not failure:
+            watcher.report_completed()
     except BaseException:  # Ctrl-C: abort the job so the VM stays on the source, then re-raise
         watcher.abort()
         worker.join()
@@ -433,12 +440,25 @@ class _Watcher:
         # The switch to post-copy is QEMU's, at the end of a pass after it was asked for; the
         # source's lifecycle event (paused for post-copy) is what says it happened.
         self.postcopy_seen = False
-        self.callback: int | None = None
+        self.callbacks: list[int] = []
         if options.postcopy:
             with contextlib.suppress(libvirt.libvirtError):  # no events: the flag stays False
-                self.callback = src.virconn.domainEventRegisterAny(
-                    dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None
+                self.callbacks.append(
+                    src.virconn.domainEventRegisterAny(
+                        dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None
+                    )
                 )
+        # The source's statistics of the finished job, sent with its completion event: the
+        # last sample (totals of disks and memory), which a short move reaches before the next
+        # read every STATS_INTERVAL would.
+        self.completed: dict[str, Any] | None = None
+        self.completed_seen = threading.Event()
+        with contextlib.suppress(libvirt.libvirtError):  # no events: no last sample
+            self.callbacks.append(
+                src.virconn.domainEventRegisterAny(
+                    dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._job_completed, None
+                )
+            )
 
     def _event(
         self, _conn: libvirt.virConnect, _dom: libvirt.virDomain, event: int, detail: int, _o: Any
@@ -449,11 +469,23 @@ class _Watcher:
         ):
             self.postcopy_seen = True
 
+    def _job_completed(
+        self, _conn: libvirt.virConnect, _dom: libvirt.virDomain, stats: dict[str, Any], _o: Any
+    ) -> None:
+        self.completed = dict(stats)
+        self.completed_seen.set()
+
     def close(self) -> None:
-        if self.callback is not None:
+        for callback in self.callbacks:
             with contextlib.suppress(libvirt.libvirtError):
-                self.src.virconn.domainEventDeregisterAny(self.callback)
-            self.callback = None
+                self.src.virconn.domainEventDeregisterAny(callback)
+        self.callbacks = []
+
+    def report_completed(self, wait: float = 1.0) -> None:
+        """Report the finished job's totals as the last sample ("done"), when its event came."""
+        self.completed_seen.wait(wait)
+        if self.completed:
+            self.report(self._progress("done", self.completed))
 
     def sample(self) -> None:
         try:
@@ -478,21 +510,21 @@ class _Watcher:
                 pass  # not yet in the memory phase: the next sample tries again
         disk_total = int(stats.get("disk_total", 0))
         disk_done = int(stats.get("disk_processed", 0))
-        memory_total = int(stats.get("memory_total", 0))
         phase = "disks" if disk_total and disk_done < disk_total and not passes else "memory"
-        self.report(
-            Progress(
-                phase,
-                time.monotonic() - self.started,
-                disk_done=disk_done,
-                disk_total=disk_total,
-                memory_done=int(stats.get("memory_processed", 0)),
-                memory_total=memory_total,
-                memory_remaining=int(stats.get("memory_remaining", 0)),
-                rate=float(stats.get("memory_bps", 0) or stats.get("disk_bps", 0) or 0),
-                passes=passes,
-                downtime_ms=self.downtime,
-            )
+        self.report(self._progress(phase, stats))
+
+    def _progress(self, phase: str, stats: dict[str, Any]) -> Progress:
+        return Progress(
+            phase,
+            time.monotonic() - self.started,
+            disk_done=int(stats.get("disk_processed", 0)),
+            disk_total=int(stats.get("disk_total", 0)),
+            memory_done=int(stats.get("memory_processed", 0)),
+            memory_total=int(stats.get("memory_total", 0)),
+            memory_remaining=int(stats.get("memory_remaining", 0)),
+            rate=float(stats.get("memory_bps", 0) or stats.get("disk_bps", 0) or 0),
+            passes=int(stats.get("memory_iteration", 0)),
+            downtime_ms=self.downtime,
         )
 
     def _downtime(self, milliseconds: int) -> None:
