@@ -12,10 +12,12 @@ Tests here are marked ``lab`` and ``integration`` (they need root and real daemo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from kvmgr.connect import Connection, open_connection
@@ -78,3 +80,26 @@ def lab_tls(lab: labs.Lab) -> Iterator[list[Connection]]:
 def remove_domain(conn: Connection, name: str) -> None:
     """Destroy and undefine ``name`` on one lab host if it is there (tests' cleanup)."""
     remove_vm(conn, name)  # the integration tests' one way to remove a VM
+
+
+#: A shell loop for a demo guest: a counter on its console log and in sector 8 of its disk every
+#: 0.2 s (synchronous writes), so a move shows whether the guest and its disk went on unbroken.
+DISK_COUNTER = (
+    "(i=0; while true; do i=$((i+1)); echo $i >> /tmp/counter.log;"
+    " echo $i | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 0.2; done) & true"
+)
+
+
+def purge_prefix(connections: list[Connection], prefix: str, pool: str = "default") -> None:
+    """Remove every domain and volume (of ``pool``) named ``prefix``* on the given lab hosts."""
+    for conn in connections:
+        for dom in conn.virconn.listAllDomains(0):
+            if dom.name().startswith(prefix):
+                remove_domain(conn, dom.name())
+        storage = conn.virconn.storagePoolLookupByName(pool)
+        storage.refresh(0)
+        # Overlays before the images under them (more dots: deeper in a snapshot chain).
+        for vol in sorted(storage.listAllVolumes(0), key=lambda v: -v.name().count(".")):
+            if vol.name().startswith(prefix):
+                with contextlib.suppress(libvirt.libvirtError):
+                    vol.delete(0)

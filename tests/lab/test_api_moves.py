@@ -21,8 +21,8 @@ from kvmgr.store.models import Role
 from kvmgr.units import MIB
 from tests.api.conftest import PASSWORD, make_settings
 from tests.integration.guest import demo_domain
+from tests.lab.conftest import purge_prefix
 from tests.lab.test_migration import POOL, _shut_off_domain, _volumes
-from tests.lab.test_moves import _purge_prefix
 
 PREFIX = "lab-mv-api"
 
@@ -45,7 +45,7 @@ def _lab_api(lab: labs.Lab, tmp_path: Path, *, hosts: int) -> tuple[FastAPI, dic
 def test_api_migrates_a_vm_as_a_task_and_only_for_admins(
     lab: labs.Lab, lab_tls: list[Connection], tmp_path: Path
 ) -> None:
-    _purge_prefix(lab_tls)
+    purge_prefix(lab_tls, PREFIX)
     app, tokens = _lab_api(lab, tmp_path, hosts=3)
     src, dst = lab_tls[0], lab_tls[2]
     name = f"{PREFIX}-vm"
@@ -79,7 +79,7 @@ def test_api_migrates_a_vm_as_a_task_and_only_for_admins(
         assert f"{name}.img" not in _volumes(src)
     finally:
         close_connections()
-        _purge_prefix(lab_tls)
+        purge_prefix(lab_tls, PREFIX)
 
 
 def test_an_api_cancel_aborts_a_running_migration(
@@ -87,7 +87,7 @@ def test_an_api_cancel_aborts_a_running_migration(
 ) -> None:
     """POST /api/v1/tasks/{id}/cancel of a running vm.migrate: the worker aborts the job, the
     task ends cancelled, the VM runs on the source, and the destination keeps nothing."""
-    _purge_prefix(lab_tls)
+    purge_prefix(lab_tls, PREFIX)
     app, tokens = _lab_api(lab, tmp_path, hosts=2)
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
     src, dst = lab_tls[0], lab_tls[1]
@@ -121,7 +121,7 @@ def test_an_api_cancel_aborts_a_running_migration(
         assert f"{name}.qcow2" in _volumes(src)
     finally:
         close_connections()
-        _purge_prefix(lab_tls)
+        purge_prefix(lab_tls, PREFIX)
 
 
 def _wait_task(client: TestClient, task_id: str, headers: dict[str, str]) -> dict[str, object]:

@@ -34,7 +34,7 @@ from kvmgr.store.db import Store
 from kvmgr.units import MIB
 from tests.integration.backup_guest import guest_hash, image_hash, write_blocks
 from tests.integration.guest import GuestShell, demo_domain
-from tests.lab.conftest import remove_domain
+from tests.lab.conftest import purge_prefix
 
 PREFIX = "lab-bk-"
 GUEST = f"{PREFIX}guest"
@@ -42,25 +42,12 @@ POOL = "default"
 BLOCK = 256 * 1024  # write_blocks writes 256 KiB at each offset
 
 
-def _purge(connections: list[Connection]) -> None:
-    for conn in connections:
-        for dom in conn.virconn.listAllDomains(0):
-            if dom.name().startswith(PREFIX):
-                remove_domain(conn, dom.name())
-        pool = conn.virconn.storagePoolLookupByName(POOL)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith(PREFIX):
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
-
-
 @pytest.fixture(scope="module")
 def hosts(lab_tls: list[Connection]) -> Iterator[dict[str, Connection]]:
     by_name = {"h1": lab_tls[0], "h2": lab_tls[1]}
-    _purge(list(by_name.values()))
+    purge_prefix(list(by_name.values()), PREFIX, POOL)
     yield by_name
-    _purge(list(by_name.values()))
+    purge_prefix(list(by_name.values()), PREFIX, POOL)
 
 
 @pytest.fixture(scope="module")

@@ -26,34 +26,17 @@ from kvmgr.services.migration_checks import preflight
 from kvmgr.units import MIB
 from kvmgr.xml.domain import Domain
 from tests.integration.guest import GuestShell, demo_domain
-from tests.lab.conftest import remove_domain
+from tests.lab.conftest import DISK_COUNTER, purge_prefix, remove_domain
 
 PREFIX = "lab-mig-"
 POOL = "default"
-COUNTER = (
-    "(i=0; while true; do i=$((i+1)); echo $i >> /tmp/counter.log;"
-    " echo $i | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 0.2; done) & true"
-)
-
-
-def _purge(connections: list[Connection]) -> None:
-    for conn in connections:
-        for dom in conn.virconn.listAllDomains(0):
-            if dom.name().startswith(PREFIX):
-                remove_domain(conn, dom.name())
-        pool = conn.virconn.storagePoolLookupByName(POOL)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith(PREFIX):
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
 
 
 @pytest.fixture
 def clean(lab_tls: list[Connection]) -> Iterator[None]:
-    _purge(lab_tls)
+    purge_prefix(lab_tls, PREFIX, POOL)
     yield
-    _purge(lab_tls)
+    purge_prefix(lab_tls, PREFIX, POOL)
 
 
 def _boot(conn: Connection, name: str, iso: Path) -> GuestShell:
@@ -94,7 +77,7 @@ def test_live_migration_with_local_disk_over_tls_and_ssh(
         # A block of random data at 1 MiB, its checksum, and the counter loop.
         shell.run("dd if=/dev/urandom of=/dev/vda bs=64k seek=16 count=16 conv=fsync 2>/dev/null")
         block = shell.run("dd if=/dev/vda bs=64k skip=16 count=16 2>/dev/null | md5sum")
-        shell.run(COUNTER)
+        shell.run(DISK_COUNTER)
         time.sleep(1)
         before = _uptime(shell)
         started = time.monotonic()
@@ -133,7 +116,7 @@ def test_aborted_migration_leaves_the_vm_on_the_source(
     name = f"{PREFIX}abort"
     src, dst = lab_tls[0], lab_tls[1]
     with _boot(src, name, demo_iso) as shell:
-        shell.run(COUNTER)
+        shell.run(DISK_COUNTER)
         before = _uptime(shell)
     cancel = threading.Event()
 

@@ -11,7 +11,6 @@ went on.  One guest makes both moves (host 1 -> 2 pre-copy, 2 -> 3 post-copy): o
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -26,16 +25,12 @@ from kvmgr.host import lab as labs
 from kvmgr.services import migration, storage
 from kvmgr.units import MIB
 from tests.integration.guest import GuestShell, demo_domain
-from tests.lab.conftest import remove_domain
+from tests.lab.conftest import DISK_COUNTER, purge_prefix
 
 PREFIX = "lab-mconv-"
 NAME = f"{PREFIX}dirty"
 POOL = "default"
 BANDWIDTH_MIB = 16
-COUNTER = (
-    "(i=0; while true; do i=$((i+1)); echo $i >> /tmp/counter.log;"
-    " echo $i | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 0.2; done) & true"
-)
 # 8 MiB of text (not zeros: QEMU sends zero pages as markers), written four times over, forever.
 SOURCE = (
     "yes kvmgr-dirty-page | head -c 1048576 > /tmp/one;"
@@ -51,25 +46,13 @@ class Guest:
     started: float  # monotonic time of the uptime reading
 
 
-def _purge(connections: list[Connection]) -> None:
-    for conn in connections:
-        with contextlib.suppress(libvirt.libvirtError):
-            remove_domain(conn, NAME)
-        pool = conn.virconn.storagePoolLookupByName(POOL)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith(PREFIX):
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
-
-
 def _uptime(shell: GuestShell) -> float:
     return float(shell.run("cat /proc/uptime").split()[0])
 
 
 @pytest.fixture(scope="module")
 def guest(lab_tls: list[Connection], demo_iso: Path) -> Iterator[Guest]:
-    _purge(lab_tls)
+    purge_prefix(lab_tls, PREFIX, POOL)
     src = lab_tls[0]
     ref = storage.create_volume(src, POOL, f"{NAME}.qcow2", 64 * MIB, "qcow2")
     domain = demo_domain(src, NAME, str(demo_iso), disk_path=ref.path, memory=256 * MIB)
@@ -80,14 +63,14 @@ def guest(lab_tls: list[Connection], demo_iso: Path) -> Iterator[Guest]:
     with GuestShell.open(src, NAME) as shell:
         shell.wait_ready()
         shell.run(SOURCE, timeout=60)
-        shell.run(COUNTER)
+        shell.run(DISK_COUNTER)
         shell.run(DIRTY)
         time.sleep(2)
         state = Guest(0, _uptime(shell), time.monotonic())
     try:
         yield state
     finally:
-        _purge(lab_tls)
+        purge_prefix(lab_tls, PREFIX, POOL)
 
 
 def _check_continued(conn: Connection, state: Guest) -> None:

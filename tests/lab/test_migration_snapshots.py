@@ -10,7 +10,6 @@ A move aborted half way leaves the records on the source and nothing on the dest
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -26,35 +25,17 @@ from kvmgr.services import migration, snapshots, storage
 from kvmgr.services.migration_checks import preflight
 from kvmgr.units import MIB
 from tests.integration.guest import GuestShell, demo_domain
-from tests.lab.conftest import remove_domain
+from tests.lab.conftest import DISK_COUNTER, purge_prefix
 
 PREFIX = "lab-msnap-"
 POOL = "default"
-COUNTER = (
-    "(i=0; while true; do i=$((i+1)); echo $i >> /tmp/counter.log;"
-    " echo $i | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; sleep 0.2; done) & true"
-)
-
-
-def _purge(connections: list[Connection]) -> None:
-    for conn in connections:
-        for dom in conn.virconn.listAllDomains(0):
-            if dom.name().startswith(PREFIX):
-                remove_domain(conn, dom.name())
-        pool = conn.virconn.storagePoolLookupByName(POOL)
-        pool.refresh(0)
-        # Overlays before the images under them: libvirt deletes either, but keep it tidy.
-        for vol in sorted(pool.listAllVolumes(0), key=lambda v: -v.name().count(".")):
-            if vol.name().startswith(PREFIX):
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
 
 
 @pytest.fixture
 def clean(lab_ssh: list[Connection]) -> Iterator[None]:
-    _purge(lab_ssh)
+    purge_prefix(lab_ssh, PREFIX, POOL)
     yield
-    _purge(lab_ssh)
+    purge_prefix(lab_ssh, PREFIX, POOL)
 
 
 def _volumes(conn: Connection) -> set[str]:
@@ -92,7 +73,7 @@ def test_running_vm_with_two_external_snapshots_moves_with_its_chain(
         snapshots.create_snapshot(src, name, "two", disk_only=True)
         shell.run("dd if=/dev/urandom of=/dev/vda bs=64k seek=16 count=16 conv=fsync 2>/dev/null")
         block = shell.run("dd if=/dev/vda bs=64k skip=16 count=16 2>/dev/null | md5sum")
-        shell.run(COUNTER)
+        shell.run(DISK_COUNTER)
         time.sleep(1)
     tree = _tree(src, name)
     assert tree == [("one", None, False), ("two", "one", True)]

@@ -27,7 +27,7 @@ from kvmgr.services.placement import Group, group_of, set_group
 from kvmgr.store.db import Store
 from kvmgr.units import MIB
 from tests.integration.guest import GuestShell, demo_domain
-from tests.lab.conftest import remove_domain
+from tests.lab.conftest import purge_prefix
 from tests.lab.test_migration import POOL, _shut_off_domain, _uptime, _volumes
 
 PREFIX = "lab-mv-"
@@ -43,21 +43,9 @@ def kvmgr(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def clean(lab_tls: list[Connection]) -> Iterator[None]:
-    _purge_prefix(lab_tls)
+    purge_prefix(lab_tls, PREFIX, POOL)
     yield
-    _purge_prefix(lab_tls)
-
-
-def _purge_prefix(connections: list[Connection]) -> None:
-    for conn in connections:
-        for dom in conn.virconn.listAllDomains(0):
-            if dom.name().startswith(PREFIX):
-                remove_domain(conn, dom.name())
-        pool = conn.virconn.storagePoolLookupByName(POOL)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith(PREFIX):
-                vol.delete(0)
+    purge_prefix(lab_tls, PREFIX, POOL)
 
 
 def register_zoned_hosts(lab: labs.Lab, state: Path) -> None:

@@ -32,8 +32,8 @@ from kvmgr.units import MIB
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import PASSWORD, Served, serve
 from tests.integration.guest import GuestShell, demo_domain
+from tests.lab.conftest import purge_prefix
 from tests.lab.test_migration import POOL, _shut_off_domain, _volumes
-from tests.lab.test_moves import _purge_prefix
 
 pytestmark = [pytest.mark.e2e]
 
@@ -49,7 +49,7 @@ def web(
 ) -> Iterator[Served]:
     """``kvmgr serve`` on lab host 1 with h1..h4 registered, h3 in maintenance (the refused
     host).  The hosts go into the store before the server starts, so that its own URI is h1."""
-    _purge_prefix(lab_tls)
+    purge_prefix(lab_tls, PREFIX)
     state = tmp_path_factory.mktemp("web-migrate")
     uri = lab.tls_uri(lab.host(1))
     store = Store(Settings(state_dir=state, uri=uri, secret_key="e" * 40).database_url)
@@ -62,7 +62,7 @@ def web(
         yield from serve(state, uri=uri)
     finally:
         close_connections()
-        _purge_prefix(lab_tls)
+        purge_prefix(lab_tls, PREFIX)
 
 
 @pytest.fixture(scope="module")
