@@ -44,6 +44,12 @@ def _remove_domain(dom: libvirt.virDomain) -> None:
 
 
 def _test_vm_running(dom: libvirt.virDomain) -> None:
+    from kvmgr.xml.domain import KVMGR_NS
+
+    # kvmgr's own record on it (a test made it a template, say) goes too: later tests start it.
+    for flags in (libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG):
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, KVMGR_NS, flags)
     for snapshot in dom.listAllSnapshots():
         with contextlib.suppress(libvirt.libvirtError):
             snapshot.delete()
