@@ -26,6 +26,7 @@ from kvmgr.services.migration_checks import preflight
 from kvmgr.units import MIB
 from tests.integration.guest import GuestShell, demo_domain
 from tests.lab.conftest import DISK_COUNTER, purge_prefix
+from tests.lab.test_migration import _boot
 
 PREFIX = "lab-msnap-"
 POOL = "default"
@@ -62,11 +63,7 @@ def test_running_vm_with_two_external_snapshots_moves_with_its_chain(
 ) -> None:
     name = f"{PREFIX}live"
     src, dst = lab_ssh[0], lab_ssh[1]
-    ref = storage.create_volume(src, POOL, f"{name}.qcow2", 64 * MIB, "qcow2")
-    src.virconn.defineXML(demo_domain(src, name, str(demo_iso), disk_path=ref.path).to_xml())
-    src.virconn.lookupByName(name).create()
-    with GuestShell.open(src, name) as shell:
-        shell.wait_ready()
+    with _boot(src, name, demo_iso) as shell:
         shell.run("echo state-one-data | dd of=/dev/vda bs=512 seek=200 conv=fsync 2>/dev/null")
         snapshots.create_snapshot(src, name, "one", disk_only=True)
         shell.run("echo state-two-data | dd of=/dev/vda bs=512 seek=200 conv=fsync 2>/dev/null")
@@ -189,11 +186,7 @@ def test_aborted_move_leaves_the_snapshots_on_the_source_and_nothing_on_the_dest
 ) -> None:
     name = f"{PREFIX}abort"
     src, dst = lab_ssh[0], lab_ssh[1]
-    ref = storage.create_volume(src, POOL, f"{name}.qcow2", 64 * MIB, "qcow2")
-    src.virconn.defineXML(demo_domain(src, name, str(demo_iso), disk_path=ref.path).to_xml())
-    src.virconn.lookupByName(name).create()
-    with GuestShell.open(src, name) as shell:
-        shell.wait_ready()
+    _boot(src, name, demo_iso).close()  # booted and ready; no console needed here
     snapshots.create_snapshot(src, name, "kept", disk_only=True)
     cancel = threading.Event()
 

@@ -156,20 +156,17 @@ class ControlPlane:
         held: list[str] = []
         try:
             for key in keys:
-                held.append(
-                    self.uses.take(
-                        key.key,
-                        operation,
-                        actor=self.actor,
-                        what=key.what,
-                        wait=True,
-                        timeout=USE_WAIT,
-                    )
-                )
+                held.append(self._take_use(key, operation))
             yield
         finally:
             if held:
                 self.leases.drop(held)
+
+    def _take_use(self, key: Key, operation: str) -> str:
+        """A use of ``key`` (its row's key), waiting up to USE_WAIT for a delete to end."""
+        return self.uses.take(
+            key.key, operation, actor=self.actor, what=key.what, wait=True, timeout=USE_WAIT
+        )
 
     def busy(self, key: Key | str) -> str | None:
         """``"<op> by <who> since <t>"`` while someone holds ``key`` (``vm info`` shows it as
@@ -208,16 +205,7 @@ class ControlPlane:
             key = use_key(host, kind, names)
             if key.key in used or self.leases.holds(key.key):
                 return  # used already, or this operation works on the object itself
-            held.append(
-                self.uses.take(
-                    key.key,
-                    description,
-                    actor=self.actor,
-                    what=key.what,
-                    wait=True,
-                    timeout=USE_WAIT,
-                )
-            )
+            held.append(self._take_use(key, description))
             used.add(key.key)
 
         # Each commit costs an fsync (~10 ms on a plain disk): the operation's row and its own
