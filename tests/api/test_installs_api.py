@@ -95,3 +95,15 @@ def test_wizard_sources_images_and_iso_script_kind(as_user: dict[str, As]) -> No
     assert install_script_kind("rocky9") == "kickstart"
     assert install_script_kind("debian12") == "preseed"
     assert install_script_kind("win10") is None and install_script_kind("nope") is None
+
+
+def test_a_windows_product_key_is_refused_and_makes_no_task(
+    as_user: dict[str, As], app: FastAPI
+) -> None:
+    """The task row would keep the key in clear: refused before any task, with the CLI way."""
+    key = "ABCDE-FGHIJ-KLMNO-PQRST-UVWXY"
+    body = {"name": "t-api-win", "iso": "/nonexistent.iso", "unattended": {"product_key": key}}
+    answer = as_user["admin"].post("/api/v1/vms", json=body)
+    assert answer.status_code == 422, answer.text
+    assert "--product-key-file" in answer.json()["hint"]
+    assert key not in _everything(as_user["admin"], as_user["admin"], app)

@@ -40,8 +40,9 @@ class Unattended(BaseModel):
     locale: str = Field(default="en_US", max_length=16)
     packages: list[str] = Field(default_factory=list, max_length=256)
     profile: Literal["minimal", "desktop"] = "minimal"
-    #: Windows only.  Windows passwords cannot go through the API: Windows needs them in
-    #: clear (obscured) and the task row keeps only hashes, so such a request is refused.
+    #: Windows only, and refused here: the task row that carries the request would keep the key
+    #: in clear (as it would Windows passwords, which Windows needs obscured, not hashed).  The
+    #: field is kept so that a request naming it gets that reason, not a silent drop.
     product_key: str | None = Field(default=None, max_length=29)
 
 
@@ -84,6 +85,13 @@ def hashed_provision_params(
     of the passwords (``password_hash``, ``root_password_hash``)."""
     from kvmgr.crypt import sha512_crypt
 
+    if unattended is not None and unattended.product_key:
+        raise InvalidInput(
+            "a Windows product key cannot go through the API: the task that carries the request "
+            "would keep it",
+            hint="an admin creates it on the server with kvmgr vm create --unattended "
+            "--product-key-file FILE; or leave the key out for media that need none",
+        )
     out: dict[str, Any] = {}
     for key, part in (("unattended", unattended), ("cloud_init", cloud_init)):
         if part is None:
