@@ -40,8 +40,21 @@ for package in $PACKAGES; do
     fi
 done
 
+# swtpm's local CA must belong to tss, the user libvirt runs swtpm as.  A libvirtd started
+# before swtpm-tools created tss ran swtpm as root and left root's CA files, and every later
+# daemon then fails to make a new TPM.  The same check as 'kvmgr host check' (kvmgr/host/
+# swtpm_ca.py), done here because this script runs before kvmgr is installed.
+repair_swtpm_ca() {
+    ca=/var/lib/swtpm-localca
+    if [ -d "$ca" ] && id tss >/dev/null 2>&1 && [ -n "$(find "$ca" ! -user tss -print -quit)" ]; then
+        echo "swtpm local CA: giving $ca back to tss"
+        chown -R tss "$ca"
+    fi
+}
+
 if [ -z "$missing" ]; then
     echo "system packages: all present"
+    repair_swtpm_ca
     exit 0
 fi
 
@@ -49,3 +62,4 @@ echo "system packages: installing$missing"
 apt-get update
 # shellcheck disable=SC2086  # word splitting of the package list is intended
 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+repair_swtpm_ca

@@ -153,6 +153,14 @@ def translate(err: libvirt.libvirtError, doing: str) -> KvmgrError:
             "run the command again; kvmgr finishes or undoes a half-done operation on its "
             "next run",
         )
+    if "swtpm_setup" in detail:
+        # A new TPM's state could not be made (libvirt names only the log).  The cause seen in
+        # practice is swtpm's local CA owned by root after a daemon ran swtpm as root.
+        return OperationFailed(
+            message,
+            hint="the log it names says why; 'kvmgr host check' looks at swtpm's local CA "
+            "and 'kvmgr host setup' repairs its ownership",
+        )
     return OperationFailed(message)
 
 

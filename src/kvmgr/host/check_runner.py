@@ -51,6 +51,8 @@ class CheckContext:
     sys: Path = Path("/sys")
     dev: Path = Path("/dev")
     virtlogd_socket: Path = Path("/run/libvirt/virtlogd-sock")
+    qemu_conf: Path = Path("/etc/libvirt/qemu.conf")
+    swtpm_localca_conf: Path = Path("/etc/swtpm-localca.conf")
     min_pool_free: int = 10 * GIB
     _conn: Connection | None = field(default=None, repr=False)
     _conn_error: KvmgrError | None = field(default=None, repr=False)

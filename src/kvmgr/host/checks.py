@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import shutil
 import socket
 import time
@@ -374,6 +375,28 @@ def check_virtlogd(ctx: CheckContext) -> CheckResult:
                 VIRTLOGD, Status.FAIL, f"{path} refuses connections: {err.strerror or err}", hint
             )
     return _pass(VIRTLOGD, f"virtlogd answers on {path}")
+
+
+SWTPM_CA = "swtpm local CA"
+
+
+@register(SWTPM_CA)
+def check_swtpm_ca(ctx: CheckContext) -> CheckResult:
+    """Only new TPMs need it (Windows 11 VMs), so a problem is a warning, not a failure."""
+    from kvmgr.host.swtpm_ca import foreign_ca_files, localca_statedir
+
+    foreign = foreign_ca_files(ctx.qemu_conf, ctx.swtpm_localca_conf)
+    if foreign is not None:
+        return CheckResult(
+            SWTPM_CA,
+            Status.WARN,
+            foreign.summary,
+            f"'kvmgr host setup' gives them back ({shlex.join(foreign.fix_argv)})",
+        )
+    statedir = localca_statedir(ctx.swtpm_localca_conf)
+    if not statedir.is_dir():
+        return _pass(SWTPM_CA, f"no {statedir}: swtpm-tools not installed (only TPMs need it)")
+    return _pass(SWTPM_CA, f"{statedir} belongs to the user libvirt runs swtpm as")
 
 
 DEFAULT_NET = "default network"

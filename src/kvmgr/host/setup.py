@@ -24,6 +24,7 @@ from typing import Any
 from kvmgr.errors import HostError, Unsupported
 from kvmgr.host.osrelease import OsRelease, read_os_release
 from kvmgr.host.run import run
+from kvmgr.host.swtpm_ca import ForeignCAFiles, foreign_ca_files
 
 INSTALL_TIMEOUT = 1800.0  # package downloads on a slow mirror take minutes, not hours
 DAEMONS_START = ("kvmgr", "host", "daemons", "start")
@@ -96,6 +97,7 @@ class SetupFacts:
     active_units: frozenset[str] = frozenset()
     daemon_answers: bool = False
     arch: str = "x86_64"
+    swtpm_ca: ForeignCAFiles | None = None  # read on this host only (remote setup: None)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ def build_plan(facts: SetupFacts) -> Plan:
     profile = profile_for(facts.os_release, facts.arch)
     missing = [name for name in profile.packages if name not in facts.installed]
     steps = [*_install_steps(profile.manager, missing), *_daemon_steps(profile, facts)]
+    if facts.swtpm_ca is not None:
+        ca = facts.swtpm_ca
+        steps.append(Step(f"give swtpm's local CA ({ca.statedir}) to {ca.user}", ca.fix_argv))
     osr = facts.os_release
     name = osr.pretty_name or f"{osr.id} {osr.version_id}".strip()
     return Plan(name, profile.family, tuple(steps))
@@ -221,6 +226,7 @@ def gather_facts() -> SetupFacts:
         active_units=active,
         daemon_answers=daemons.daemon_answers(),
         arch=arch,
+        swtpm_ca=foreign_ca_files(),
     )
 
 
