@@ -3,6 +3,7 @@ checking and setting up this host or the chosen one (check, setup, info, daemons
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -45,7 +46,8 @@ def check(output: OutputFormat = OutputOption) -> None:
         for r in report.results
     ]
     if output.for_people:
-        for row in rows:
+        # Colour only on a terminal: piped, the plain table prints cells as they are.
+        for row in rows if sys.stdout.isatty() else []:
             style = _STATUS_STYLE[row["status"]]
             row["status"] = f"[{style}]{row['status']}[/]"
         emit_rows(rows, output, ["check", "status", "detail", "hint"])
