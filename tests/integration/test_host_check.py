@@ -86,6 +86,8 @@ def test_cli_check_table_ends_with_the_summary() -> None:
     result = CliRunner().invoke(app, ["--connect", "qemu:///system", "host", "check"])
     assert result.exit_code == 0, result.output
     assert "KVM runs guest code" in result.output
+    assert "[/]" not in result.output  # not a terminal: plain cells, no Rich markup
+    assert any(line.split()[2:3] == ["PASS"] for line in result.output.splitlines())
     last = result.output.splitlines()[-1]
     usable = os.path.exists("/dev/kvm") and probe_kvm("/dev/kvm").usable
     assert ("with KVM acceleration" if usable else "software emulation") in last
