@@ -248,6 +248,10 @@ def test_evacuate_from_the_hosts_page_shows_the_plan_then_progress(
     h4.virconn.lookupByName(running).create()
     with GuestShell.open(h4, running) as shell:
         shell.wait_ready()  # booted: its memory holds data, seconds to copy, not a blink
+    # An evacuation sets no bandwidth, so libvirt uses the VM's own migration speed: 8 MiB/s
+    # makes the live move last several of the service's 2 s job reads (unlimited, it can end
+    # between two of them on a quiet machine, and no figures reach its row).
+    h4.virconn.lookupByName(running).migrateSetMaxSpeed(8, 0)
     page = _login(browser, web, "admin")
     try:
         page.goto(f"{web.url}/hosts")
