@@ -34,6 +34,7 @@ from kvmgr.connect import Connection
 from kvmgr.errors import InvalidState, libvirt_errors, translate
 from kvmgr.services import migration_snapshots as snapshot_moves
 from kvmgr.services import storage
+from kvmgr.services.inputs import use_definition
 from kvmgr.services.migration_checks import Preflight, preflight
 from kvmgr.services.migration_copy import compare, copy_volume
 from kvmgr.services.steps import LocalSteps, Steps, recovery_action
@@ -221,6 +222,7 @@ def _move(
     checked = snapshot_moves.copy_layers(src, dst, check, dest_steps, made_volumes, cancel)
     made = _make_target_volumes(dst, check, dest_steps, made_volumes)
     dom = src.virconn.lookupByName(check.name)
+    use_destination(dst, dom, made, dest_steps, live=check.live)
     snapshot_moves.hand_over(dom, check, source_steps, dest_steps, made_volumes)
     watcher = None
     if check.live:
@@ -278,6 +280,17 @@ def _make_target_volumes(
         made_volumes.append((disk.pool, disk.volume))
         made[disk.target] = ref.path
     return made
+
+
+def use_destination(
+    dst: Connection, dom: libvirt.virDomain, made: dict[str, str], steps: Steps, *, live: bool
+) -> None:
+    """Hold on the destination what the VM's definition there names (its networks, pools,
+    volumes) until the move ends, and look each up again: a ``net delete`` there since the
+    preflight fails the move now, undone, rather than landing the VM on a network that is
+    gone.  The same rule as a create's define (:mod:`kvmgr.services.inputs`)."""
+    for inactive in (True, False) if live else (True,):  # a live move sends both definitions
+        use_definition(dst, steps, Domain.from_xml(_target_xml(dom, made, inactive=inactive)))
 
 
 def _target_xml(dom: libvirt.virDomain, made: dict[str, str], *, inactive: bool) -> str:
