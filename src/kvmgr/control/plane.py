@@ -291,7 +291,12 @@ class ControlPlane:
         """Undo (or finish) in-process what the journal of a failed operation says."""
         error = f"{err.__class__.__name__}: {err}"
         try:
-            problems = run_recovery(self.connect(host), steps.undo, steps.finish)
+            conn = self.connect(host)
+            problems = run_recovery(conn, steps.undo, steps.finish)
+            if steps.finish and not problems:  # a delete finished here, past its face's forget
+                from kvmgr.control.recovery_owners import forget_removed
+
+                forget_removed(self.store, conn, host, steps.finish)
         except Exception as undo_err:  # recovery by a later process takes over
             log.error("in-process undo of %s failed (%s); left for recovery", op_id, undo_err)
             # Not ours any more, so any process's recovery (ours included) picks it up.

@@ -113,7 +113,7 @@ def _recover_one(
             log.info("recovery of %s waits: %s", operation_id, err)
             return None
         undo, finish = load_records(store, operation_id)
-        outcome = _run(connect, host, undo, finish)
+        outcome = _run(store, connect, host, undo, finish)
         if outcome is None:
             message = f"host {host} unreachable; recovery will be tried again"
             _mark(store, operation_id, RUNNING, None, message, keep_records=True)
@@ -126,7 +126,11 @@ def _recover_one(
 
 
 def _run(
-    connect: Callable[[str], Connection], host: str, undo: list[Record], finish: list[Record]
+    store: Store,
+    connect: Callable[[str], Connection],
+    host: str,
+    undo: list[Record],
+    finish: list[Record],
 ) -> tuple[str, str, str | None] | None:
     """Run the records; (state, message, problems), or None when the host cannot be reached."""
     # The recovering process may never have imported the service that journaled the
@@ -143,6 +147,10 @@ def _run(
         log.warning("recovery cannot reach host %s: %s", host, err)
         return None
     problems = run_recovery(conn, undo, finish)
+    if finish and not problems:  # a delete finished: no face is left to forget its owners
+        from kvmgr.control.recovery_owners import forget_removed  # the services it reads
+
+        forget_removed(store, conn, host, finish)
     return outcome_of(undo, finish, problems)
 
 

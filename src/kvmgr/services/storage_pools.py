@@ -269,6 +269,7 @@ def delete_pool(
             name=name,
             volumes=sorted(vol.name() for vol in doomed),
             dir_pool=info.type == "dir",
+            path=info.path,  # for recovery's owner records (control/recovery_owners.py)
         )
         for vol in doomed:
             journal.progress(f"deleting volume {vol.name()} of pool {name}")

@@ -67,7 +67,8 @@ def delete(
     with libvirt_errors(f"reading VM {name}"):
         uuid = dom.UUIDString()
     with owned_steps(conn, steps) as journal:
-        journal.finish_with("vm.delete", uuid=uuid, keep_disks=keep_disks)
+        # volumes: for recovery's owner records (control/recovery_owners.py), not the action
+        journal.finish_with("vm.delete", uuid=uuid, keep_disks=keep_disks, volumes=owned)
         return finish_delete(conn, uuid, keep_disks=keep_disks, say=journal.progress)
 
 
