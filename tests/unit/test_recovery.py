@@ -143,3 +143,20 @@ def test_ops_commands_list_and_recover(
         assert "web2" in every.output and "done" in every.output
     finally:
         state.close()
+
+
+def test_the_message_names_each_action_with_its_short_arguments() -> None:
+    from kvmgr.control.recovery import describe
+    from kvmgr.services.steps import Record
+
+    finish = [
+        Record("vm.delete", {"uuid": "5a1c", "keep_disks": False, "volumes": ["/a", "/b"]}),
+        Record("network.finish_delete", {"name": "lan", "xml": "<network>" + "x" * 200}),
+        Record("pool.finish_delete", {"name": "p", "volumes": [f"v{i}" for i in range(9)]}),
+    ]
+    words = describe([], finish)
+    assert words.startswith("finished: vm.delete uuid=5a1c keep_disks=False volumes=/a,/b; ")
+    assert "network.finish_delete name=lan xml=<network>xxx" in words and "x" * 100 not in words
+    assert words.endswith("pool.finish_delete name=p volumes=9 items")
+    undo = [Record("volume.delete", {"pool": "default", "name": "w.qcow2"}), Record("a", {})]
+    assert describe(undo, []) == "undid: a; volume.delete pool=default name=w.qcow2"

@@ -165,12 +165,27 @@ def outcome_of(
 
 
 def describe(undo: list[Record], finish: list[Record]) -> str:
-    """What running the records does, in words ("undid: volume.delete {...}")."""
+    """What running the records does, in words ("undid: volume.delete pool=default name=x")."""
     if finish:
-        return "finished: " + "; ".join(f"{r.action} {r.args}" for r in finish)
+        return "finished: " + "; ".join(_words(r) for r in finish)
     if undo:
-        return "undid: " + "; ".join(f"{r.action} {r.args}" for r in reversed(undo))
+        return "undid: " + "; ".join(_words(r) for r in reversed(undo))
     return "nothing had been done yet"
+
+
+def _words(record: Record) -> str:
+    """``action key=value ...`` for ``ops list``: the arguments that name things, each short
+    (a definition's XML or a long list would bury the line; the records keep them whole)."""
+    shown = []
+    for key, value in record.args.items():
+        if isinstance(value, dict) or value in ([], ()):
+            continue
+        if isinstance(value, list | tuple):
+            text = ",".join(map(str, value)) if len(value) <= 3 else f"{len(value)} items"
+        else:
+            text = str(value)
+        shown.append(f"{key}={text if len(text) <= 80 else text[:77] + '...'}")
+    return " ".join([record.action, *shown])
 
 
 def _mark(
