@@ -15,8 +15,6 @@ import posixpath
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import libvirt
-
 from kvmgr.connect import Connection
 from kvmgr.control.objects import ISO_POOL
 from kvmgr.control.ownership import forget_owner
@@ -25,6 +23,8 @@ from kvmgr.services.object_undo import (
     NETWORK_FINISH_DELETE,
     POOL_FINISH_DELETE,
     VOLUME_FINISH_DELETE,
+    network_or_none,
+    pool_or_none,
 )
 from kvmgr.services.steps import Record
 from kvmgr.store.db import Store
@@ -52,16 +52,13 @@ def _vm_gone(conn: Connection, args: dict[str, Any]) -> Gone:
 
 def _network_gone(conn: Connection, args: dict[str, Any]) -> Gone:
     name = str(args["name"])
-    try:
-        conn.virconn.networkLookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-            yield "network", name
+    if network_or_none(conn, name) is None:
+        yield "network", name
 
 
 def _pool_gone(conn: Connection, args: dict[str, Any]) -> Gone:
     name, where = str(args["name"]), args.get("path")
-    if _pool(conn, name) is not None:
+    if pool_or_none(conn, name) is not None:
         return  # kept (a file appeared in it since): its volumes are the volume action's kind
     yield "pool", name
     for volume in args.get("volumes", []) if where else []:
@@ -70,22 +67,13 @@ def _pool_gone(conn: Connection, args: dict[str, Any]) -> Gone:
 
 def _volumes_gone(conn: Connection, args: dict[str, Any]) -> Gone:
     name = str(args["pool"])
-    if _pool(conn, name) is None:
+    if pool_or_none(conn, name) is None:
         return
     where = storage_pools.pool_info(conn, name).path or ""
     with_path = {vol: posixpath.join(where, vol) for vol in map(str, args["names"])}
     for volume, path in with_path.items():
         if storage.find_volume_by_path(conn, path) is None:
             yield ("iso", volume) if name == ISO_POOL else ("volume", path)
-
-
-def _pool(conn: Connection, name: str) -> libvirt.virStoragePool | None:
-    try:
-        return conn.virconn.storagePoolLookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-            return None
-        raise
 
 
 _GONE: dict[str, Callable[[Connection, dict[str, Any]], Gone]] = {

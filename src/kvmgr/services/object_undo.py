@@ -28,7 +28,7 @@ def undo_network(conn: Connection, args: dict[str, Any]) -> None:
     from kvmgr.services.networks import vms_using
 
     name = str(args["name"])
-    net = _network_or_none(conn, name)
+    net = network_or_none(conn, name)
     if net is None:
         return
     users = vms_using(conn, name)
@@ -46,7 +46,7 @@ def undo_pool(conn: Connection, args: dict[str, Any]) -> None:
     """Undo making pool ``name``: stop and undefine it (its directory too when the operation
     made it and it is empty) unless it is gone or holds volumes now."""
     name = str(args["name"])
-    pool = _pool_or_none(conn, name)
+    pool = pool_or_none(conn, name)
     if pool is None:
         return
     with libvirt_errors(f"listing the volumes of storage pool {name}"):
@@ -98,7 +98,7 @@ def finish_network_delete(conn: Connection, args: dict[str, Any]) -> None:
     from kvmgr.services.networks import vms_using
 
     name = str(args["name"])
-    net = _network_or_none(conn, name)
+    net = network_or_none(conn, name)
     if net is None:
         return
     users = [] if args.get("force") else vms_using(conn, name)
@@ -111,7 +111,7 @@ def finish_network_delete(conn: Connection, args: dict[str, Any]) -> None:
     _remove_network(net, name)
 
 
-def _network_or_none(conn: Connection, name: str) -> libvirt.virNetwork | None:
+def network_or_none(conn: Connection, name: str) -> libvirt.virNetwork | None:
     """Network ``name``, or None when it is gone (recovery's work is then done already)."""
     with libvirt_errors(f"looking up network {name}"):
         try:
@@ -122,7 +122,7 @@ def _network_or_none(conn: Connection, name: str) -> libvirt.virNetwork | None:
             raise
 
 
-def _pool_or_none(conn: Connection, name: str) -> libvirt.virStoragePool | None:
+def pool_or_none(conn: Connection, name: str) -> libvirt.virStoragePool | None:
     """Storage pool ``name``, or None when it is gone."""
     with libvirt_errors(f"looking up storage pool {name}"):
         try:
@@ -149,7 +149,7 @@ def finish_pool_delete(conn: Connection, args: dict[str, Any]) -> None:
     from kvmgr.services.storage_pools import remove_pool
 
     name = str(args["name"])
-    pool = _pool_or_none(conn, name)
+    pool = pool_or_none(conn, name)
     if pool is None:
         return
     with libvirt_errors(f"looking up storage pool {name}"):
@@ -162,7 +162,7 @@ def finish_pool_delete(conn: Connection, args: dict[str, Any]) -> None:
 def finish_volume_delete(conn: Connection, args: dict[str, Any]) -> None:
     """Finish deleting the volumes ``names`` of pool ``pool`` (those gone already: done)."""
     name = str(args["pool"])
-    pool = _pool_or_none(conn, name)
+    pool = pool_or_none(conn, name)
     if pool is None:
         return
     with libvirt_errors(f"looking up storage pool {name}"):
