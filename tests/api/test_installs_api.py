@@ -94,16 +94,23 @@ def test_wizard_sources_images_and_iso_script_kind(as_user: dict[str, As]) -> No
 
     assert install_script_kind("rocky9") == "kickstart"
     assert install_script_kind("debian12") == "preseed"
-    assert install_script_kind("win10") is None and install_script_kind("nope") is None
+    assert install_script_kind("win10") == "autounattend"  # osinfo-db's windows-unattend
+    assert install_script_kind("win11") == "autounattend"
+    assert install_script_kind("winxp") is None  # no answer-file template before Vista
+    assert install_script_kind("nope") is None
 
 
-def test_a_windows_product_key_is_refused_and_makes_no_task(
-    as_user: dict[str, As], app: FastAPI
+def test_a_product_key_for_a_target_that_is_not_windows_is_refused_and_makes_no_task(
+    as_user: dict[str, As], app: FastAPI, tmp_path: Path
 ) -> None:
-    """The task row would keep the key in clear: refused before any task, with the CLI way."""
+    """A key means Windows: for any other target (or one that cannot be told) it is refused
+    before any task, saying how to name a Windows OS (Windows keys: test_windows_secrets_api)."""
+    iso = tmp_path / "rocky.iso"
+    iso.write_bytes(b"not an ISO 9660 image" * 100)
     key = "ABCDE-FGHIJ-KLMNO-PQRST-UVWXY"
-    body = {"name": "t-api-win", "iso": "/nonexistent.iso", "unattended": {"product_key": key}}
+    body = {"name": "t-api-win", "iso": str(iso), "unattended": {"product_key": key}}
     answer = as_user["admin"].post("/api/v1/vms", json=body)
     assert answer.status_code == 422, answer.text
-    assert "--product-key-file" in answer.json()["hint"]
+    assert "does not install Windows" in answer.json()["error"]
+    assert "win10" in answer.json()["hint"]
     assert key not in _everything(as_user["admin"], as_user["admin"], app)

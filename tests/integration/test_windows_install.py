@@ -41,11 +41,10 @@ PASSWORD = "Winter-2026!not-in-logs"
 VOLUME_ID = "CCCOMA_X64FRE_EN-US_DV9"
 
 
-@pytest.fixture(scope="module")
-def windows_iso() -> Path:
+def build_windows_iso(path: Path) -> Path:
+    """A Windows-10-like ISO at ``path`` (what osinfo-db matches, and Setup's usual files)."""
     import pycdlib
 
-    path = DEMO_ISO_CACHE.parent / "windows-like.iso"
     path.parent.mkdir(parents=True, exist_ok=True)
     iso = pycdlib.PyCdlib()
     # No Joliet: its volume id holds 16 characters, the real one 23 (Windows media use UDF).
@@ -60,6 +59,11 @@ def windows_iso() -> Path:
     partial.chmod(0o644)
     partial.replace(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def windows_iso() -> Path:
+    return build_windows_iso(DEMO_ISO_CACHE.parent / "windows-like.iso")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -154,11 +154,23 @@ class AppContext:
 
     # ---------------------------------------------------------------- tasks
     def submit(
-        self, who: Principal, kind: str, params: dict[str, Any], target: str
+        self,
+        who: Principal,
+        kind: str,
+        params: dict[str, Any],
+        target: str,
+        secrets: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Queue a task for any worker; the audit row of its outcome is the worker's."""
+        """Queue a task for any worker; the audit row of its outcome is the worker's.
+        ``secrets`` wait for its handler in kvmgr.control.task_secrets, not in ``params``."""
         task = tasks.submit(
-            self.store, kind, params, owner=who, target=target, host=self.host_name()
+            self.store,
+            kind,
+            params,
+            owner=who,
+            target=target,
+            host=self.host_name(),
+            secrets=secrets,
         )
         if self.worker is not None:
             self.worker.wake()

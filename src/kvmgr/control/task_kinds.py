@@ -55,6 +55,7 @@ def vm_spec(params: dict[str, Any]) -> create_service.VMSpec:
 
 @task_kind("vm.create")
 def _vm_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    secrets = ctx.secrets()  # taken (deleted) first, whatever happens next
     spec = vm_spec(params)
     taken = check_vm_spec(ctx.authz(), spec)
     steps = iter(range(10, 95, 10))
@@ -67,7 +68,9 @@ def _vm_create(ctx: TaskContext, params: dict[str, Any]) -> dict[str, Any]:
     key = vm_name_key(ctx.host, spec.name)
     with ctx.plane.operation("create", spec.name, ctx.host, [key], say=progress) as journal:
         if wants_provision(params):  # unattended install or cloud image (issue 13)
-            data, result = provision(ctx.conn(), spec, params, progress, steps=journal)
+            data, result = provision(
+                ctx.conn(), spec, params, progress, steps=journal, secrets=secrets
+            )
         else:
             result = create_service.create_vm(ctx.conn(), spec, progress, steps=journal)
             data = asdict(result)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +30,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from kvmgr.connect import Connection
-from kvmgr.control import events, notify
+from kvmgr.control import events, notify, task_secrets
 from kvmgr.control.authz import Authz
 from kvmgr.control.plane import ControlPlane
 from kvmgr.errors import InvalidInput, KvmgrError, NotFound
@@ -72,6 +72,11 @@ class TaskContext:
 
     def conn(self) -> Connection:
         return self.connect(self.host)
+
+    def secrets(self) -> dict[str, str]:
+        """The secrets the API stored with this task (kvmgr.control.task_secrets), deleted as
+        they are read: the first call gets them, any later one an empty dict."""
+        return task_secrets.take(self.store, self.task_id)
 
     def authz(self) -> Authz:
         """The submitter's permissions, checked again when the task runs (they may have changed
@@ -168,10 +173,14 @@ def submit(
     owner: Principal,
     target: str,
     host: str = DEFAULT_HOST,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Queue a task of ``kind``; returns its row as a dict (state ``queued``)."""
+    """Queue a task of ``kind``; returns its row as a dict (state ``queued``).  ``secrets``
+    (values the handler needs in clear) wait in kvmgr.control.task_secrets, never in params."""
     with store.session() as session:
-        return add_task(session, kind, params, owner=owner, target=target, host=host)
+        return add_task(
+            session, kind, params, owner=owner, target=target, host=host, secrets=secrets
+        )
 
 
 def add_task(
@@ -182,9 +191,11 @@ def add_task(
     owner: Principal,
     target: str,
     host: str = DEFAULT_HOST,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """:func:`submit` inside the caller's transaction: the task exists only if the rest of the
-    transaction commits (a schedule's window and its task are written together)."""
+    transaction commits (a schedule's window and its task are written together), and so do its
+    ``secrets``."""
     if kind not in KINDS:
         raise InvalidInput(f"unknown task kind {kind!r}", hint=f"one of {', '.join(sorted(KINDS))}")
     task = Task(
@@ -203,6 +214,8 @@ def add_task(
     )
     session.add(task)
     session.flush()
+    if secrets:
+        task_secrets.put(session, task.id, secrets)
     snapshot = as_dict(task)
     events.record_task(session, snapshot)
     notify.notify(session, notify.TASKS)  # PostgreSQL: wakes every worker on commit
@@ -270,6 +283,7 @@ def cancel(store: Store, who: Principal, task_id: str) -> dict[str, Any]:
         )
         if _rowcount(result) != 1:
             raise InvalidInput(f"task {task_id} was claimed meanwhile", hint="GET it again")
+        task_secrets.drop(session, task_id)  # a cancelled task never runs: nothing may wait
         session.refresh(task)
         snapshot = as_dict(task)
         events.record_task(session, snapshot)
@@ -419,10 +433,12 @@ def complete(
     }
     if error is None:
         values["progress"] = 100
-    return _update_held(store, worker, task_id, values)
+    return _update_held(store, worker, task_id, values, ended=True)
 
 
-def _update_held(store: Store, worker: str, task_id: str, values: dict[str, Any]) -> bool:
+def _update_held(
+    store: Store, worker: str, task_id: str, values: dict[str, Any], *, ended: bool = False
+) -> bool:
     with store.session() as session:
         task = session.scalars(
             update(Task)
@@ -433,6 +449,8 @@ def _update_held(store: Store, worker: str, task_id: str, values: dict[str, Any]
         ).one_or_none()
         if task is None:
             return False
+        if ended:  # secrets the handler did not take (it failed first) go with the task
+            task_secrets.drop(session, task_id)
         events.record_task(session, as_dict(task))
     return True
 
@@ -469,6 +487,7 @@ def mark_interrupted(store: Store, task_id: str, why: str) -> bool:
         )
         if _rowcount(result) != 1:
             return False
+        task_secrets.drop(session, task_id)  # never re-run: its secrets have no taker
         task = session.get(Task, task_id)
         if task is not None:
             session.refresh(task)

@@ -17,6 +17,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "kvmgr.store.ownership",
     "kvmgr.control.host_models",
     "kvmgr.control.event_models",
+    "kvmgr.control.task_secrets",
 )
 
 

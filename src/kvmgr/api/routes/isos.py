@@ -30,15 +30,19 @@ def _check_name(name: str | None) -> None:
 
 
 def install_script_kind(os_id: str) -> str | None:
-    """kickstart/preseed when osinfo-db has an install script for the OS (the wizard then
-    offers an unattended install), else None."""
+    """kickstart/preseed when osinfo-db has an install script for the OS, autounattend for a
+    Windows it has an answer-file template for (the wizard then offers an unattended install,
+    with a product key for Windows), else None."""
     from kvmgr.osinfo.db import get_db
     from kvmgr.osinfo.install_scripts import scripts_for
 
     entry = get_db().get(os_id)
     if entry is None:
         return None
-    kinds = {script.kind for script in scripts_for(entry)} & {"kickstart", "preseed"}
+    scripts = scripts_for(entry)
+    if entry.family == "winnt":
+        return "autounattend" if any("/windows/unattend/" in s.id for s in scripts) else None
+    kinds = {script.kind for script in scripts} & {"kickstart", "preseed"}
     return sorted(kinds)[0] if kinds else None
 
 

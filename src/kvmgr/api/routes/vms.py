@@ -29,7 +29,9 @@ Action = Literal["start", "shutdown", "reboot", "reset", "off", "pause", "resume
 
 
 class Unattended(BaseModel):
-    """``vm create --unattended``: passwords as values (hashed at once, never stored)."""
+    """``vm create --unattended``: passwords as values.  For Linux they are hashed at once and
+    never stored; Windows needs them in clear, so for a Windows target they and the product key
+    wait for the worker as the task's secrets (kvmgr.control.task_secrets), never in params."""
 
     user: str | None = Field(default=None, max_length=32)
     password: SecretStr | None = None
@@ -40,10 +42,8 @@ class Unattended(BaseModel):
     locale: str = Field(default="en_US", max_length=16)
     packages: list[str] = Field(default_factory=list, max_length=256)
     profile: Literal["minimal", "desktop"] = "minimal"
-    #: Windows only, and refused here: the task row that carries the request would keep the key
-    #: in clear (as it would Windows passwords, which Windows needs obscured, not hashed).  The
-    #: field is kept so that a request naming it gets that reason, not a silent drop.
-    product_key: str | None = Field(default=None, max_length=29)
+    #: Windows only (refused for any other target): a task secret, like Windows' passwords.
+    product_key: SecretStr | None = Field(default=None, max_length=29)
 
 
 class CloudInit(BaseModel):
@@ -78,31 +78,60 @@ class VMCreate(BaseModel):
     cloud_init: CloudInit | None = Field(default=None, description="NoCloud seed (with image)")
 
 
+#: What a Windows create hands its worker as task secrets, by field name.
+WINDOWS_SECRETS = ("password", "root_password", "product_key")
+
+
 def hashed_provision_params(
     unattended: Unattended | None, cloud_init: CloudInit | None
 ) -> dict[str, Any]:
     """The ``unattended``/``cloud_init`` parts of a create, with SHA-512 crypt hashes in place
-    of the passwords (``password_hash``, ``root_password_hash``)."""
+    of the passwords (``password_hash``, ``root_password_hash``): any target but Windows."""
     from kvmgr.crypt import sha512_crypt
 
-    if unattended is not None and unattended.product_key:
+    if unattended is not None and unattended.product_key is not None:
         raise InvalidInput(
-            "a Windows product key cannot go through the API: the task that carries the request "
-            "would keep it",
-            hint="an admin creates it on the server with kvmgr vm create --unattended "
-            "--product-key-file FILE; or leave the key out for media that need none",
+            "a product key is for Windows installs, and this create does not install Windows",
+            hint="leave product_key out; for a Windows ISO kvmgr does not recognise, name the "
+            "OS with os (e.g. win10, win2k22: GET /api/v1/isos shows what was detected)",
         )
     out: dict[str, Any] = {}
     for key, part in (("unattended", unattended), ("cloud_init", cloud_init)):
         if part is None:
             continue
-        data = part.model_dump(exclude={"password", "root_password"})
+        data = part.model_dump(exclude={"password", "root_password", "product_key"})
         for field in ("password", "root_password"):
             secret = getattr(part, field, None)
             if secret is not None:
                 data[f"{field}_hash"] = sha512_crypt(secret.get_secret_value())
         out[key] = data
     return out
+
+
+def windows_provision_params(unattended: Unattended) -> tuple[dict[str, Any], dict[str, str]]:
+    """A Windows create's ``unattended`` part without its secrets (``secrets`` names them), and
+    the secrets, checked as Windows Setup will need them."""
+    from kvmgr.services.windows_unattend import product_key
+
+    if not unattended.user:
+        raise InvalidInput(
+            "a Windows install needs a user",
+            hint="set unattended.user: Setup logs that user on once, which ends the install",
+        )
+    if unattended.ssh_keys or unattended.packages:
+        raise InvalidInput(
+            "ssh_keys and packages have no meaning for a Windows install", hint="leave them out"
+        )
+    secrets: dict[str, str] = {}
+    for field in WINDOWS_SECRETS:
+        secret = getattr(unattended, field)
+        if secret is not None and secret.get_secret_value():
+            secrets[field] = secret.get_secret_value()
+    if "product_key" in secrets:
+        secrets["product_key"] = product_key(secrets["product_key"])  # a bad key is a 422 now
+    data = unattended.model_dump(exclude=set(WINDOWS_SECRETS))
+    data["secrets"] = sorted(secrets)  # names only: the handler checks it got each of them
+    return data, secrets
 
 
 class Resize(BaseModel):
@@ -231,19 +260,28 @@ def vm_resources(name: str, _who: Viewer, ctx: Ctx) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- create
 @router.post("", status_code=202, summary="Create a VM (a task: poll /api/v1/tasks/{id})")
 def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
-    # Task parameters are stored: passwords are hashed here, before anything keeps them.
     params = body.model_dump(exclude={"unattended", "cloud_init"})
-    params.update(hashed_provision_params(body.unattended, body.cloud_init))
 
     # Checked before the task is queued, so a bad request is a 422 (or 403) now, not a failed
     # task; the worker checks again when it runs (kvmgr.control.task_kinds).
-    def check() -> None:
+    def check() -> dict[str, str]:
         spec = task_kinds.vm_spec(params)
         check_vm_spec(ctx.authz(ctx.conn(), who), spec)
         check_request(ctx.conn(), spec)  # a name in use is 409, a missing network/pool 404
+        # Task parameters are stored: Linux passwords are hashed here, before anything keeps
+        # them; a Windows target's go to the task's secrets.  Decided only after the checks
+        # above, so that reading the ISO tells no one about a file they may not use.
+        from kvmgr.services.provision import targets_windows
 
-    ctx.audited(who, "vm.create.request", body.name, check)
-    return ctx.submit(who, "vm.create", params, body.name)
+        if body.unattended is not None and targets_windows(ctx.conn(), spec.iso, spec.os):
+            params["unattended"], secrets = windows_provision_params(body.unattended)
+            params.update(hashed_provision_params(None, body.cloud_init))
+            return secrets
+        params.update(hashed_provision_params(body.unattended, body.cloud_init))
+        return {}
+
+    secrets = ctx.audited(who, "vm.create.request", body.name, check)
+    return ctx.submit(who, "vm.create", params, body.name, secrets=secrets)
 
 
 # ---------------------------------------------------------------------------------- actions
