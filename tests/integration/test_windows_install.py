@@ -211,3 +211,75 @@ def test_a_delete_that_keeps_the_disks_keeps_the_tpm_state_and_nvram(
     finally:
         shutil.rmtree(tpm_state, ignore_errors=True)
         Path(nvram).unlink(missing_ok=True)
+
+
+def test_a_windows_create_through_the_api_gets_its_secrets_from_the_task_secrets(
+    conn: Connection, cleanup: Cleanup, windows_iso: Path, tmp_path: Path
+) -> None:
+    """POST /api/v1/vms on the real daemon, the server's own worker running the task: the
+    answer CD holds the obscured passwords and the key the request gave, which were in no task
+    row, and the task's secrets are gone once its handler took them."""
+    import base64
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from kvmgr.api.app import create_app
+    from kvmgr.control import task_secrets
+    from kvmgr.services.windows_unattend import obscure
+    from kvmgr.store import users
+    from kvmgr.store.models import Role, Task
+    from tests.api.conftest import As, make_settings
+
+    cleanup.prefix(PREFIX)
+    name = f"{PREFIX}api"
+    admin_password, key = "Api-Admin-2026!", "VK7JG-NPHTM-C97JM-9MPGT-3V66T"
+    app = create_app(make_settings(tmp_path / "state", uri="qemu:///system"))
+    store = app.state.ctx.store
+    with store.session() as session:
+        users.create_user(session, "admin", "correct horse battery", Role.admin, None)
+        token = users.create_token(session, "admin", "tests")
+    body = {
+        "name": name, "iso": str(windows_iso), "memory": "512M", "vcpus": 1,
+        "graphics": "none", "disks": ["1G"], "networks": [], "wait": "installed",
+        "unattended": {"user": "alice", "password": PASSWORD, "root_password": admin_password,
+                       "product_key": key, "hostname": "WIN-API"},
+    }  # fmt: skip
+    unattend = f"/var/lib/libvirt/images/{name}-unattend.iso"
+    with TestClient(app) as client:
+        caller = As(client, token)
+        answer = caller.post("/api/v1/vms", json=body)
+        assert answer.status_code == 202, answer.text
+        task_id = answer.json()["id"]
+        # Setup "runs" (the stand-in ISO boots nothing): the answer CD is attached, readable
+        deadline = time.monotonic() + 120
+        while (
+            "Setup is running"
+            not in (task := caller.get(f"/api/v1/tasks/{task_id}").json())["message"]
+        ):
+            assert task["state"] in ("queued", "running"), task
+            assert time.monotonic() < deadline, task
+            time.sleep(0.2)
+        vol = find_volume_by_path(conn, unattend)
+        assert vol is not None and vms.lookup(conn, name).isActive()
+        text = read_iso_file(VolumeReader(conn, vol).readall(), UNATTEND_FILENAME).decode()
+        assert obscure(PASSWORD, "Password") in text
+        assert obscure(admin_password, "AdministratorPassword") in text
+        assert key in text and "<ComputerName>WIN-API</ComputerName>" in text
+        assert PASSWORD not in text and admin_password not in text
+        assert task_secrets.names(store, task_id) == []  # taken when the handler began
+        vms.lookup(conn, name).destroy()  # Setup's closing power-off
+        while (task := caller.get(f"/api/v1/tasks/{task_id}").json())["state"] == "running":
+            assert time.monotonic() < deadline + 60, task
+            time.sleep(0.2)
+        assert task["state"] == "done", task["error"]
+        assert task["result"]["os_id"] == "win10", task
+        with store.session() as session:
+            row = session.get(Task, task_id)
+            assert row is not None
+            kept = repr([row.params, row.result, row.error])
+        shown = caller.get(f"/api/v1/tasks/{task_id}").text + caller.get("/api/v1/audit").text
+    encoded = base64.b64encode(PASSWORD.encode()).decode()
+    for secret in (PASSWORD, admin_password, key, encoded):
+        assert secret not in kept + shown
+    assert find_volume_by_path(conn, unattend) is None  # removed with the install media
