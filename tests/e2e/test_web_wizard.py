@@ -5,7 +5,9 @@
   the password is nowhere in the task or the page;
 * the demo cloud image: "from cloud image" with a user, key and hostname; the VM boots and its
   seed was made and applied;
-* the plain demo ISO (no install script): no unattended section, and the page says why.
+* the plain demo ISO (no install script): no unattended section, and the page says why;
+* a Windows-like ISO: the section with a product key and a required user; the submitted body
+  carries the password and the key, which the task keeps only as secrets its worker takes.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from kvmgr.xml.domain import Domain
 from tests.e2e.conftest import PASSWORD, Served, screenshot
 from tests.integration.conftest import DEMO_ISO_CACHE, purge_prefix
 from tests.integration.guest import GuestShell
+from tests.integration.test_windows_install import build_windows_iso
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 PREFIX = "t-wiz-"
 ROCKY_ISO = "t-wiz-rocky.iso"
 DEMO_ISO = "t-wiz-demo.iso"
+WIN_ISO = "t-wiz-win.iso"
+PRODUCT_KEY = "VK7JG-NPHTM-C97JM-9MPGT-3V66T"  # Microsoft's published generic Windows 10 key
 IMAGE = "t-wiz-cloud"
 POOL = "t-wiz-pool"
 POOL_PATH = "/var/lib/libvirt/images/t-wiz-pool"  # where QEMU may read it
@@ -63,7 +68,7 @@ def _cleanup(served: Served) -> None:
         for row in api.get("/api/v1/vms").json():
             if row["name"].startswith(PREFIX):
                 api.delete(f"/api/v1/vms/{row['name']}", params={"force": "true"})
-        for iso in (ROCKY_ISO, DEMO_ISO):
+        for iso in (ROCKY_ISO, DEMO_ISO, WIN_ISO):
             api.delete(f"/api/v1/isos/{iso}")
         api.delete(f"/api/v1/pools/{POOL}", params={"force": "true"})
     with open_connection() as conn:  # whatever the API could not remove; the image goes last
@@ -80,10 +85,11 @@ def media(served: Served, demo_iso: Path) -> Iterator[None]:
     cache = DEMO_ISO_CACHE.parent
     rocky = build_installer_iso(cache / "rocky-demo.iso")
     cloud = build_cloud_image(cache / "cloud-demo.qcow2")
+    windows = build_windows_iso(cache / "windows-like.iso")
     _cleanup(served)
     try:
         with _api(served) as api:
-            for path, name in ((rocky, ROCKY_ISO), (demo_iso, DEMO_ISO)):
+            for path, name in ((rocky, ROCKY_ISO), (demo_iso, DEMO_ISO), (windows, WIN_ISO)):
                 task = api.post("/api/v1/isos", json={"path": str(path), "name": name}).json()
                 assert _wait_task(api, task)["state"] == "done", task
             made = api.post("/api/v1/pools", json={"name": POOL, "path": POOL_PATH})
@@ -240,3 +246,63 @@ def test_an_iso_without_a_script_offers_no_unattended_install(
     page.select_option("#iso", ROCKY_ISO)
     expect(page.locator("#unattended-set")).to_be_visible()
     expect(page.locator("#unattended-none")).to_be_hidden()
+
+
+def test_a_windows_iso_offers_a_product_key_and_sends_it(
+    page: Any, served: Served, media: None
+) -> None:
+    from kvmgr.control import task_secrets
+
+    name = f"{PREFIX}win"
+    with _api(served) as api:
+        iso = next(i for i in api.get("/api/v1/isos").json() if i["name"] == WIN_ISO)
+    assert iso["os_id"] == "win10" and iso["install_script"] == "autounattend"
+    _open_wizard(page, served, WIN_ISO)
+    expect(page.locator("#unattended-set")).to_be_visible()
+    assert page.inner_text("#unattended-kind") == "autounattend"
+    expect(page.locator("#u-product-key-row")).to_be_visible()
+    expect(page.locator("#u-windows-note")).to_be_visible()
+    expect(page.locator("#u-user-required")).to_be_visible()
+    expect(page.locator("#u-ssh-key-row")).to_be_hidden()  # Windows Setup has no place for it
+    assert page.inner_text("#u-root-label") == "Administrator password"
+    page.fill("#u-password", SECRET)
+    page.fill("#u-product-key", PRODUCT_KEY)
+    assert page.is_checked("#unattended")
+    page.fill("#vm-name", name)
+    page.fill("#vm-memory", "512M")
+    page.fill("#vm-vcpus", "1")
+    page.fill("#vm-disk", "1G")
+    page.select_option("#vm-network", "none")
+    page.click("#create-submit")  # no user: the page says so and posts nothing
+    expect(page.locator("#flash")).to_contain_text("needs a user")
+    page.fill("#u-user", "alice")
+    screenshot(page, "wizard-windows-form")
+    with page.expect_request(
+        lambda r: r.url.endswith("/api/v1/vms") and r.method == "POST"
+    ) as request:
+        page.click("#create-submit")
+    sent = request.value.post_data_json["unattended"]
+    assert (sent["user"], sent["password"], sent["product_key"]) == ("alice", SECRET, PRODUCT_KEY)
+    assert sent["ssh_keys"] == []
+    with _api(served) as api:
+        tasks = [t for t in api.get("/api/v1/tasks").json() if t["target"] == name]
+        assert len(tasks) == 1, tasks
+        task = tasks[0]
+        deadline = time.monotonic() + 120
+        while "Setup is running" not in task["message"]:  # the stand-in ISO boots nothing
+            assert task["state"] in ("queued", "running") and time.monotonic() < deadline, task
+            time.sleep(0.3)
+            task = api.get(f"/api/v1/tasks/{task['id']}").json()
+        assert task_secrets.names(served.app.state.ctx.store, task["id"]) == []  # taken
+        with open_connection() as conn:
+            conn.virconn.lookupByName(name).destroy()  # Setup's closing power-off
+        task = _wait_task(api, task)
+        assert task["state"] == "done", task["error"]
+        for text in (
+            json.dumps(task),
+            api.get("/api/v1/tasks").text,
+            api.get("/api/v1/audit").text,
+        ):
+            assert SECRET not in text and PRODUCT_KEY not in text
+    page.wait_for_url(f"{served.url}/vms/{name}", timeout=30_000)
+    assert SECRET not in page.content() and PRODUCT_KEY not in page.content()

@@ -284,7 +284,7 @@ const pages = {
     }
     // Typing in the unattended fields means an unattended install: without this, a form
     // filled in but not ticked made a plain install and dropped the user and key silently.
-    for (const id of ["u-user", "u-password", "u-root-password", "u-ssh-key", "u-hostname"]) {
+    for (const id of ["u-user", "u-password", "u-root-password", "u-ssh-key", "u-product-key", "u-hostname"]) {
       document.getElementById(id).addEventListener("input", () => {
         document.getElementById("unattended").checked = true;
       });
@@ -299,12 +299,20 @@ const pages = {
       const kind = iso && !imageSelect.value ? iso.install_script : null;
       document.getElementById("unattended-set").hidden = !kind;
       document.getElementById("unattended-kind").textContent = kind || "";
+      // Windows (an autounattend.xml): a product key, an Administrator password, a required
+      // user; no SSH key, which Windows Setup has no place for.
+      const windows = kind === "autounattend";
+      for (const id of ["u-product-key-row", "u-windows-note", "u-user-required", "u-hostname-windows"]) {
+        document.getElementById(id).hidden = !windows;
+      }
+      document.getElementById("u-ssh-key-row").hidden = windows;
+      document.getElementById("u-root-label").textContent = windows ? "Administrator password" : "Root password";
       document.getElementById("cloud-set").hidden = !imageSelect.value;
       // An ISO without a script is said so, rather than the section silently missing.
       const none = document.getElementById("unattended-none");
       none.hidden = !iso || Boolean(kind) || Boolean(imageSelect.value);
       none.textContent = iso && !kind
-        ? `No unattended install: osinfo-db has no kickstart or preseed script for ${iso.os_name}; install it at the console.`
+        ? `No unattended install: osinfo-db has no install script (kickstart, preseed or Windows answer file) for ${iso.os_name}; install it at the console.`
         : "";
     };
     isoSelect.addEventListener("change", showSources);
@@ -356,11 +364,20 @@ const pages = {
           user_data: value("c-user-data") || null,
         };
       } else if (document.getElementById("unattended").checked) {
+        const iso = isos.find((item) => item.name === isoSelect.value);
+        const windows = Boolean(iso) && iso.install_script === "autounattend";
+        if (windows && !value("u-user")) {
+          kvmgr.flash("A Windows install needs a user: Setup logs it on once, which ends the install.");
+          document.getElementById("u-user").focus();
+          return;
+        }
         body.unattended = {
           user: value("u-user") || null, password: value("u-password") || null,
-          root_password: value("u-root-password") || null, ssh_keys: keys("u-ssh-key"),
+          root_password: value("u-root-password") || null,
+          ssh_keys: windows ? [] : keys("u-ssh-key"),
           hostname: value("u-hostname") || null,
         };
+        if (windows) body.unattended.product_key = value("u-product-key") || null;
       }
       try {
         const task = await kvmgr.api("POST", "/api/v1/vms", body);
