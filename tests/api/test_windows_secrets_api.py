@@ -111,9 +111,9 @@ def _windows_body(name: str, iso: Path, **unattended: Any) -> dict[str, Any]:
 def test_windows_secrets_wait_while_queued_and_go_when_it_fails(
     app: FastAPI, caller: dict[str, As], windows_iso: Path
 ) -> None:
-    # Detected from the ISO (os "auto"); a 16-character hostname fails in the worker, before
-    # anything is made, so the test driver never runs a Setup it would wait for.
-    body = _windows_body("t-winapi-fail", windows_iso, hostname="a-sixteen-chars1")
+    # Detected from the ISO (os "auto"); the answer file is rendered, and the test driver then
+    # cannot upload its CD, so the task fails in the worker with no Setup to wait for.
+    body = _windows_body("t-winapi-fail", windows_iso)
     answer = caller["admin"].post("/api/v1/vms", json=body)
     assert answer.status_code == 202, answer.text
     task_id = answer.json()["id"]
@@ -127,7 +127,7 @@ def test_windows_secrets_wait_while_queued_and_go_when_it_fails(
 
     with _worker(app):
         task = wait_task(caller["admin"], task_id)
-    assert task["state"] == "failed" and "NetBIOS" in task["error"], task
+    assert task["state"] == "failed" and "uploading volume" in task["error"], task
     assert task_secrets.names(store, task_id) == []
     readable = _readable(app, caller["admin"], caller["admin"], task_id)
     for secret in (SECRET, ROOT_SECRET, KEY, KEY.lower()):
@@ -201,6 +201,14 @@ def test_windows_refusals_are_422_and_make_no_task(
         "/api/v1/vms", json=_windows_body("t-winapi-user", windows_iso, user=None)
     )
     assert no_user.status_code == 422 and "needs a user" in no_user.json()["error"]
+    long_name = caller["admin"].post(
+        "/api/v1/vms", json=_windows_body("t-winapi-host", windows_iso, hostname="a-sixteen-chars1")
+    )
+    assert long_name.status_code == 422 and "NetBIOS" in long_name.json()["error"]
+    zone = caller["admin"].post(
+        "/api/v1/vms", json=_windows_body("t-winapi-tz", windows_iso, timezone="Mars/Olympus")
+    )
+    assert zone.status_code == 422 and "Windows name" in zone.json()["error"]
     # a product key for a target that is not Windows: refused, saying how to name the OS
     iso = tmp_path / "rocky.iso"
     iso.write_bytes(b"not an ISO 9660 image" * 100)

@@ -108,10 +108,18 @@ def hashed_provision_params(
     return out
 
 
-def windows_provision_params(unattended: Unattended) -> tuple[dict[str, Any], dict[str, str]]:
+def windows_provision_params(
+    unattended: Unattended, vm_name: str
+) -> tuple[dict[str, Any], dict[str, str]]:
     """A Windows create's ``unattended`` part without its secrets (``secrets`` names them), and
-    the secrets, checked as Windows Setup will need them."""
-    from kvmgr.services.windows_unattend import product_key
+    the secrets, checked as Windows Setup will need them (a bad one is a 422, not a failed
+    task)."""
+    from kvmgr.services.windows_unattend import (
+        computer_name,
+        product_key,
+        windows_language,
+        windows_timezone,
+    )
 
     if not unattended.user:
         raise InvalidInput(
@@ -122,6 +130,9 @@ def windows_provision_params(unattended: Unattended) -> tuple[dict[str, Any], di
         raise InvalidInput(
             "ssh_keys and packages have no meaning for a Windows install", hint="leave them out"
         )
+    computer_name(unattended.hostname or vm_name)  # the VM's name when none is given
+    windows_timezone(unattended.timezone)
+    windows_language(unattended.locale)
     secrets: dict[str, str] = {}
     for field in WINDOWS_SECRETS:
         secret = getattr(unattended, field)
@@ -274,7 +285,7 @@ def create_vm(body: VMCreate, who: Operator, ctx: Ctx) -> dict[str, Any]:
         from kvmgr.services.provision import targets_windows
 
         if body.unattended is not None and targets_windows(ctx.conn(), spec.iso, spec.os):
-            params["unattended"], secrets = windows_provision_params(body.unattended)
+            params["unattended"], secrets = windows_provision_params(body.unattended, body.name)
             params.update(hashed_provision_params(None, body.cloud_init))
             return secrets
         params.update(hashed_provision_params(body.unattended, body.cloud_init))
