@@ -5,8 +5,12 @@ else), for the fixtures of tests that compare a whole host before and after."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import libvirt
+
+from kvmgr.connect import Connection, open_connection
 
 
 def reset_default_test_driver() -> None:
@@ -58,3 +62,19 @@ def _test_vm_running(dom: libvirt.virDomain) -> None:
         dom.resume()
     elif state != libvirt.VIR_DOMAIN_RUNNING:
         dom.create()
+
+
+@contextlib.contextmanager
+def private_hosts(directory: Path, node_xml: str, count: int = 2) -> Iterator[list[Connection]]:
+    """``count`` test:/// hosts, each its own driver file holding ``node_xml`` (a ``<node>``):
+    unlike test:///default, each has a state of its own, as separate hosts do."""
+    conns = []
+    try:
+        for index in range(1, count + 1):
+            path = directory / f"host{index}.xml"
+            path.write_text(node_xml)
+            conns.append(open_connection(f"test://{path}"))
+        yield conns
+    finally:
+        for conn in conns:
+            conn.close()

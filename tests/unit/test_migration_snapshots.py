@@ -21,6 +21,7 @@ from kvmgr.services import migration_snapshots as moves
 from kvmgr.services import snapshots
 from kvmgr.services.migration_checks import preflight
 from kvmgr.services.steps import LocalSteps
+from tests.testdriver import private_hosts
 
 IMAGES = "/images"
 VM = "chain"
@@ -64,12 +65,12 @@ def _snapshot(name: str, parent: str | None, frozen: str, overlay: str) -> str:
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[tuple[Connection, Connection]]:
-    conns = []
-    for index in (1, 2):
-        path = tmp_path / f"host{index}.xml"
-        path.write_text(f"<node>{_POOL}</node>")
-        conns.append(open_connection(f"test://{path}"))
-    src, dst = conns
+    with private_hosts(tmp_path, f"<node>{_POOL}</node>") as (src, dst):
+        _chain_with_two_snapshots(src)
+        yield src, dst
+
+
+def _chain_with_two_snapshots(src: Connection) -> None:
     _volume(src, f"{VM}.qcow2", None)
     _volume(src, f"{VM}.one.vda.qcow2", f"{VM}.qcow2")
     _volume(src, f"{VM}.two.vda.qcow2", f"{VM}.one.vda.qcow2")
@@ -80,9 +81,6 @@ def hosts(tmp_path: Path) -> Iterator[tuple[Connection, Connection]]:
         _snapshot("two", "one", f"{VM}.one.vda.qcow2", f"{VM}.two.vda.qcow2"),
         redefine | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT,
     )
-    yield src, dst
-    for conn in conns:
-        conn.close()
 
 
 def test_preflight_plans_the_records_parents_first_and_the_layers_bottom_first(

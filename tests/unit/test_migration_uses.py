@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmgr.connect import Connection, open_connection
+from kvmgr.connect import Connection
 from kvmgr.errors import NotFound
 from kvmgr.services.migration import use_destination
 from kvmgr.services.steps import LocalSteps
+from tests.testdriver import private_hosts
 
 IMAGES = "/images"
 _POOL = f"""<pool type='dir'><name>default</name>
@@ -43,22 +44,15 @@ class KeepsUses(LocalSteps):
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[tuple[Connection, Connection]]:
-    conns = []
-    for index in (1, 2):
-        path = tmp_path / f"host{index}.xml"
-        path.write_text(f"<node>{_POOL}{_NET}</node>")
-        conns.append(open_connection(f"test://{path}"))
-    src, dst = conns
-    for conn in conns:  # the source's disk, and the volume the move made on the destination
-        conn.virconn.storagePoolLookupByName("default").createXML(
-            "<volume><name>web.qcow2</name><capacity unit='MiB'>64</capacity>"
-            "<target><format type='qcow2'/></target></volume>",
-            0,
-        )
-    src.virconn.defineXML(_DOMAIN)
-    yield src, dst
-    for conn in conns:
-        conn.close()
+    with private_hosts(tmp_path, f"<node>{_POOL}{_NET}</node>") as (src, dst):
+        for conn in (src, dst):  # the source's disk, and the volume the move made there
+            conn.virconn.storagePoolLookupByName("default").createXML(
+                "<volume><name>web.qcow2</name><capacity unit='MiB'>64</capacity>"
+                "<target><format type='qcow2'/></target></volume>",
+                0,
+            )
+        src.virconn.defineXML(_DOMAIN)
+        yield src, dst
 
 
 @pytest.mark.parametrize("live", [False, True])
