@@ -58,11 +58,29 @@ def ensure_pool(
                 f"storage pool {name!r} does not exist",
                 hint=f"create it with 'kvmgr pool create {name} --type dir --path PATH'",
             )
-        pool = _define_dir_pool(conn, name, path or DEFAULT_POOL_PATH)
+        pool = _define_or_take(conn, name, path or DEFAULT_POOL_PATH)
     if not pool.isActive():
         with libvirt_errors(f"starting storage pool {name}"):
-            pool.create(0)
+            try:
+                pool.create(0)
+            except libvirt.libvirtError:
+                if not pool.isActive():  # else another create started it meanwhile: fine
+                    raise
     return pool
+
+
+def _define_or_take(conn: Connection, name: str, path: str) -> libvirt.virStoragePool:
+    """Define the dir pool, or take the one another process or thread defined meanwhile (two
+    creates on a fresh host both find no ``default`` pool; the second define is refused)."""
+    try:
+        return _define_dir_pool(conn, name, path)
+    except AlreadyExists:
+        with libvirt_errors(f"looking up storage pool {name}"):
+            try:
+                return conn.virconn.storagePoolLookupByName(name)
+            except libvirt.libvirtError:
+                pass
+        raise
 
 
 def _define_dir_pool(conn: Connection, name: str, path: str) -> libvirt.virStoragePool:
